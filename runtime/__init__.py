@@ -1,0 +1,1 @@
+"""Onboard runtime: everything that flies. Never imports torch or training."""

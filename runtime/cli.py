@@ -1,0 +1,69 @@
+"""The `skyloc` console command.
+
+Each subcommand lives in the package that owns it and is imported only when chosen, so
+`skyloc --help` and `skyloc run` never load torch. A command module exposes
+`add_arguments(parser)` and `main(args) -> int`, and must not import torch at module level.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from runtime.errors import SkylocError
+
+# name -> (module, one-line help). Modules are named as strings so this file stays torch-free.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("training.synth.cli", "make synthetic cross-view datasets and simulated flights from a map"),
+    "train": ("training.train_cli", "train an MSBA model (resumable, TensorBoard, torchrun)"),
+    "eval": ("training.eval_cli", "University-1652 evaluation: R@K and AP in both directions"),
+    "export": ("export.cli", "checkpoint -> ONNX (full / global) with its JSON sidecar"),
+    "calibrate": ("calibration.cli", "INT8 post-training quantization (QDQ ONNX for ORT and TensorRT)"),
+    "engine": ("export.engine_cli", "ONNX -> TensorRT engine (needs TensorRT and a GPU)"),
+    "tiles": ("runtime.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
+    "run": ("runtime.run_cli", "localize frames from a camera, video or folder against a tile set"),
+    "bench": ("benchmarks.cli", "latency, search-scaling, accuracy and runtime benchmarks"),
+    "demo": ("training.demo", "the whole pipeline on a procedural world, in one command"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return argparse.ArgumentParser(
+        prog="skyloc",
+        description="GPS-free drone geolocalization (MSBA cross-view retrieval).",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun `skyloc COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    top.add_argument("command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] not in COMMANDS:
+        top.error(f"unknown command {argv[0]!r}; choose from: {', '.join(COMMANDS)}")
+    name = argv[0]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"skyloc {name}", description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.main(args) or 0)
+    except SkylocError as exc:
+        print(f"skyloc {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

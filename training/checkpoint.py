@@ -1,0 +1,88 @@
+"""Checkpoints: weights + model config + training config (+ optimizer state when training),
+plain tensors and builtins only, so `torch.load(weights_only=True)` reads them. Written
+atomically: a crash mid-write never replaces a good checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.errors import SkylocError
+from training.config import ModelConfig, TrainConfig
+from training.model import MSBA, build_model
+
+CHECKPOINT_FORMAT = "skyloc-checkpoint/1"
+
+
+def model_id(state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> str:
+    """Fingerprint of the weights and the architecture; tile sets and engines carry it."""
+    h = hashlib.sha256()
+    arch = {k: v for k, v in cfg.to_dict().items() if k != "pretrained"}
+    h.update(json.dumps(arch, sort_keys=True).encode())
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_cfg: ModelConfig,
+                    train_cfg: TrainConfig | None = None, **state: Any) -> Path:
+    """Atomic write (temp file in the same folder, fsync, rename). `state` adds optimizer,
+    scheduler, epoch, RNG state, metrics... (tensors and builtins only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = model.module if hasattr(model, "module") else model
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "model": weights,
+        "model_config": model_cfg.to_dict(),
+        "train_config": train_cfg.to_dict() if train_cfg else {},
+        "model_id": model_id(weights, model_cfg),
+        **state,
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir() and (path / "last.pt").is_file():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise SkylocError(f"checkpoint {path} not found: pass a .pt file written by `skyloc train` "
+                          "(RUN_DIR/best.pt or RUN_DIR/last.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SkylocError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "it may be truncated or not a skyloc checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise SkylocError(f"{path} is not a skyloc checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike) -> tuple[MSBA, ModelConfig, dict[str, Any]]:
+    """Model in eval mode, its config and the checkpoint dict. Pretrained-file paths are not
+    re-read: the checkpoint already holds the trained weights."""
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict({**ckpt["model_config"], "pretrained": ""})
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, ckpt
+
+
+def train_config_of(ckpt: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(ckpt.get("train_config", {}))
