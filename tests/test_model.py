@@ -1,0 +1,179 @@
+"""MSBA model pieces against hand-built references (numpy loops, not the code under test)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.blocks import block_attention, block_masks, pool_blocks
+from training.config import ABLATION_ORDER, ModelConfig, preset
+from training.losses import msba_loss, mutual_kl
+from training.model import build_model
+
+
+def hand_masks(size: int, rings: int = 4) -> np.ndarray:
+    """Masks from the Chebyshev distance of each pixel centre to the map centre: ring i holds
+    the pixels at distance in ((i-1)w, iw]; the outer ring also takes everything beyond."""
+    w = size // (2 * rings)
+    c = size / 2
+    out = np.zeros((rings + 2, size, size))
+    for r in range(size):
+        for col in range(size):
+            d = max(abs(r + 0.5 - c), abs(col + 0.5 - c))
+            ring = min(math.ceil(d / w), rings)
+            out[ring - 1, r, col] = 1
+            if ring <= 2:
+                out[rings, r, col] = 1
+            if ring <= 3:
+                out[rings + 1, r, col] = 1
+    return out
+
+
+@pytest.mark.parametrize("size", [16, 12])
+def test_block_masks_equal_hand_built(size: int) -> None:
+    got = block_masks(size, size, 4, True).numpy()
+    np.testing.assert_array_equal(got, hand_masks(size))
+    # rings tile the map exactly once
+    np.testing.assert_array_equal(got[:4].sum(0), np.ones((size, size)))
+
+
+def test_block_masks_16_explicit_slices() -> None:
+    m = block_masks(16, 16, 4, True).numpy()
+    inner = np.zeros((16, 16)); inner[6:10, 6:10] = 1
+    np.testing.assert_array_equal(m[0], inner)
+    sq3 = np.zeros((16, 16)); sq3[2:14, 2:14] = 1
+    np.testing.assert_array_equal(m[5], sq3)
+    np.testing.assert_array_equal(m[3], 1 - sq3)
+    assert m[:4].sum() == 256 and m[0].sum() == 16 and m[1].sum() == 64 - 16
+
+
+@pytest.mark.parametrize("size", [16, 12])
+def test_pooled_values_equal_numpy_mean(size: int) -> None:
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, size, size)
+    z = pool_blocks(f, 4, True).numpy()
+    masks = hand_masks(size)
+    fn = f.numpy()
+    for b in range(2):
+        for ch in range(5):
+            for n in range(6):
+                vals = [fn[b, ch, r, c] for r in range(size) for c in range(size) if masks[n, r, c]]
+                assert z[b, ch, n] == pytest.approx(np.mean(vals), abs=1e-5)
+
+
+def test_small_maps_are_resized_up_before_partition() -> None:
+    # 64 px input -> 4x4 layer4 map: rings would be 0 px wide, so the map is resized to 8x8.
+    f = torch.randn(1, 3, 4, 4)
+    z = pool_blocks(f, 4, True)
+    up = torch.nn.functional.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False)
+    masks = hand_masks(8)
+    ref = np.einsum("bchw,nhw->bcn", up.numpy(), masks / masks.sum(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(z.numpy(), ref, atol=1e-5)
+
+
+def test_block_attention_is_softmax_over_blocks_times_input() -> None:
+    z = torch.randn(3, 4, 6)
+    zn = z.numpy().astype(np.float64)
+    e = np.exp(zn - zn.max(axis=2, keepdims=True))
+    ref = e / e.sum(axis=2, keepdims=True) * zn
+    np.testing.assert_allclose(block_attention(z).numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def _tiny(**kw) -> torch.nn.Module:
+    cfg, _ = preset("tiny", num_classes=7, **kw)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_backbone_layer3_and_layer4_share_size_at_256() -> None:
+    net = build_model(ModelConfig(backbone="resnet18", num_classes=3, image_size=256)).eval()
+    with torch.no_grad():
+        f3, f4 = net.backbone(torch.randn(1, 3, 256, 256))
+    assert f3.shape == (1, 256, 16, 16) and f4.shape == (1, 512, 16, 16)
+
+
+def test_embedding_sizes_and_norms() -> None:
+    net = _tiny()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        full = net.embed(x)
+        glob = net.embed(x, parts=[net.global_index])
+        logits = net.train()(x)
+    assert full.shape == (3, 7 * 512) and glob.shape == (3, 512)
+    np.testing.assert_allclose(full.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(glob.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert len(logits) == 7 and all(t.shape == (3, 7) for t in logits)
+
+
+def test_reweighting_sets_global_share() -> None:
+    net = _tiny()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        rw = net.embed(x, reweight=True)
+        plain = net.embed(x, reweight=False)
+    # Each head is unit length before weighting: the global slice's norm is w / sqrt(6 + w^2).
+    g = slice(6 * 512, 7 * 512)
+    np.testing.assert_allclose(rw[:, g].norm(dim=1).numpy(), 1.5 / math.sqrt(6 + 1.5 ** 2), atol=1e-5)
+    np.testing.assert_allclose(plain[:, g].norm(dim=1).numpy(), 1 / math.sqrt(7), atol=1e-5)
+    np.testing.assert_allclose(rw[:, :512].norm(dim=1).numpy(), 1 / math.sqrt(6 + 1.5 ** 2), atol=1e-5)
+
+
+def test_embedding_is_concat_of_weighted_normalised_heads() -> None:
+    net = _tiny()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = [f.numpy() for f in net.head_features(x)]
+        emb = net.embed(x).numpy()
+    w = [1.0] * 6 + [1.5]
+    ref = np.concatenate([wi * f / np.linalg.norm(f, axis=1, keepdims=True) for wi, f in zip(w, feats)], axis=1)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+
+
+def test_flip_tta_is_mirror_invariant() -> None:
+    net = _tiny()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = net.embed(x, flip=True)
+        b = net.embed(torch.flip(x, dims=[3]), flip=True)
+        c = net.embed(x, flip=False)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert not np.allclose(a.numpy(), c.numpy(), atol=1e-4)
+
+
+def test_ablation_presets_switch_heads() -> None:
+    heads = {name: preset(name, num_classes=3)[0].num_heads for name in ABLATION_ORDER}
+    assert heads == {"lpn": 4, "lpn+ms": 6, "lpn+ms+global": 7, "lpn+ms+global+ba": 7,
+                     "lpn+ms+global+ba+kl": 7, "msba": 7}
+    lpn = _tiny(multiscale=False, global_branch=False, block_attention=False, kl_loss=False, reweight=False)
+    with torch.no_grad():
+        assert lpn.embed(torch.randn(1, 3, 64, 64)).shape == (1, 4 * 512)
+    assert lpn.global_index is None
+
+
+def test_kl_zero_for_identical_logits_and_hand_value() -> None:
+    a = torch.randn(4, 9)
+    assert float(mutual_kl(a, a.clone())) == pytest.approx(0.0, abs=1e-6)
+    drone = torch.tensor([[0.0, 0.0]])  # p = (0.5, 0.5)
+    sat = torch.log(torch.tensor([[0.25, 0.75]]))  # q = (0.25, 0.75)
+    hand = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert float(mutual_kl(drone, sat)) == pytest.approx(hand, rel=1e-5)
+    # batchmean: the mean over rows of each row's KL
+    two = mutual_kl(torch.cat([drone, drone]), torch.cat([sat, torch.zeros(1, 2)]))
+    assert float(two) == pytest.approx(hand / 2, rel=1e-5)
+
+
+def test_msba_loss_terms_add_up() -> None:
+    torch.manual_seed(1)
+    sat = [torch.randn(3, 5) for _ in range(7)]
+    drone = [torch.randn(3, 5) for _ in range(7)]
+    y = torch.tensor([0, 2, 4])
+    total, terms = msba_loss(sat, drone, y, use_kl=True)
+    ce = sum(torch.nn.functional.cross_entropy(t, y) for t in sat + drone)
+    kl = sum(mutual_kl(d, s) for d, s in zip(drone, sat)) / 7
+    assert float(total) == pytest.approx(float(ce + kl), rel=1e-5)
+    assert terms["kl"] == pytest.approx(float(kl), rel=1e-5)
+    total_nokl, terms2 = msba_loss(sat, drone, y, use_kl=False)
+    assert "kl" not in terms2 and float(total_nokl) == pytest.approx(float(ce), rel=1e-5)
