@@ -146,6 +146,8 @@ class EngineSidecar:
     onnx_sha256: str
     max_batch: int
     version_compatible: bool = False
+    opt_batch: int = 0  # batch size the profile was tuned for (0 = not recorded)
+    min_batch: int = 1
     format: str = ENGINE_FORMAT
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +31,15 @@ def working_size(h: int, w: int, num_rings: int) -> tuple[int, int]:
     return fix(h), fix(w)
 
 
-@functools.lru_cache(maxsize=32)
 def block_masks(h: int, w: int, num_rings: int, multiscale: bool) -> torch.Tensor:
+    """Binary masks (N, h, w) as a fresh tensor (see `_block_masks_np`)."""
+    return torch.from_numpy(_block_masks_np(h, w, num_rings, multiscale).copy())
+
+
+# Cached as numpy, not torch: a tensor created while torch.export traces would be a fake
+# placeholder, and caching it would break every later eager call in the process.
+@functools.lru_cache(maxsize=32)
+def _block_masks_np(h: int, w: int, num_rings: int, multiscale: bool) -> np.ndarray:
     """Binary masks (N, h, w): rings 1..num_rings (inner to outer), then the centre squares of
     rings 1-2 and rings 1-3 when `multiscale`. Ring i = centre square of half-size i*rw minus the
     one of half-size (i-1)*rw; the outer ring takes everything left to the map's border."""
@@ -41,8 +49,8 @@ def block_masks(h: int, w: int, num_rings: int, multiscale: bool) -> torch.Tenso
     if rh < 1 or rw < 1:
         raise ValueError(f"map {h}x{w} is too small for {num_rings} rings")
 
-    def square(i: int) -> torch.Tensor:
-        m = torch.zeros(h, w)
+    def square(i: int) -> np.ndarray:
+        m = np.zeros((h, w), dtype=np.float32)
         if i >= num_rings:
             m[:] = 1.0
         elif i > 0:
@@ -52,7 +60,9 @@ def block_masks(h: int, w: int, num_rings: int, multiscale: bool) -> torch.Tenso
     masks = [square(i) - square(i - 1) for i in range(1, num_rings + 1)]
     if multiscale:
         masks += [square(2), square(3)]
-    return torch.stack(masks)
+    out = np.stack(masks)
+    out.setflags(write=False)
+    return out
 
 
 def pool_blocks(f: torch.Tensor, num_rings: int, multiscale: bool) -> torch.Tensor:

@@ -115,7 +115,7 @@ PRESETS["small"] = (dict(backbone="resnet18", image_size=128, **_TABLE3["msba"])
 # Tests and CPU smoke runs.
 PRESETS["tiny"] = (
     dict(backbone="resnet18", image_size=64, dropout=0.5, **_TABLE3["msba"]),
-    dict(epochs=2, batch_size=8, lr=1e-2, backbone_lr_mult=0.1, lr_step_epochs=[], workers=0, sat_rotation=0.0),
+    dict(epochs=2, batch_size=8, lr=1e-3, backbone_lr_mult=0.1, lr_step_epochs=[], workers=0, sat_rotation=0.0),
 )
 
 

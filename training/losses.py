@@ -20,10 +20,10 @@ def msba_loss(sat_logits: list[torch.Tensor], drone_logits: list[torch.Tensor], 
     ce_sat = sum(F.cross_entropy(s, labels) for s in sat_logits)
     ce_drone = sum(F.cross_entropy(d, labels) for d in drone_logits)
     total = ce_sat + ce_drone
-    terms = {"ce_satellite": float(ce_sat), "ce_drone": float(ce_drone)}
+    terms = {"ce_satellite": float(ce_sat.detach()), "ce_drone": float(ce_drone.detach())}
     if use_kl:
         kl = sum(mutual_kl(d, s) for d, s in zip(drone_logits, sat_logits)) / len(sat_logits)
         total = total + kl
-        terms["kl"] = float(kl)
-    terms["total"] = float(total)
+        terms["kl"] = float(kl.detach())
+    terms["total"] = float(total.detach())
     return total, terms

@@ -1,0 +1,181 @@
+"""`skyloc bench latency|search|accuracy|runtime`.
+
+Thin layer: each sub-subcommand parses its options and calls one benchmark function, which
+writes benchmarks/results/<name>.{csv,md,png}. Nothing here imports torch; only `accuracy` and
+the checkpoint modes of `latency` / `runtime` load it (inside the benchmark).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from runtime.errors import SkylocError
+
+
+def _csv(cast=str):
+    def parse(s: str) -> list:
+        try:
+            return [cast(x.strip()) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of {cast.__name__}") from None
+    return parse
+
+
+def _int_like(s: str) -> int:
+    return int(float(s))  # accepts 1e5
+
+
+def _common(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="where <name>.csv/.md/.png go; None = benchmarks/results/")
+    p.add_argument("--name", default=name, help="base name of the results files")
+    p.add_argument("--threads", type=int, default=0, help="intra-op / OpenMP threads (0: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("latency", formatter_class=fmt,
+                       help="model inference latency per backend / precision / variant / batch / size")
+    p.add_argument("--models", nargs="+", type=Path, default=[], help="ONNX models (or engines) with sidecars")
+    p.add_argument("--checkpoint", type=Path, help="export + calibrate from this checkpoint instead of --models")
+    p.add_argument("--variants", type=_csv(), default=["full", "global"], help="with --checkpoint")
+    p.add_argument("--precisions", type=_csv(), default=None,
+                   help="with --checkpoint; None = fp32,int8-ort; plus fp16,int8-trt when a GPU backend is present")
+    p.add_argument("--sizes", type=_csv(int), default=None,
+                   help="input sizes (with --checkpoint: re-exported per size; with --models: filter)")
+    p.add_argument("--calib-images", type=Path, help="folder of calibration images; None = synthetic")
+    p.add_argument("--calib-count", type=int, default=32, help="calibration images")
+    p.add_argument("--with-backbone", type=Path, metavar="CKPT",
+                   help="also time the bare backbone of this checkpoint (heads-overhead goal)")
+    p.add_argument("--backends", type=_csv(), default=None,
+                   help="backends; None = every one available: onnxruntime CPU/CUDA/TRT EPs, tensorrt")
+    p.add_argument("--batches", type=_csv(int), default=[1, 8])
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--baseline", default="precision=fp32,variant=full",
+                   help="key=value filter picking the baseline row within each (backend, batch, size) group")
+    p.add_argument("--e2e-tiles", type=_int_like, default=100_000,
+                   help="also time inference + exact search over this many tiles at batch 1 (0: off)")
+    p.add_argument("--work-dir", type=Path, help="keep exported models here; None = a temp dir")
+    p.add_argument("--opset", type=int, default=17)
+    _common(p, "latency")
+
+    p = sub.add_parser("search", formatter_class=fmt, help="tile search scaling: exact vs faiss flat/HNSW/IVF-PQ")
+    p.add_argument("--dims", type=_csv(int), default=[512, 3584])
+    p.add_argument("--tiles", type=_csv(_int_like), default=[1000, 10_000, 100_000, 1_000_000])
+    p.add_argument("--kinds", type=_csv(), default=["exact", "flat", "hnsw", "ivfpq"])
+    p.add_argument("--queries", type=int, default=1000, help="queries for top-1 agreement")
+    p.add_argument("--timed-queries", type=int, default=200, help="single queries timed one by one")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--tileset", type=Path, help="real embeddings from this tile set; None = synthetic")
+    p.add_argument("--max-gb", type=float, default=6.0, help="skip combinations needing more memory")
+    p.add_argument("--hnsw-m", type=int, help="HNSW links per node; None = the runtime matcher's default")
+    p.add_argument("--ef-construction", type=int, help="HNSW build beam; None = the runtime matcher's default")
+    p.add_argument("--ef-search", type=int, help="HNSW search beam; None = the runtime matcher's default")
+    p.add_argument("--nlist", type=int, help="IVF lists; None = the runtime matcher's default, ~4 sqrt(n)")
+    p.add_argument("--nprobe", type=int, help="IVF lists probed; None = the runtime matcher's default")
+    p.add_argument("--pq-m", type=int, help="PQ sub-quantizers; None = the runtime matcher's default")
+    p.add_argument("--rerank", type=int, 
+                   help="IVF-PQ: re-rank k*RERANK candidates exactly; None = the runtime matcher's default")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p, "search")
+
+    p = sub.add_parser("accuracy", formatter_class=fmt,
+                       help="paper Table 3 ablation + Table 7 per-part results on a (synthetic) dataset")
+    p.add_argument("--data", type=Path, help="University-1652-layout dataset; None = generate a procedural one")
+    p.add_argument("--presets", type=_csv(), default=None, help="ablation rows; None = all of Table 3")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--size", type=int, default=64, help="input size")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--locations", type=int, default=40, help="locations of the generated dataset")
+    p.add_argument("--drones-per-location", type=int, default=4, help="paired training rows per location per epoch")
+    p.add_argument("--pretrained", default="", help="local ImageNet weights for the backbone (same for every row)")
+    p.add_argument("--work-dir", type=Path, help="keep data and runs here; None = a temp dir")
+    p.add_argument("--no-quant", action="store_true", help="skip the FP32 vs INT8 ONNX accuracy check")
+    _common(p, "accuracy")
+
+    p = sub.add_parser("runtime", formatter_class=fmt,
+                       help="end-to-end frame -> fix latency vs inference alone; memory soak")
+    p.add_argument("--model", type=Path, help="ONNX model with sidecar")
+    p.add_argument("--checkpoint", type=Path, help="export the model from this checkpoint instead")
+    p.add_argument("--tiles", type=Path, help="tile set of the model; None = built on a procedural world")
+    p.add_argument("--pad-tiles", type=_int_like, default=10_000, help="pad the tile set with distractors")
+    p.add_argument("--video", help="flight video / image folder; None = a synthetic flight")
+    p.add_argument("--frames", type=int, default=10_000, help="frames of the soak (the video is looped)")
+    p.add_argument("--flight-seconds", type=float, default=30.0, help="length of the generated flight")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--work-dir", type=Path)
+    _common(p, "runtime")
+
+
+def _limit_threads(n: int) -> None:
+    """--threads for the libraries that read it from the environment at load time (OpenBLAS /
+    OpenMP under numpy and faiss); a no-op for those already loaded, which then use all cores."""
+    if n > 0:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+
+
+def main(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    _limit_threads(args.threads)
+    from benchmarks.report import command_line
+
+    command = command_line()
+    if args.bench == "search":
+        from benchmarks.search import SyntheticSpec, bench_search
+
+        given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+        params = {"hnsw": given(M=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search),
+                  "ivfpq": given(nlist=args.nlist, nprobe=args.nprobe, m=args.pq_m, rerank=args.rerank)}
+        params = {k: v for k, v in params.items() if v}
+        paths = bench_search(
+            dims=args.dims, tiles=args.tiles, kinds=args.kinds, queries=args.queries,
+            timed_queries=args.timed_queries, k=args.k, tileset=args.tileset, max_gb=args.max_gb,
+            threads=args.threads, params=params, spec=SyntheticSpec(seed=args.seed), results_dir=args.results_dir,
+            name=args.name, command=command, progress=progress,
+        )
+    elif args.bench == "latency":
+        from benchmarks.latency import bench_latency
+
+        if not args.models and not args.checkpoint:
+            raise SkylocError("give --models M1.onnx ... or --checkpoint CKPT (exported and calibrated per size)")
+        paths = bench_latency(
+            models=args.models, checkpoint=args.checkpoint, variants=args.variants, precisions=args.precisions,
+            sizes=args.sizes, calib_images=args.calib_images, calib_count=args.calib_count,
+            backbone_checkpoint=args.with_backbone, backends=args.backends, batches=args.batches, runs=args.runs,
+            warmup=args.warmup, baseline=args.baseline, e2e_tiles=args.e2e_tiles, threads=args.threads,
+            work_dir=args.work_dir, opset=args.opset, results_dir=args.results_dir, name=args.name,
+            command=command, progress=progress,
+        )
+    elif args.bench == "accuracy":
+        from benchmarks.accuracy import bench_accuracy
+
+        paths = bench_accuracy(
+            data=args.data, presets=args.presets, epochs=args.epochs, size=args.size, backbone=args.backbone,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, locations=args.locations,
+            drones_per_location=args.drones_per_location, pretrained=args.pretrained,
+            work_dir=args.work_dir, quant=not args.no_quant, threads=args.threads, results_dir=args.results_dir,
+            name=args.name, command=command, progress=progress,
+        )
+    else:
+        from benchmarks.runtime_bench import bench_runtime
+
+        if not args.model and not args.checkpoint:
+            raise SkylocError("give --model M.onnx (exported with `skyloc export`) or --checkpoint CKPT")
+        paths = bench_runtime(
+            model=args.model, checkpoint=args.checkpoint, tiles=args.tiles, pad_tiles=args.pad_tiles,
+            video=args.video, frames=args.frames, flight_seconds=args.flight_seconds, backend=args.backend, threads=args.threads,
+            work_dir=args.work_dir, results_dir=args.results_dir, name=args.name, command=command,
+            progress=progress,
+        )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

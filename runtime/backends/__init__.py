@@ -1,0 +1,12 @@
+"""Inference backends behind one interface: `open_backend(model, "auto"|"onnxruntime"|"tensorrt")`.
+
+Importing this package registers the built-in backends but loads no runtime library;
+onnxruntime / tensorrt / pycuda are imported when a model is opened.
+"""
+from __future__ import annotations
+
+from runtime.backends.base import BACKENDS, Backend, l2_normalize, open_backend, register_backend
+from runtime.backends import onnxruntime_backend as _ort  # noqa: F401  (registers "onnxruntime")
+from runtime.backends import tensorrt_backend as _trt  # noqa: F401  (registers "tensorrt")
+
+__all__ = ["BACKENDS", "Backend", "l2_normalize", "open_backend", "register_backend"]

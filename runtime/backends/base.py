@@ -1,0 +1,194 @@
+"""One small interface in front of every inference runtime.
+
+A backend turns a batch already in the model's input layout (see runtime.preprocess) into
+L2-normalised float32 embeddings. Backends are a registry: a plugin module defines a subclass,
+decorates it with `@register_backend("name")`, and `open_backend(..., backend="name")` finds it.
+`auto` asks every registered backend that opens this kind of file whether it can run here and
+takes the highest-priority one.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from runtime.errors import SkylocError
+from runtime.sidecar import InputContract, ModelSidecar
+
+log = logging.getLogger("skyloc.backends")
+
+BACKENDS: dict[str, type["Backend"]] = {}
+
+_NP_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float16": np.float16}
+
+
+def register_backend(name: str) -> Callable[[type["Backend"]], type["Backend"]]:
+    """Class decorator: make a Backend subclass available as `open_backend(..., backend=name)`."""
+
+    def deco(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        BACKENDS[name] = cls
+        return cls
+
+    return deco
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, eps)
+
+
+class Backend(ABC):
+    """An opened model. Subclasses set `sidecar`, `max_batch` and implement `_run`."""
+
+    name: ClassVar[str] = "?"
+    priority: ClassVar[int] = 0  # `auto` prefers higher
+    suffixes: ClassVar[tuple[str, ...]] = ()  # model files this backend opens
+    default_conf: ClassVar[dict[str, Any]] = {}
+
+    sidecar: ModelSidecar
+    model_path: Path
+    max_batch: int | None = None  # None: any batch size
+    fixed_batch: int | None = None  # the graph only takes exactly this many rows (pad the rest)
+
+    def __init__(self, model_path: str | Path, conf: dict[str, Any] | None = None) -> None:
+        unknown = set(conf or {}) - set(self.default_conf)
+        if unknown:
+            raise SkylocError(
+                f"backend {self.name!r} does not know option(s) {sorted(unknown)}; "
+                f"it takes: {sorted(self.default_conf)}"
+            )
+        self.conf = {**self.default_conf, **(conf or {})}
+        self.model_path = Path(model_path)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(can run on this machine, why not) — cheap: must not load models or touch the GPU."""
+        return True, ""
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output (B, D) for a batch of at most max_batch rows."""
+
+    @property
+    def contract(self) -> InputContract:
+        return self.sidecar.input
+
+    @property
+    def precision(self) -> str:
+        return self.sidecar.precision
+
+    @property
+    def providers(self) -> str:
+        """What actually executes the graph (e.g. execution providers)."""
+        return self.name
+
+    @property
+    def description(self) -> str:
+        s = self.sidecar
+        return (f"{self.name} [{self.providers}] {self.model_path.name} "
+                f"({s.variant}, {self.precision}, {s.embedding_dim}-d)")
+
+    def _check_batch(self, batch: np.ndarray) -> None:
+        c = self.contract
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise ValueError(f"{self.name}: expected a 4-D batch, got {getattr(batch, 'shape', type(batch))}")
+        want = (c.height, c.width, 3) if c.layout.upper() == "NHWC" else (3, c.height, c.width)
+        if tuple(batch.shape[1:]) != want:
+            raise ValueError(
+                f"{self.name}: batch shape {batch.shape[1:]} does not match the model input {want} "
+                f"({c.layout}); build batches with runtime.preprocess.to_model_input"
+            )
+        dtype = _NP_DTYPES.get(c.dtype)
+        if dtype is not None and batch.dtype != dtype:
+            raise ValueError(f"{self.name}: batch dtype {batch.dtype} != model input dtype {c.dtype}")
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(B, ...) model input -> (B, D) float32, each row of unit length."""
+        self._check_batch(batch)
+        b = batch.shape[0]
+        if b == 0:
+            return np.zeros((0, self.sidecar.embedding_dim), np.float32)
+        step = self.fixed_batch or self.max_batch or b
+        outs = []
+        for i in range(0, b, max(step, 1)):
+            chunk = batch[i:i + step]
+            n = chunk.shape[0]
+            if self.fixed_batch and n < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - n,) + chunk.shape[1:], dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(np.asarray(self._run(np.ascontiguousarray(chunk)))[:n])
+        out = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        out = out.reshape(b, -1)
+        if out.shape[1] != self.sidecar.embedding_dim:
+            raise SkylocError(
+                f"{self.model_path} produced {out.shape[1]}-d embeddings but its sidecar says "
+                f"{self.sidecar.embedding_dim}: re-export the model"
+            )
+        return l2_normalize(out)
+
+    def close(self) -> None:
+        """Free runtime resources (sessions, GPU buffers)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers them; neither imports its runtime library at top level.
+    from runtime.backends import onnxruntime_backend, tensorrt_backend  # noqa: F401
+
+
+def _conf_for(cls: type[Backend], conf: dict[str, Any] | None) -> dict[str, Any]:
+    # `auto` may land on any backend, so options meant for another one are dropped, not fatal.
+    conf = conf or {}
+    ignored = sorted(set(conf) - set(cls.default_conf))
+    if ignored:
+        log.warning("backend %s ignores option(s) %s", cls.name, ignored)
+    return {k: v for k, v in conf.items() if k in cls.default_conf}
+
+
+def open_backend(model_path: str | Path, backend: str = "auto", conf: dict[str, Any] | None = None) -> Backend:
+    """Open a model file with a named backend, or the best one available for it (`auto`)."""
+    _load_builtin()
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise SkylocError(f"model {model_path} not found: pass the exported .onnx or a built .engine")
+    if backend != "auto":
+        cls = BACKENDS.get(backend)
+        if cls is None:
+            raise SkylocError(f"unknown backend {backend!r}; choose from: auto, {', '.join(sorted(BACKENDS))}")
+        ok, why = cls.available()
+        if not ok:
+            raise SkylocError(f"backend {backend!r} is not available here: {why}")
+        b = cls(model_path, conf)
+        log.info("backend: %s", b.description)
+        return b
+
+    suffix = model_path.suffix.lower()
+    candidates = sorted((c for c in BACKENDS.values() if suffix in c.suffixes), key=lambda c: -c.priority)
+    reasons = []
+    for cls in candidates:
+        ok, why = cls.available()
+        if ok:
+            b = cls(model_path, _conf_for(cls, conf))
+            log.info("backend auto -> %s", b.description)
+            return b
+        reasons.append(f"{cls.name}: {why}")
+    # An engine without TensorRT: the ONNX it was built from usually sits beside it.
+    sibling = model_path.with_suffix(".onnx")
+    if suffix != ".onnx" and sibling.is_file() and "onnxruntime" in BACKENDS:
+        log.warning("cannot run %s (%s); falling back to %s with onnxruntime",
+                    model_path.name, "; ".join(reasons), sibling.name)
+        return open_backend(sibling, "onnxruntime", _conf_for(BACKENDS["onnxruntime"], conf))
+    raise SkylocError(
+        f"no backend can run {model_path} ({'; '.join(reasons) or 'unsupported file type ' + repr(suffix)}); "
+        f"use the exported .onnx (onnxruntime runs it anywhere) or install the GPU extra"
+    )

@@ -1,0 +1,511 @@
+"""Georeferenced map readers: GeoTIFF (any CRS) and north-up PNG/JPEG tiles with a corners CSV.
+
+One primitive, `GeoMap.sample(lat, lon)`, bilinearly samples the map at arbitrary WGS84 points;
+crops, rendered drone views and tile grids are all built on it. Sampling is mip-mapped: each
+point picks a pyramid level from its ground footprint (given, or estimated from the spacing of
+the query grid) and blends the two nearest levels, so a 64 px crop of a 0.1 m/px orthophoto is
+an area average rather than an aliased pick of single pixels.
+
+No-data (GeoTIFF masks / nodata, tiles missing from the CSV, fully transparent PNG pixels) is
+carried as a weight: colours are premultiplied by it, so they never bleed into valid pixels, and
+a point is valid where the weight is >= 0.5. Alpha never changes a colour: it only marks
+alpha == 0 as no-data (the Turku tiles carry a constant alpha, so all their pixels are valid).
+
+Torch-free: the onboard runtime builds tile sets from these maps.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import struct
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from runtime import geo
+from runtime.errors import SkylocError
+
+CSV_HEADER = ["Filename", " Top_left_lat", "Top_left_lon", "Bottom_right_lat", "Bottom_right_long"]
+_BLOCK = 2048  # GeoTIFF points are read in blocks of this many output pixels per side
+
+
+class GeoMap(ABC):
+    """A map that can be sampled at WGS84 points. Subclasses supply `_to_native` and `_sample_level`."""
+
+    name: str
+    source: str
+    metres_per_pixel: float
+    max_level: int
+
+    # --- subclass hooks -------------------------------------------------------------------
+    @abstractmethod
+    def bounds_latlon(self) -> tuple[float, float, float, float]:
+        """(lat_min, lon_min, lat_max, lon_max)."""
+
+    @abstractmethod
+    def _to_native(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat WGS84 points -> the coordinates `_sample_level` takes."""
+
+    @abstractmethod
+    def _sample_level(self, a: np.ndarray, b: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Native coords -> (premultiplied rgb float32 (N, 3), weight float32 (N,)) at a pyramid level."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "metres_per_pixel": self.metres_per_pixel,
+                "bounds_latlon": list(self.bounds_latlon())}
+
+    # --- public API -----------------------------------------------------------------------
+    def sample(self, lat: np.ndarray, lon: np.ndarray, footprint_m: np.ndarray | float | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Bilinear, mip-mapped colours at the points: (rgb uint8 (..., 3), valid bool (...)).
+
+        `footprint_m` is the ground size each output pixel stands for (scalar or per point); by
+        default it is estimated from the spacing of a 2-D query grid (native resolution for
+        other shapes). Invalid points get rgb 0.
+        """
+        lat = np.asarray(lat, dtype=np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        shape = lat.shape
+        if footprint_m is None:
+            footprint_m = _grid_footprint(lat, lon)
+        fp = np.broadcast_to(np.asarray(footprint_m, dtype=np.float64), shape).ravel()
+        level = np.clip(np.log2(np.maximum(fp, 1e-9) / self.metres_per_pixel), 0.0, float(self.max_level))
+        l0 = np.floor(level).astype(np.int64)
+        t = (level - l0).astype(np.float32)
+        a, b = self._to_native(lat.ravel(), lon.ravel())
+        rgb = np.zeros((a.size, 3), np.float32)
+        w = np.zeros(a.size, np.float32)
+        for lv in np.unique(l0):
+            idx = np.nonzero(l0 == lv)[0]
+            c, wt = self._sample_level(a[idx], b[idx], int(lv))
+            rgb[idx] += c * (1 - t[idx, None])
+            w[idx] += wt * (1 - t[idx])
+            up = idx[(t[idx] > 0) & (lv < self.max_level)]
+            if up.size:
+                c, wt = self._sample_level(a[up], b[up], int(lv) + 1)
+                rgb[up] += c * t[up, None]
+                w[up] += wt * t[up]
+        valid = w >= 0.5
+        out = np.zeros_like(rgb)
+        out[valid] = rgb[valid] / w[valid, None]
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out.reshape(*shape, 3), valid.reshape(shape)
+
+    def is_valid(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Whether each point has data at native resolution."""
+        lat = np.asarray(lat, dtype=np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        a, b = self._to_native(lat.ravel(), np.asarray(lon, dtype=np.float64).ravel())
+        _, w = self._sample_level(a, b, 0)
+        return (w >= 0.5).reshape(lat.shape)
+
+    def read_crop(self, lat: float, lon: float, size_m: float, out_px: int, yaw_deg: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Square crop of size_m ground metres centred at (lat, lon), out_px pixels a side.
+
+        yaw_deg turns the crop clockwise from north: the crop's up direction points at that heading
+        (the view of a nadir camera whose top edge faces yaw_deg).
+        """
+        east, north = crop_offsets_m(size_m, out_px, yaw_deg)
+        la, lo = geo.local_m_to_latlon(east, north, lat, lon)
+        return self.sample(la, lo, footprint_m=size_m / out_px)
+
+    def grid(self, tile_m: float, stride_m: float, min_valid: float = 1.0) -> np.ndarray:
+        """(N, 2) lat/lon centres of tile_m squares on a metric grid, row-major north->south, west->east.
+
+        The grid starts tile_m / 2 inside the north-west corner of the bounds. A square is kept when
+        the valid fraction of a probe lattice over it (edges included, spacing <= tile_m / 16 and
+        about 4 native pixels when finer, at most 65 x 65 probes) is >= min_valid.
+        """
+        if tile_m <= 0 or stride_m <= 0:
+            raise SkylocError(f"grid: tile_m ({tile_m}) and stride_m ({stride_m}) must be > 0")
+        lat_min, lon_min, lat_max, lon_max = self.bounds_latlon()
+        lat0, lon0 = 0.5 * (lat_min + lat_max), 0.5 * (lon_min + lon_max)
+        west, north = geo.latlon_to_local_m(lat_max, lon_min, lat0, lon0)
+        east, south = geo.latlon_to_local_m(lat_min, lon_max, lat0, lon0)
+        eps = 1e-6 * tile_m  # squares flush with the map edge count as inside
+        ns = np.arange(north - tile_m / 2, south + tile_m / 2 - eps, -stride_m)
+        es = np.arange(west + tile_m / 2, east - tile_m / 2 + eps, stride_m)
+        if ns.size == 0 or es.size == 0:
+            return np.zeros((0, 2))
+        cn, ce = np.meshgrid(ns, es, indexing="ij")
+        cn, ce = cn.ravel(), ce.ravel()
+        k = int(np.clip(math.ceil(tile_m / (4 * self.metres_per_pixel)) + 1, 17, 65))
+        probe = np.linspace(-tile_m / 2 + eps, tile_m / 2 - eps, k)
+        pe, pn = np.meshgrid(probe, probe)
+        frac = np.empty(cn.size)
+        batch = max(1, 200_000 // (k * k))
+        for s in range(0, cn.size, batch):
+            e = ce[s:s + batch, None] + pe.ravel()[None]
+            n = cn[s:s + batch, None] + pn.ravel()[None]
+            la, lo = geo.local_m_to_latlon(e, n, lat0, lon0)
+            frac[s:s + batch] = self.is_valid(la, lo).mean(axis=1)
+        keep = frac >= min_valid - 1e-9
+        la, lo = geo.local_m_to_latlon(ce[keep], cn[keep], lat0, lon0)
+        return np.stack([np.atleast_1d(la), np.atleast_1d(lo)], axis=1)
+
+
+def crop_offsets_m(size_m: float, out_px: int, yaw_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(east, north) metres of each pixel centre of a yawed square crop, relative to its centre."""
+    u = ((np.arange(out_px) + 0.5) / out_px - 0.5) * size_m
+    x, y_down = np.meshgrid(u, u)
+    y_up = -y_down
+    s, c = math.sin(math.radians(yaw_deg)), math.cos(math.radians(yaw_deg))
+    return x * c + y_up * s, -x * s + y_up * c
+
+
+def _grid_footprint(lat: np.ndarray, lon: np.ndarray) -> np.ndarray | float:
+    """Ground spacing of a 2-D query grid: the larger of its row / column steps, per point."""
+    if lat.ndim != 2 or min(lat.shape) < 2:
+        return 0.0
+    e, n = geo.latlon_to_local_m(lat, lon, float(lat.flat[0]), float(lon.flat[0]))
+    de_r, de_c = np.gradient(e)
+    dn_r, dn_c = np.gradient(n)
+    return np.maximum(np.hypot(de_r, dn_r), np.hypot(de_c, dn_c))
+
+
+def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample an (h, w, C) array at continuous pixel coords (centre of pixel i at i + 0.5), edge-clamped."""
+    h, w = img.shape[:2]
+    xi = np.clip(x - 0.5, 0, w - 1)
+    yi = np.clip(y - 0.5, 0, h - 1)
+    x0 = np.minimum(np.floor(xi).astype(np.int64), w - 1)
+    y0 = np.minimum(np.floor(yi).astype(np.int64), h - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (xi - x0).astype(np.float32)[:, None]
+    fy = (yi - y0).astype(np.float32)[:, None]
+    top = img[y0, x0].astype(np.float32) * (1 - fx) + img[y0, x1].astype(np.float32) * fx
+    bot = img[y1, x0].astype(np.float32) * (1 - fx) + img[y1, x1].astype(np.float32) * fx
+    return top * (1 - fy) + bot * fy
+
+
+# --- PNG / JPEG tiles with a corners CSV ------------------------------------------------------
+
+
+@dataclass
+class Tile:
+    filename: str
+    tl_lat: float
+    tl_lon: float
+    br_lat: float
+    br_lon: float
+    path: Path | None = None  # None: an in-memory tile (see TiledMap.from_array)
+    width: int = 0
+    height: int = 0
+
+
+class TiledMap(GeoMap):
+    """Mosaic of north-up image tiles georeferenced by their corners; decoded lazily, LRU-cached."""
+
+    def __init__(self, tiles: Sequence[Tile], source: str, name: str, missing: Sequence[str] = (),
+                 cache_mb: float = 768.0) -> None:
+        if not tiles:
+            raise SkylocError(f"map {source}: none of its tile images exist ({len(missing)} missing); "
+                              "check the file names in the CSV (paths are relative to the CSV)")
+        self.tiles = list(tiles)
+        self.missing = list(missing)
+        self.source, self.name = source, name
+        self._cache: OrderedDict[int, list[tuple[np.ndarray, np.ndarray | None]]] = OrderedDict()
+        self._arrays: dict[int, np.ndarray] = {}
+        self._cache_bytes = int(cache_mb * 2**20)
+        mpps = [math.sqrt(float(np.prod(geo.corners_metres_per_pixel(
+            t.width, t.height, t.tl_lat, t.tl_lon, t.br_lat, t.br_lon)))) for t in self.tiles]
+        self.metres_per_pixel = float(np.median(mpps))
+        self.max_level = max(0, int(math.floor(math.log2(max(min(t.width, t.height) for t in self.tiles)))) - 2)
+
+    @classmethod
+    def from_array(cls, rgb: np.ndarray, tl_lat: float, tl_lon: float, br_lat: float, br_lon: float,
+                   name: str = "array") -> "TiledMap":
+        """One in-memory tile (RGB, or RGBA with alpha 0 = no-data)."""
+        t = Tile(name, tl_lat, tl_lon, br_lat, br_lon, None, rgb.shape[1], rgb.shape[0])
+        m = cls([t], source=f"<array {name}>", name=name)
+        m._arrays[0] = rgb
+        return m
+
+    def bounds_latlon(self) -> tuple[float, float, float, float]:
+        return (min(t.br_lat for t in self.tiles), min(t.tl_lon for t in self.tiles),
+                max(t.tl_lat for t in self.tiles), max(t.br_lon for t in self.tiles))
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(type="tiles", tiles=[t.filename for t in self.tiles], missing=self.missing)
+        return d
+
+    def _to_native(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return lat, lon
+
+    def _sample_level(self, lat: np.ndarray, lon: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb = np.zeros((lat.size, 3), np.float32)
+        w = np.zeros(lat.size, np.float32)
+        todo = np.ones(lat.size, bool)  # the first tile (CSV order) holding a point wins
+        for i, t in enumerate(self.tiles):
+            x, y = geo.corners_latlon_to_pixel(lat, lon, t.width, t.height, t.tl_lat, t.tl_lon, t.br_lat, t.br_lon)
+            inside = todo & (x >= 0) & (x <= t.width) & (y >= 0) & (y <= t.height)
+            if not inside.any():
+                continue
+            img, mask = self._level(i, level)
+            sx, sy = img.shape[1] / t.width, img.shape[0] / t.height
+            xs, ys = x[inside] * sx, y[inside] * sy
+            rgb[inside] = bilinear(img, xs, ys)
+            w[inside] = 1.0 if mask is None else bilinear(mask[..., None], xs, ys)[:, 0] / 255.0
+            todo &= ~inside
+        return rgb, w
+
+    def _level(self, i: int, level: int) -> tuple[np.ndarray, np.ndarray | None]:
+        pyr = self._cache.get(i)
+        if pyr is None:
+            pyr = [self._decode(i)]
+            self._cache[i] = pyr
+        self._cache.move_to_end(i)
+        while len(pyr) <= level:
+            img, mask = pyr[-1]
+            size = (max(1, (img.shape[1] + 1) // 2), max(1, (img.shape[0] + 1) // 2))
+            pyr.append((cv2.resize(img, size, interpolation=cv2.INTER_AREA),
+                        None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_AREA)))
+        self._evict()
+        return pyr[level]
+
+    def _evict(self) -> None:
+        def nbytes(p: list) -> int:
+            return sum(a.nbytes + (0 if m is None else m.nbytes) for a, m in p)
+        while len(self._cache) > 1 and sum(nbytes(p) for p in self._cache.values()) > self._cache_bytes:
+            self._cache.popitem(last=False)
+
+    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        t = self.tiles[i]
+        if i in self._arrays:
+            raw = self._arrays[i]
+            alpha = raw[..., 3] if raw.ndim == 3 and raw.shape[2] == 4 else None
+            rgb = np.ascontiguousarray(raw[..., :3]) if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2)
+        else:
+            raw = cv2.imread(str(t.path), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise SkylocError(f"map tile {t.path}: cannot decode the image; replace or remove it")
+            if raw.dtype == np.uint16:
+                raw = (raw // 257).astype(np.uint8)
+            if raw.ndim == 2:
+                raw = raw[..., None]
+            alpha = raw[..., 3] if raw.shape[2] == 4 else None
+            rgb = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB) if raw.shape[2] >= 3 else np.repeat(raw[..., :1], 3, 2)
+        if rgb.shape[:2] != (t.height, t.width):
+            raise SkylocError(f"map tile {t.path}: header said {t.width}x{t.height}, decoded {rgb.shape[1]}x{rgb.shape[0]}")
+        if alpha is None or alpha.min() > 0:
+            return rgb, None
+        mask = np.where(alpha > 0, 255, 0).astype(np.uint8)
+        return rgb * (mask[..., None] // 255), mask  # premultiplied: no-data colours are 0
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header without decoding; other formats are decoded."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", head[16:24])
+            return int(w), int(h)
+        if head[:2] == b"\xff\xd8":
+            f.seek(2)
+            while True:
+                marker = f.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    break
+                if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                    continue
+                seg_len = struct.unpack(">H", f.read(2))[0]
+                if marker[1] in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    h, w = struct.unpack(">HH", f.read(5)[1:5])
+                    return int(w), int(h)
+                f.seek(seg_len - 2, 1)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SkylocError(f"map tile {path}: cannot read the image; replace or remove it")
+    return int(img.shape[1]), int(img.shape[0])
+
+
+def read_corners_csv(path: Path) -> list[tuple[str, float, float, float, float]]:
+    """Rows (filename, tl_lat, tl_lon, br_lat, br_lon) of a corners CSV (header optional)."""
+    rows = []
+    with open(path, newline="") as f:
+        for n, rec in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+            rec = [c.strip() for c in rec]
+            if not rec or not any(rec) or (n == 1 and rec[0].lower().startswith("filename")):
+                continue
+            try:
+                name, vals = rec[0], [float(v) for v in rec[1:5]]
+                if len(vals) != 4:
+                    raise ValueError
+            except ValueError:
+                raise SkylocError(f"{path} line {n}: expected 'filename, tl_lat, tl_lon, br_lat, br_lon', got {rec}") from None
+            if not (vals[0] > vals[2] and vals[3] > vals[1]):
+                raise SkylocError(f"{path} line {n}: top-left must be north-west of bottom-right ({vals})")
+            rows.append((name, *vals))
+    if not rows:
+        raise SkylocError(f"{path}: no tile rows; expected the corners CSV format of turku-satellite/map.csv")
+    return rows
+
+
+def write_corners_csv(path: Path | str, rows: Sequence[tuple[str, float, float, float, float]]) -> Path:
+    """Write a corners CSV in the turku-satellite/map.csv format."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        f.write(",".join(CSV_HEADER) + "\n")
+        for name, a, b, c, d in rows:
+            f.write(f'"{name}", {a:.9f}, {b:.9f}, {c:.9f}, {d:.9f}\n')
+    return path
+
+
+def _open_tiles(csv_path: Path, image: Path | None = None) -> TiledMap:
+    rows = read_corners_csv(csv_path)
+    if image is not None:  # <stem>.csv beside one image: its single row, or the row naming it
+        rows = rows if len(rows) == 1 else [r for r in rows if Path(r[0]).name == image.name]
+        if not rows:
+            raise SkylocError(f"{csv_path}: has several rows and none for {image.name}")
+        rows = [(image.name, *rows[0][1:])]
+    tiles, missing = [], []
+    for name, a, b, c, d in rows:
+        p = csv_path.parent / name
+        if not p.is_file():
+            missing.append(name)
+            continue
+        w, h = image_size(p)
+        tiles.append(Tile(name, a, b, c, d, p, w, h))
+    name = csv_path.parent.name if csv_path.name == "map.csv" else csv_path.stem
+    return TiledMap(tiles, source=str(csv_path), name=name, missing=missing)
+
+
+def open_map(path: Path | str) -> GeoMap:
+    """Open a GeoTIFF, a corners CSV, a folder with map.csv, or a PNG/JPEG with a sibling <stem>.csv."""
+    p = Path(path)
+    if not p.exists():
+        raise SkylocError(f"map {p}: not found; pass a GeoTIFF, a corners CSV or a folder holding map.csv")
+    if p.is_dir():
+        if not (p / "map.csv").is_file():
+            raise SkylocError(f"map folder {p}: has no map.csv (corners CSV listing its tiles)")
+        return _open_tiles(p / "map.csv")
+    ext = p.suffix.lower()
+    if ext == ".csv":
+        return _open_tiles(p)
+    if ext in (".tif", ".tiff"):
+        return GeoTiffMap(p)
+    if ext in (".png", ".jpg", ".jpeg"):
+        side = p.with_suffix(".csv")
+        if not side.is_file():
+            raise SkylocError(f"map image {p}: needs a sibling {side.name} with its corners "
+                              "(filename, tl_lat, tl_lon, br_lat, br_lon)")
+        return _open_tiles(side, image=p)
+    raise SkylocError(f"map {p}: unknown type {ext!r}; use .tif/.tiff, a corners .csv, or .png/.jpg with a .csv")
+
+
+# --- GeoTIFF (rasterio; any CRS) ----------------------------------------------------------------
+
+
+class GeoTiffMap(GeoMap):
+    """A GeoTIFF read window by window (large files stream); any CRS, the dataset mask is no-data."""
+
+    def __init__(self, path: Path) -> None:
+        import rasterio  # heavy; only GeoTIFF users pay for it
+        from rasterio.warp import transform_bounds
+
+        try:
+            self._ds = rasterio.open(path)
+        except Exception as exc:  # rasterio raises its own RasterioIOError / CPLE_* types
+            raise SkylocError(f"map {path}: cannot open as GeoTIFF ({exc}); check the file") from None
+        ds = self._ds
+        if ds.crs is None:
+            raise SkylocError(f"map {path}: the GeoTIFF has no CRS; georeference it (e.g. gdal_translate -a_srs)")
+        self.source, self.name = str(path), Path(path).stem
+        self._bands = [1, 2, 3] if ds.count >= 3 else [1]
+        self._inv = ~ds.transform
+        lon_min, lat_min, lon_max, lat_max = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+        self._bounds = (lat_min, lon_min, lat_max, lon_max)
+        # Native resolution: ground distance between neighbouring pixels at the image centre.
+        cx, cy = ds.width / 2, ds.height / 2
+        la, lo = self._pixel_to_latlon(np.array([cx, cx + 1, cx]), np.array([cy, cy, cy + 1]))
+        dx = geo.haversine_m(la[0], lo[0], la[1], lo[1])
+        dy = geo.haversine_m(la[0], lo[0], la[2], lo[2])
+        self.metres_per_pixel = float(math.sqrt(dx * dy))
+        self.max_level = max(0, int(math.floor(math.log2(max(1, min(ds.width, ds.height))))) - 2)
+        self._scale = self._value_scale()
+
+    def _pixel_to_latlon(self, col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.warp import transform
+
+        xs, ys = _affine(self._ds.transform, col, row)
+        lon, lat = transform(self._ds.crs, "EPSG:4326", np.atleast_1d(xs), np.atleast_1d(ys))
+        return np.asarray(lat), np.asarray(lon)
+
+    def _value_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Non-8-bit rasters: a fixed 2..98 % stretch from a decimated read of the whole image."""
+        if self._ds.dtypes[0] == "uint8":
+            return None
+        k = max(1, max(self._ds.width, self._ds.height) // 1024)
+        shape = (len(self._bands), max(1, self._ds.height // k), max(1, self._ds.width // k))
+        data = self._ds.read(self._bands, out_shape=shape, masked=True).astype(np.float64)
+        lo = np.array([np.percentile(b.compressed(), 2) if b.count() else 0.0 for b in data])
+        hi = np.array([np.percentile(b.compressed(), 98) if b.count() else 1.0 for b in data])
+        return lo, np.maximum(hi, lo + 1e-9)
+
+    def bounds_latlon(self) -> tuple[float, float, float, float]:
+        return self._bounds
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(type="geotiff", crs=str(self._ds.crs), width=self._ds.width, height=self._ds.height)
+        return d
+
+    def _to_native(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.warp import transform
+
+        if lat.size == 0:
+            return lat, lon
+        xs, ys = transform("EPSG:4326", self._ds.crs, lon, lat)
+        col, row = _affine(self._inv, np.asarray(xs), np.asarray(ys))
+        return np.asarray(col, np.float64), np.asarray(row, np.float64)
+
+    def _sample_level(self, col: np.ndarray, row: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb = np.zeros((col.size, 3), np.float32)
+        w = np.zeros(col.size, np.float32)
+        W, H = self._ds.width, self._ds.height
+        inside = np.nonzero((col >= 0) & (col <= W) & (row >= 0) & (row <= H))[0]
+        s = 2 ** level
+        block = _BLOCK * s
+        keys = (np.floor(col[inside] / block).astype(np.int64) * 1_000_003 + np.floor(row[inside] / block).astype(np.int64))
+        for key in np.unique(keys):
+            idx = inside[keys == key]
+            c, r = col[idx], row[idx]
+            c0 = int(max(0, (math.floor(c.min()) // s - 1) * s)); c1 = int(min(W, (math.ceil(c.max()) // s + 2) * s))
+            r0 = int(max(0, (math.floor(r.min()) // s - 1) * s)); r1 = int(min(H, (math.ceil(r.max()) // s + 2) * s))
+            rgb[idx], w[idx] = self._read_window(c - c0, r - r0, c0, r0, c1 - c0, r1 - r0, s)
+        return rgb, w
+
+    def _read_window(self, x: np.ndarray, y: np.ndarray, c0: int, r0: int, cw: int, rh: int, s: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        win = Window(c0, r0, cw, rh)
+        oh, ow = max(1, math.ceil(rh / s)), max(1, math.ceil(cw / s))
+        rs = Resampling.average if s > 1 else Resampling.nearest
+        data = self._ds.read(self._bands, window=win, out_shape=(len(self._bands), oh, ow), resampling=rs)
+        mask = self._ds.dataset_mask(window=win, out_shape=(oh, ow), resampling=rs).astype(np.float32) / 255.0
+        data = data.astype(np.float32)
+        if self._scale is not None:
+            lo, hi = self._scale
+            data = np.clip((data - lo[:, None, None]) / (hi - lo)[:, None, None] * 255.0, 0, 255)
+        img = np.moveaxis(data, 0, -1)
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        img = img * mask[..., None]  # premultiply: no-data never bleeds into valid colours
+        both = np.concatenate([img, mask[..., None]], axis=2)
+        out = bilinear(both, x * ow / cw, y * oh / rh)
+        return out[:, :3], out[:, 3]
+
+
+def _affine(t: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an affine.Affine to coordinate arrays (written out: its `*` operator is deprecated)."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f

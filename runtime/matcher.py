@@ -1,0 +1,317 @@
+"""Nearest tiles for a query embedding: exact (numpy) or faiss (flat / HNSW / IVF-PQ).
+
+Scores are inner products of L2-normalised vectors (cosine similarity). Every matcher returns
+(scores (B, k) float32, indices (B, k) int64), best first; when fewer than k tiles qualify the
+rest are index -1 with score -inf.
+
+A SearchWindow keeps only tiles whose centre lies within radius_m of a point (the last
+accepted fix). Tile centres are precomputed as Earth-centred XYZ on the sphere of
+geo.EARTH_RADIUS_M, minus their mean and stored as float32: the straight-line (chord) distance
+there is a monotonic function of the great-circle distance, so the mask is exact with respect
+to haversine at any map size, and costs three subtractions per tile. A window usually holds a
+few thousand tiles, so windowed search scores only those (exactly) — for faiss matchers too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import geo
+from runtime.errors import SkylocError
+from runtime.tileset import TileSet
+
+log = logging.getLogger("skyloc.matcher")
+
+EXACT_MAX_TILES = 100_000  # `auto` uses the exact matcher up to this many tiles
+KINDS = ("exact", "flat", "hnsw", "ivfpq")
+
+
+@dataclass(frozen=True)
+class SearchWindow:
+    lat: float
+    lon: float
+    radius_m: float
+
+
+def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    la, lo = np.radians(np.asarray(lat, np.float64)), np.radians(np.asarray(lon, np.float64))
+    r = geo.EARTH_RADIUS_M
+    return np.stack([r * np.cos(la) * np.cos(lo), r * np.cos(la) * np.sin(lo), r * np.sin(la)], axis=-1)
+
+
+def topk(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a (B, M) score matrix, best first; `ids` maps columns to tile indices."""
+    b, m = scores.shape
+    out_s = np.full((b, k), -np.inf, np.float32)
+    out_i = np.full((b, k), -1, np.int64)
+    kk = min(k, m)
+    if kk == 0:
+        return out_s, out_i
+    if kk < m:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(m), (b, m))
+    part_s = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_s, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    out_s[:, :kk] = np.take_along_axis(part_s, order, axis=1)
+    out_i[:, :kk] = cols if ids is None else ids[cols]
+    return out_s, out_i
+
+
+class Matcher(ABC):
+    kind: str = "?"
+
+    def __init__(self, tileset: TileSet) -> None:
+        self.tileset = tileset
+        self.emb = np.ascontiguousarray(tileset.embeddings, dtype=np.float32)
+        xyz = _xyz(tileset.centers[:, 0], tileset.centers[:, 1]) if len(tileset) else np.zeros((0, 3))
+        self._origin = xyz.mean(axis=0) if len(xyz) else np.zeros(3)
+        self._xyz = (xyz - self._origin).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.tileset)
+
+    def window_ids(self, window: SearchWindow) -> np.ndarray:
+        """Indices (ascending) of tiles whose centre is within window.radius_m (great-circle)."""
+        q = (_xyz(window.lat, window.lon) - self._origin).astype(np.float32)
+        r = geo.EARTH_RADIUS_M
+        chord = 2 * r * math.sin(min(window.radius_m, math.pi * r) / (2 * r))
+        d = self._xyz - q
+        d2 = np.einsum("ij,ij->i", d, d)
+        return np.nonzero(d2 <= np.float32(chord * chord))[0]
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.tileset.dim:
+            raise SkylocError(f"query embeddings of shape {q.shape} do not match the tile set's "
+                              f"{self.tileset.dim}-d embeddings (different model?)")
+        n = np.linalg.norm(q, axis=1, keepdims=True)
+        return np.ascontiguousarray(q / np.maximum(n, 1e-12))
+
+    def _exact(self, q: np.ndarray, k: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if ids is None:
+            return topk(q @ self.emb.T, k)
+        return topk(q @ self.emb[ids].T, k, ids)
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, window: SearchWindow | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (B, k) float32, indices (B, k) int64), best first; -1 / -inf where missing."""
+
+    @property
+    def description(self) -> str:
+        return f"{self.kind} over {len(self)} tiles"
+
+
+class ExactMatcher(Matcher):
+    """Brute force: one float32 matrix product (BLAS) and a partial sort."""
+
+    kind = "exact"
+
+    def search(self, queries: np.ndarray, k: int, window: SearchWindow | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        q = self._queries(queries)
+        return self._exact(q, int(k), None if window is None else self.window_ids(window))
+
+
+def index_paths(tileset_path: str | os.PathLike, kind: str) -> tuple[Path, Path]:
+    """tiles.npz -> (tiles.faiss-<kind>.index, tiles.faiss-<kind>.json)."""
+    p = Path(tileset_path)
+    stem = p.name[:-4] if p.name.endswith(".npz") else p.name
+    return p.with_name(f"{stem}.faiss-{kind}.index"), p.with_name(f"{stem}.faiss-{kind}.json")
+
+
+def _ivfpq_defaults(n: int, d: int) -> dict[str, Any]:
+    m_cap = min(64, max(1, d // 4))
+    m = max(x for x in range(1, m_cap + 1) if d % x == 0)
+    nbits = 8 if n >= 256 * 39 else int(np.clip(math.floor(math.log2(max(n, 2) / 39)), 4, 8))
+    nlist = int(np.clip(round(4 * math.sqrt(n)), 1, max(1, n // 39)))
+    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": min(nlist, 16), "rerank": 4,
+            "train_size": 100_000, "seed": 0}
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 128},
+    "ivfpq": {},  # filled from the tile set's size
+}
+
+
+class FaissMatcher(Matcher):
+    """faiss index built once and saved beside the tile set; reused while the tile set's checksum
+    (and the index settings) are unchanged, rebuilt otherwise."""
+
+    def __init__(self, tileset: TileSet, kind: str = "flat", params: dict[str, Any] | None = None,
+                 index_path: str | os.PathLike | None = None, save: bool = True,
+                 exact_window_max: int = 200_000) -> None:
+        super().__init__(tileset)
+        try:
+            import faiss
+        except ImportError as exc:
+            raise SkylocError(f"matcher {kind!r} needs faiss ({exc}): `pip install faiss-cpu`, "
+                              f"or use the exact matcher") from None
+        if kind not in DEFAULTS:
+            raise SkylocError(f"unknown faiss index kind {kind!r}; choose flat, hnsw or ivfpq")
+        self._faiss = faiss
+        self.kind = kind
+        base = _ivfpq_defaults(len(tileset), tileset.dim) if kind == "ivfpq" else dict(DEFAULTS[kind])
+        unknown = set(params or {}) - set(base)
+        if unknown:
+            raise SkylocError(f"faiss {kind} does not take {sorted(unknown)}; it takes {sorted(base)}")
+        self.params = {**base, **(params or {})}
+        self.exact_window_max = int(exact_window_max)
+        self.reused = False
+        self.index_path: Path | None = None
+        if index_path is not None:
+            self.index_path = Path(index_path)
+        elif save and tileset.path is not None:
+            self.index_path = index_paths(tileset.path, kind)[0]
+        self.index = self._load() if self.index_path is not None else None
+        if self.index is None:
+            self.index = self._build()
+            if self.index_path is not None:
+                self._save()
+        self._tune()
+
+    # The settings that shape the stored index; search-time knobs may change freely.
+    def _record(self) -> dict[str, Any]:
+        search_only = {"ef_search", "nprobe", "rerank"}
+        return {"tileset_checksum": self.tileset.checksum, "kind": self.kind, "count": len(self),
+                "dim": self.tileset.dim,
+                "params": {k: v for k, v in sorted(self.params.items()) if k not in search_only}}
+
+    def _json_path(self) -> Path:
+        assert self.index_path is not None
+        return self.index_path.with_suffix(".json")
+
+    def _load(self) -> Any:
+        jp = self._json_path()
+        if not (self.index_path.is_file() and jp.is_file()):
+            return None
+        try:
+            rec = json.loads(jp.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        want = self._record()
+        if {k: rec.get(k) for k in want} != want:
+            log.info("faiss index %s is stale (tile set or settings changed): rebuilding", self.index_path)
+            return None
+        try:
+            index = self._faiss.read_index(str(self.index_path))
+        except RuntimeError as exc:
+            log.warning("faiss index %s unreadable (%s): rebuilding", self.index_path, exc)
+            return None
+        if index.ntotal != len(self) or index.d != self.tileset.dim:
+            return None
+        self.reused = True
+        return index
+
+    def _save(self) -> None:
+        assert self.index_path is not None
+        self.index_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.index_path.with_name(self.index_path.name + ".tmp")
+        self._faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, self.index_path)
+        rec = {**self._record(), "faiss": getattr(self._faiss, "__version__", "?")}
+        jtmp = self._json_path().with_name(self._json_path().name + ".tmp")
+        jtmp.write_text(json.dumps(rec, indent=2) + "\n")
+        os.replace(jtmp, self._json_path())  # written last: it marks the index as complete
+
+    def _build(self) -> Any:
+        faiss, d, p = self._faiss, self.tileset.dim, self.params
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(p["ef_construction"])
+        else:
+            if d % int(p["m"]):
+                raise SkylocError(f"ivfpq: m={p['m']} must divide the embedding dimension {d}")
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFPQ(quantizer, d, int(p["nlist"]), int(p["m"]), int(p["nbits"]),
+                                     faiss.METRIC_INNER_PRODUCT)
+            need = max(int(p["nlist"]), 2 ** int(p["nbits"]))
+            if len(self) < need:
+                raise SkylocError(f"ivfpq needs at least {need} tiles to train (has {len(self)}): "
+                                  f"use flat/hnsw or smaller nlist/nbits")
+            rng = np.random.default_rng(int(p["seed"]))
+            n_train = min(len(self), int(p["train_size"]))
+            sample = self.emb if n_train == len(self) else self.emb[np.sort(rng.choice(len(self), n_train, replace=False))]
+            index.train(np.ascontiguousarray(sample))
+        if len(self):
+            index.add(self.emb)
+        return index
+
+    def _tune(self) -> None:
+        p = self.params
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(p["ef_search"])
+        elif self.kind == "ivfpq":
+            self.index.nprobe = int(p["nprobe"])
+
+    def _search_params(self, ids: np.ndarray) -> Any:
+        faiss = self._faiss
+        sel = faiss.IDSelectorBatch(ids.astype(np.int64))
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.params["ef_search"])), sel
+        if self.kind == "ivfpq":
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self.params["nprobe"])), sel
+        return faiss.SearchParameters(sel=sel), sel
+
+    def search(self, queries: np.ndarray, k: int, window: SearchWindow | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        q = self._queries(queries)
+        k = int(k)
+        ids = None if window is None else self.window_ids(window)
+        if ids is not None and len(ids) <= self.exact_window_max:
+            return self._exact(q, k, ids)
+        if ids is not None and len(ids) == 0:
+            return topk(np.zeros((len(q), 0), np.float32), k)
+        rerank = int(self.params.get("rerank", 0)) if self.kind == "ivfpq" else 0
+        kk = min(len(self), k * max(rerank, 1))
+        if kk == 0:
+            return topk(np.zeros((len(q), 0), np.float32), k)
+        if ids is None:
+            dist, lab = self.index.search(q, kk)
+        else:
+            params, _keep = self._search_params(ids)  # _keep: the selector must outlive the call
+            dist, lab = self.index.search(q, kk, params=params)
+        lab = lab.astype(np.int64)
+        if rerank:
+            # PQ scores are approximate: rescore the candidates with the stored embeddings.
+            safe = np.where(lab >= 0, lab, 0)
+            dist = np.einsum("bkd,bd->bk", self.emb[safe], q)
+        dist = np.where(lab >= 0, dist, -np.inf).astype(np.float32)
+        s, cols = topk(dist, k)
+        idx = np.where(cols >= 0, np.take_along_axis(lab, np.maximum(cols, 0), axis=1), -1)
+        return s, np.where(np.isfinite(s), idx, -1).astype(np.int64)
+
+
+def make_matcher(tileset: TileSet, kind: str = "auto", params: dict[str, Any] | None = None) -> Matcher:
+    """auto: exact up to EXACT_MAX_TILES tiles, HNSW beyond (exact if faiss is missing)."""
+    if kind == "auto":
+        kind = "exact" if len(tileset) <= EXACT_MAX_TILES else "hnsw"
+        if kind == "hnsw":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                log.warning("faiss not installed: exact search over %d tiles will be slow", len(tileset))
+                kind = "exact"
+    if kind == "exact":
+        if params:
+            raise SkylocError(f"the exact matcher takes no parameters (got {sorted(params)})")
+        return ExactMatcher(tileset)
+    if kind in DEFAULTS:
+        return FaissMatcher(tileset, kind, params)
+    raise SkylocError(f"unknown matcher {kind!r}; choose auto, {', '.join(KINDS)}")

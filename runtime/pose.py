@@ -1,0 +1,164 @@
+"""Aircraft position from the ground point seen at the image centre (pure geometry).
+
+Retrieval localizes the *ground point at the image centre*. When the camera looks straight
+down that is also the aircraft's horizontal position; when it does not (airframe pitched or
+rolled, camera mounted tilted), the aircraft sits `altitude` away along the ray back up the
+optical axis. Flat ground at the given height below the aircraft is assumed: over the few
+hundred metres a fix covers, terrain slope is a smaller error than retrieval itself.
+
+Frames (aerospace convention): body x forward, y right, z down; NED world. Attitude is the
+usual yaw-pitch-roll (Z-Y-X) sequence: yaw clockwise from north, pitch nose-up positive, roll
+right-wing-down positive. The camera is rigidly mounted looking down (body +z) and tilted
+forward by `camera_tilt_deg` (0 = nadir, 90 = looking at the horizon straight ahead). A
+stabilised gimbal that holds the camera level is described by pitch = roll = 0 and its own
+tilt.
+
+`PoseInputs` holds the latest altitude / attitude, from flags, MAVLink telemetry
+(runtime.outputs.MavlinkOutput.poll) or a per-frame CSV log (`TelemetryLog`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import SkylocError
+from runtime.geo import offset_latlon
+
+# Beyond this angle from nadir the ray meets the ground so far away (or not at all) that the
+# flat-ground assumption is meaningless; such frames get no aircraft position.
+MAX_OFF_NADIR_DEG = 75.0
+
+
+@dataclass
+class Attitude:
+    """Aircraft attitude in degrees (see module doc for the conventions)."""
+
+    roll_deg: float = 0.0
+    pitch_deg: float = 0.0
+    yaw_deg: float = 0.0
+
+
+def body_to_ned(att: Attitude) -> np.ndarray:
+    """3x3 rotation taking body-frame vectors to NED: Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
+    r, p, y = (math.radians(a) for a in (att.roll_deg, att.pitch_deg, att.yaw_deg))
+    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    return rz @ ry @ rx
+
+
+def camera_axis_ned(att: Attitude, camera_tilt_deg: float = 0.0) -> np.ndarray:
+    """Unit optical axis in NED (north, east, down)."""
+    t = math.radians(camera_tilt_deg)
+    return body_to_ned(att) @ np.array([math.sin(t), 0.0, math.cos(t)])
+
+
+def ground_offset_m(altitude_m: float, att: Attitude, camera_tilt_deg: float = 0.0,
+                    max_off_nadir_deg: float = MAX_OFF_NADIR_DEG) -> tuple[float, float] | None:
+    """(east_m, north_m) from the aircraft to the ground point at the image centre.
+
+    None when the axis is more than `max_off_nadir_deg` from straight down (or points up).
+    """
+    n, e, d = camera_axis_ned(att, camera_tilt_deg)
+    if d <= math.cos(math.radians(max_off_nadir_deg)):
+        return None
+    scale = altitude_m / d
+    return e * scale, n * scale
+
+
+def aircraft_position(ground_lat: float, ground_lon: float, altitude_m: float, att: Attitude,
+                      camera_tilt_deg: float = 0.0,
+                      max_off_nadir_deg: float = MAX_OFF_NADIR_DEG) -> tuple[float, float] | None:
+    """Aircraft (lat, lon) given the ground point at the image centre; None if not computable."""
+    if not (math.isfinite(altitude_m) and altitude_m >= 0.0):
+        return None
+    off = ground_offset_m(altitude_m, att, camera_tilt_deg, max_off_nadir_deg)
+    if off is None:
+        return None
+    lat, lon = offset_latlon(ground_lat, ground_lon, -off[0], -off[1])
+    return float(lat), float(lon)
+
+
+@dataclass
+class PoseInputs:
+    """The latest known altitude above ground and attitude; fields None until known.
+
+    Filled from command-line flags (fixed values) and/or MAVLink telemetry (updated per frame).
+    """
+
+    altitude_m: float | None = None
+    roll_deg: float | None = None
+    pitch_deg: float | None = None
+    yaw_deg: float | None = None
+    camera_tilt_deg: float = 0.0
+
+    def attitude(self) -> Attitude:
+        return Attitude(self.roll_deg or 0.0, self.pitch_deg or 0.0, self.yaw_deg or 0.0)
+
+    def aircraft(self, ground_lat: float, ground_lon: float) -> tuple[float, float] | None:
+        """Aircraft position for a ground fix, or None if altitude / heading are unknown.
+
+        Heading is required unless the camera is at nadir and the airframe level, in which
+        case the aircraft is simply above the ground point.
+        """
+        if self.altitude_m is None:
+            return None
+        level = not self.roll_deg and not self.pitch_deg and not self.camera_tilt_deg
+        if self.yaw_deg is None and not level:
+            return None
+        return aircraft_position(ground_lat, ground_lon, self.altitude_m, self.attitude(), self.camera_tilt_deg)
+
+
+TELEMETRY_FIELDS = {"altitude_m": "altitude_m", "roll_deg": "roll_deg", "pitch_deg": "pitch_deg",
+                    "yaw_deg": "yaw_deg", "tilt_deg": "camera_tilt_deg"}
+
+
+class TelemetryLog:
+    """Attitude / altitude per frame from a CSV flight log (e.g. a synthetic flight's truth.csv).
+
+    Columns: `frame` (or `time_s`) plus any of altitude_m, roll_deg, pitch_deg, yaw_deg, tilt_deg.
+    Only these are read; position columns in the file are ignored on purpose (they are what
+    we are estimating).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as exc:
+            raise SkylocError(f"--telemetry {path} cannot be read: {exc}") from None
+        if not rows or not ({"frame", "time_s"} & set(rows[0])):
+            raise SkylocError(f"--telemetry {path}: need a header with `frame` or `time_s` and any of "
+                              f"{', '.join(TELEMETRY_FIELDS)}")
+        cols = [c for c in TELEMETRY_FIELDS if c in rows[0]]
+        if not cols:
+            raise SkylocError(f"--telemetry {path} has none of the columns {', '.join(TELEMETRY_FIELDS)}")
+        try:
+            self.by_frame = ({int(r["frame"]): self._values(r, cols) for r in rows} if "frame" in rows[0] else {})
+            self.times = np.array([float(r["time_s"]) for r in rows]) if "time_s" in rows[0] else np.zeros(0)
+            self.rows = [self._values(r, cols) for r in rows]
+        except ValueError as exc:
+            raise SkylocError(f"--telemetry {path}: bad number ({exc})") from None
+
+    @staticmethod
+    def _values(row: dict[str, str], cols: list[str]) -> dict[str, float]:
+        return {TELEMETRY_FIELDS[c]: float(row[c]) for c in cols if row[c] not in ("", None)}
+
+    def apply(self, pose: PoseInputs, frame: int, time_s: float) -> bool:
+        """Set pose fields for this frame (by index, else the nearest earlier time); True if found."""
+        vals = self.by_frame.get(frame)
+        if vals is None and self.times.size:
+            i = int(np.searchsorted(self.times, time_s, side="right")) - 1
+            vals = self.rows[i] if i >= 0 else None
+        if vals is None:
+            return False
+        for k, v in vals.items():
+            setattr(pose, k, v)
+        return True

@@ -1,0 +1,89 @@
+"""Shared fixtures for the runtime-core tests: a tiny ONNX embedder built with onnx.helper (no
+torch), its numpy twin, and a small synthetic georeferenced map on disk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file, write_model_sidecar
+
+GRID = 4  # the model average-pools the image to GRID x GRID cells
+
+
+def tiny_weights(dim: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((3 * GRID * GRID, dim)).astype(np.float32)
+
+
+def make_tiny_model(path: Path, size: int = 32, dim: int = 16, seed: int = 0, model_id: str = "tiny-model-0",
+                    variant: str = "global", batch: int | str = "batch") -> Path:
+    """uint8 NHWC RGB 'image' -> normalise -> GRIDxGRID average pool -> linear -> L2 'embedding'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = tiny_weights(dim, seed)
+    mean = (np.array(IMAGENET_MEAN, np.float32) * 255).reshape(1, 3, 1, 1)
+    std = (np.array(IMAGENET_STD, np.float32) * 255).reshape(1, 3, 1, 1)
+    k = size // GRID
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Sub", ["nchw", "mean"], ["c"]),
+        helper.make_node("Div", ["c", "std"], ["n"]),
+        helper.make_node("AveragePool", ["n"], ["p"], kernel_shape=[k, k], strides=[k, k]),
+        helper.make_node("Flatten", ["p"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["raw"]),
+        helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, dim])],
+        initializer=[numpy_helper.from_array(mean, "mean"), numpy_helper.from_array(std, "std"),
+                     numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, str(path))
+    sc = ModelSidecar(variant=variant, embedding_dim=dim, precision="fp32", opset=17, model_id=model_id,
+                      onnx_sha256=sha256_file(path), input=InputContract(height=size, width=size),
+                      backbone="tiny-test")
+    write_model_sidecar(path, sc)
+    return path
+
+
+def tiny_reference(batch_nhwc_uint8: np.ndarray, dim: int = 16, seed: int = 0) -> np.ndarray:
+    """The tiny model's graph in plain numpy (independent of onnxruntime)."""
+    x = batch_nhwc_uint8.astype(np.float64)
+    x = (x - np.array(IMAGENET_MEAN) * 255) / (np.array(IMAGENET_STD) * 255)
+    b, h, w, _ = x.shape
+    k = h // GRID
+    pooled = x.reshape(b, GRID, k, GRID, k, 3).mean(axis=(2, 4))  # (b, GRID, GRID, 3)
+    flat = pooled.transpose(0, 3, 1, 2).reshape(b, -1)  # NCHW flatten order
+    raw = flat @ tiny_weights(dim, seed).astype(np.float64)
+    return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+def make_map(folder: Path, width_px: int = 480, height_px: int = 400, m_per_px: float = 1.0,
+             lat0: float = 60.40, lon0: float = 22.46, seed: int = 0) -> Path:
+    """A textured north-up PNG with a sibling corners CSV; returns the PNG path."""
+    from runtime import geo
+    from runtime.maps import write_corners_csv
+
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height_px, width_px, 3), np.float32)
+    for scale in (4, 16, 64):  # multi-scale noise so neighbouring tiles differ
+        small = rng.random((height_px // scale + 2, width_px // scale + 2, 3)).astype(np.float32)
+        img += cv2.resize(small, (width_px + 2 * scale, height_px + 2 * scale),
+                          interpolation=cv2.INTER_CUBIC)[scale:scale + height_px, scale:scale + width_px]
+    img = np.clip(img / 3 * 255, 0, 255).astype(np.uint8)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / "map.png"
+    cv2.imwrite(str(png), img[:, :, ::-1])
+    tl_lat, tl_lon, br_lat, br_lon = geo.corners_for_centre(lat0, lon0, width_px * m_per_px, height_px * m_per_px)
+    write_corners_csv(folder / "map.csv", [("map.png", tl_lat, tl_lon, br_lat, br_lon)])
+    return png

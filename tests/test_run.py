@@ -1,0 +1,291 @@
+"""`skyloc run` end to end: accuracy on a synthetic flight with a trained tiny model, and every
+robustness case (bad frames, NaN embeddings, live sources that drop, mismatched tile sets,
+SIGINT / SIGTERM) with its counts checked."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.cli import main as skyloc
+from runtime.errors import SkylocError
+from runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+
+REPO = Path(__file__).parents[1]
+R = 6378137.0
+
+
+def _haversine(lat1, lon1, lat2, lon2) -> float:
+    """Written out here so the error check does not lean on runtime.geo."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * R * math.asin(math.sqrt(a))
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+# --- a hand-built ONNX embedder whose output is NaN for an all-black frame -------------------
+
+
+def make_sum_norm_model(path: Path, model_id: str, size: int = 32, dim: int = 16, seed: int = 0) -> Path:
+    """uint8 NHWC -> 4x4 average pool -> divide by the sum of the pooled values (0/0 = NaN for
+    a black frame) -> linear -> embedding. With its sidecar."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((48, dim)).astype(np.float32)
+    k = size // 4
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("AveragePool", ["nchw"], ["p"], kernel_shape=[k, k], strides=[k, k]),
+        helper.make_node("Flatten", ["p"], ["flat"], axis=1),
+        helper.make_node("ReduceSum", ["flat", "axes"], ["total"], keepdims=1),
+        helper.make_node("Div", ["flat", "total"], ["normed"]),
+        helper.make_node("MatMul", ["normed", "w"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "sumnorm",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    write_model_sidecar(path, ModelSidecar(variant="global", embedding_dim=dim, precision="fp32", opset=17,
+                                           model_id=model_id, onnx_sha256=sha256_file(path),
+                                           input=InputContract(height=size, width=size), backbone="test"))
+    return path
+
+
+def make_noise_map(folder: Path, size_px: int = 300, lat0: float = 46.95, lon0: float = 7.30) -> Path:
+    from runtime import geo
+    from runtime.maps import write_corners_csv
+
+    rng = np.random.default_rng(1)
+    img = cv2.resize(rng.integers(30, 230, (size_px // 10, size_px // 10, 3), dtype=np.uint8), (size_px, size_px),
+                     interpolation=cv2.INTER_CUBIC)
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "map.png"), img)
+    return write_corners_csv(folder / "map.csv", [("map.png", *geo.corners_for_centre(lat0, lon0, size_px, size_px))])
+
+
+@pytest.fixture(scope="module")
+def nan_setup(tmp_path_factory) -> dict[str, Path]:
+    from runtime.tileset import build_tileset
+
+    d = tmp_path_factory.mktemp("nanrun")
+    map_csv = make_noise_map(d / "map")
+    a = make_sum_norm_model(d / "a.onnx", "model-a", seed=0)
+    b = make_sum_norm_model(d / "b.onnx", "model-b", seed=1)
+    ta = build_tileset(a, map_csv, d / "tiles_a.npz", tile_m=60, stride_m=30, progress=False)
+    tb = build_tileset(b, map_csv, d / "tiles_b.npz", tile_m=60, stride_m=30, progress=False)
+    return {"dir": d, "model": a, "tiles": ta, "other_tiles": tb}
+
+
+def test_bad_frames_are_skipped_and_counted(nan_setup, tmp_path):
+    from pymavlink import mavutil
+
+    rng = np.random.default_rng(0)
+    good = lambda: cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64), interpolation=cv2.INTER_CUBIC)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "01.png"), good())
+    jpg = cv2.imencode(".jpg", good())[1].tobytes()
+    (folder / "02.jpg").write_bytes(jpg[:30] + bytes(range(200)))  # corrupt
+    (folder / "03.jpg").write_bytes(b"")  # empty
+    cv2.imwrite(str(folder / "04.png"), good()[:, :, 0])  # grayscale
+    cv2.imwrite(str(folder / "05.png"), good()[:48])  # not the stream's size
+    cv2.imwrite(str(folder / "06.png"), np.zeros((64, 64, 3), np.uint8))  # embedding 0/0 = NaN
+    cv2.imwrite(str(folder / "07.png"), good())
+    out, stats_path, mav = tmp_path / "fixes.jsonl", tmp_path / "stats.json", tmp_path / "gps.mavlink"
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]),
+                 "--source", str(folder), "--out", str(out), "--stats-json", str(stats_path),
+                 "--mavlink", f"file:{mav}", "--max-speed", "1000"])
+    assert rc == 0
+    lines = _lines(out)
+    assert [l["source"] for l in lines] == sorted(p.name for p in folder.iterdir())
+    assert [l.get("skipped") for l in lines] == [None, "corrupt", "empty", "grayscale", "wrong-size", "nan", None]
+    assert all(set(l["latency_ms"]) >= {"grab", "total"} for l in lines)
+    assert {"grab", "preprocess", "infer", "search", "filter", "total"} <= set(lines[0]["latency_ms"])
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames"] == 7 and stats["fixes"] == 2 and stats["errors"] == 0
+    assert stats["skipped"] == {"corrupt": 1, "empty": 1, "grayscale": 1, "wrong-size": 1, "nan": 1}
+    # every accepted fix went out as GPS_INPUT with the same lat/lon
+    log = mavutil.mavlink_connection(str(mav), notimestamps=True)
+    sent = []
+    while (m := log.recv_match(type="GPS_INPUT", blocking=False)) is not None:
+        sent.append((m.lat, m.lon))
+    want = [(round(l["lat"] * 1e7), round(l["lon"] * 1e7)) for l in lines if l.get("accepted")]
+    assert sent == want and len(sent) == stats["accepted"] >= 1
+
+
+def test_mismatched_tile_set_is_refused(nan_setup, tmp_path, capsys):
+    from runtime.loop import run
+
+    with pytest.raises(SkylocError, match="rebuild"):
+        run(nan_setup["model"], nan_setup["other_tiles"], str(tmp_path), [])
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["other_tiles"]),
+                 "--source", str(tmp_path), "--out", str(tmp_path / "x.jsonl")])
+    assert rc == 2 and "rebuild" in capsys.readouterr().err
+
+
+def test_live_source_that_never_opens_is_retried_then_given_up(nan_setup, tmp_path):
+    stats_path = tmp_path / "stats.json"
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]),
+                 "--source", "rtsp://127.0.0.1:9/none", "--reopen-initial", "0.01", "--reopen-attempts", "3",
+                 "--out", str(tmp_path / "f.jsonl"), "--stats-json", str(stats_path)])
+    stats = json.loads(stats_path.read_text())
+    assert rc == 0 and stats["frames"] == 0 and stats["reopens"] == 3
+
+
+def _video(path: Path, n: int, size: int = 64) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (size, size))
+    rng = np.random.default_rng(2)
+    base = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+    for i in range(n):
+        w.write(np.roll(base, i, axis=1))
+    w.release()
+    return path
+
+
+def test_live_video_that_ends_is_reopened(nan_setup, tmp_path):
+    video = _video(tmp_path / "short.avi", 4)
+    stats_path = tmp_path / "stats.json"
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]),
+                 "--source", str(video), "--live", "--reopen-initial", "0.01", "--max-frames", "12",
+                 "--out", str(tmp_path / "f.jsonl"), "--stats-json", str(stats_path)])
+    stats = json.loads(stats_path.read_text())
+    # one play-through gives at most 4 frames, so 12 frames need at least 2 reopens
+    assert rc == 0 and stats["frames"] == 12 and stats["reopens"] >= 2
+    assert stats["stopped_by"] == "max-frames"
+    assert len(_lines(tmp_path / "f.jsonl")) == 12
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_complete_output(nan_setup, tmp_path, sig):
+    video = _video(tmp_path / "long.avi", 3000)
+    out, stats_path = tmp_path / "f.jsonl", tmp_path / "stats.json"
+    cmd = [sys.executable, "-m", "runtime.cli", "run", "--model", str(nan_setup["model"]),
+           "--tiles", str(nan_setup["tiles"]), "--source", str(video), "--out", str(out),
+           "--stats-json", str(stats_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists() and out.read_text().count("\n") >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run ended before the signal: " + proc.stderr.read()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    text = out.read_text()
+    assert text.endswith("\n")
+    lines = [json.loads(l) for l in text.splitlines()]  # every line complete
+    stats = json.loads(stats_path.read_text())
+    assert 5 <= len(lines) == stats["frames"] < 3000
+    assert [l["frame"] for l in lines] == list(range(len(lines)))
+    assert stats["stopped_by"] == sig.name and f"stopped by {sig.name}" in err
+
+
+# --- accuracy: a trained tiny model on a synthetic flight ------------------------------------
+
+STRIDE_M = 40.0
+
+
+@pytest.fixture(scope="session")
+def flight_pipeline(tmp_path_factory) -> dict:
+    """Procedural world -> synthetic dataset -> tiny MSBA (a few epochs) -> ONNX -> tile set of
+    the same map -> a nadir flight over it whose frames show about one tile of ground."""
+    pytest.importorskip("torch")
+    from export.onnx_export import export_onnx
+    from runtime.tileset import build_tileset
+    from training.config import preset
+    from training.synth.camera import SpiralConfig, mid_spiral_ground_width_m
+    from training.synth.dataset import SynthDatasetConfig, make_dataset
+    from training.synth.flight import FlightConfig, make_flight
+    from training.synth.world import make_world
+    from training.train import train
+
+    d = tmp_path_factory.mktemp("flight_pipeline")
+    world = make_world(d / "world", seed=0, size_m=1000.0, mpp=1.0)
+    spiral = SpiralConfig(scale=0.5)
+    tile_m = mid_spiral_ground_width_m(spiral)  # the satellite crop the model learns from
+    data = make_dataset(world, d / "data", SynthDatasetConfig(locations=40, drone_per_location=6, test_fraction=0.1,
+                                                              image_px=64, spiral=spiral))
+    mc, tc = preset("tiny", epochs=4, lr=1e-3, drones_per_location=4)
+    ckpt = train(data, d / "run", mc, tc, progress=False, device="cpu")
+    model = export_onnx(ckpt, d / "model.onnx", variant="full")
+    tiles = build_tileset(model, world, d / "tiles.npz", tile_m=tile_m, stride_m=STRIDE_M, progress=False)
+    fcfg = FlightConfig(seconds=20.0, fps=5.0, speed_mps=10.0)
+    # the frame's centre square (what the model sees) spans tile_m of ground
+    fcfg.altitude_m = math.sqrt(2) * tile_m / (2 * math.tan(math.radians(fcfg.fov_deg) / 2) * fcfg.height / fcfg.width)
+    video = make_flight(world, d / "flight", fcfg)
+    return {"model": model, "tiles": tiles, "video": video, "truth": video.parent / "truth.csv", "dir": d}
+
+
+@pytest.mark.slow
+def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_path):
+    p = flight_pipeline
+    out, stats_path = tmp_path / "fixes.jsonl", tmp_path / "stats.json"
+    # the flight's log gives heading and altitude (a compass and a baro would); its positions are unused
+    rc = skyloc(["run", "--model", str(p["model"]), "--tiles", str(p["tiles"]), "--source", str(p["video"]),
+                 "--telemetry", str(p["truth"]), "--truth", str(p["truth"]), "--out", str(out),
+                 "--stats-json", str(stats_path)])
+    assert rc == 0
+    with open(p["truth"], newline="") as f:
+        truth = {int(r["frame"]): r for r in csv.DictReader(f)}
+    lines = _lines(out)
+    assert len(lines) == len(truth) and all("skipped" not in l for l in lines)
+    raw = [_haversine(float(truth[l["frame"]]["center_lat"]), float(truth[l["frame"]]["center_lon"]),
+                      l["raw_lat"], l["raw_lon"]) for l in lines]
+    acc = [_haversine(float(truth[l["frame"]]["center_lat"]), float(truth[l["frame"]]["center_lon"]),
+                      l["lat"], l["lon"]) for l in lines if l["accepted"]]
+    assert float(np.median(raw)) < STRIDE_M
+    assert float(np.median(acc)) < STRIDE_M
+    stats = json.loads(stats_path.read_text())
+    assert stats["truth"]["median_m"] == pytest.approx(float(np.median(raw)), abs=0.05)
+    assert stats["truth"]["fixes"] == len(lines)
+    # nadir camera at a known altitude: the aircraft is over the fix
+    assert all(l["aircraft_lat"] == pytest.approx(l["lat"], abs=1e-7) for l in lines)
+
+    # a search window around the track keeps look-alike places out
+    out2, stats2 = tmp_path / "fixes_window.jsonl", tmp_path / "stats_window.json"
+    rc = skyloc(["run", "--model", str(p["model"]), "--tiles", str(p["tiles"]), "--source", str(p["video"]),
+                 "--telemetry", str(p["truth"]), "--truth", str(p["truth"]), "--out", str(out2),
+                 "--stats-json", str(stats2), "--window-m", "100"])
+    assert rc == 0
+    w = json.loads(stats2.read_text())
+    assert w["truth"]["accepted_median_m"] < STRIDE_M
+    assert any("window_m" in l for l in _lines(out2))
+
+
+@pytest.mark.parametrize("yaw,where", [(0.0, "top"), (90.0, "right"), (180.0, "bottom"), (270.0, "left")])
+def test_north_up_turns_the_heading_to_its_compass_side(yaw, where):
+    from runtime.loop import north_up
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[20:40, 70:90] = 255  # a marker ahead of the aircraft: the top of the image
+    out = north_up(img, yaw, 32, 32)
+    ys, xs = np.nonzero(out[:, :, 0] > 100)
+    cy, cx = ys.mean() - 15.5, xs.mean() - 15.5
+    side = {"top": cy < -5 and abs(cx) < 3, "bottom": cy > 5 and abs(cx) < 3,
+            "right": cx > 5 and abs(cy) < 3, "left": cx < -5 and abs(cy) < 3}
+    assert side[where], (cy, cx)

@@ -1,0 +1,173 @@
+"""`skyloc demo`: the whole pipeline on the built-in procedural world (or the user's own map),
+chaining the stage functions in-process: map -> synthetic dataset -> train a small MSBA ->
+ONNX -> INT8 (ONNX Runtime U8S8) -> tile set -> simulated flight -> `run` -> report."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+DEMO_STEPS = ("map", "dataset", "train", "export", "int8", "tiles", "flight", "run", "report")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("skyloc-demo")
+    map_path: Path | None = None  # GeoTIFF or PNG + corners CSV; None: procedural world
+    seed: int = 0
+    world_size_m: float = 1000.0
+    locations: int = 40
+    drone_per_location: int = 6
+    image_px: int = 64  # dataset images; the model input follows the preset's size
+    spiral_scale: float = 0.5
+    epochs: int = 4
+    lr: float = 1e-3
+    stride_m: float = 40.0
+    flight_seconds: float = 30.0
+    fps: float = 5.0
+    speed_mps: float = 10.0
+    calib_images: int = 96
+    window_m: float | None = 100.0
+
+    @classmethod
+    def quick(cls, out: Path, **kw: Any) -> "DemoConfig":
+        """Shortened demo for tests and a first look: same stages, smaller everything."""
+        base = dict(out=out, world_size_m=800.0, locations=30, drone_per_location=5, epochs=3,
+                    flight_seconds=12.0, calib_images=48)
+        base.update(kw)
+        return cls(**base)
+
+
+def _step(i: int, name: str, what: str) -> float:
+    print(f"[{i}/{len(DEMO_STEPS)}] {name}: {what}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, detail: str) -> None:
+    print(f"      done in {time.perf_counter() - t0:.1f} s — {detail}", flush=True)
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
+    """Run every stage into cfg.out; returns the path of report.json."""
+    from export.onnx_export import export_onnx
+    from calibration.quantize import calibrate
+    from runtime.loop import RunOptions, run
+    from runtime.maps import open_map
+    from runtime.outputs import JsonLinesOutput
+    from runtime.tileset import build_tileset
+    from training.config import preset
+    from training.demo_report import write_report
+    from training.synth.camera import SpiralConfig, mid_spiral_ground_width_m
+    from training.synth.dataset import SynthDatasetConfig, make_dataset
+    from training.synth.flight import FlightConfig, make_flight
+    from training.synth.world import make_world
+    from training.train import train
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t, 2)
+        return result
+
+    t = _step(1, "map", "procedural world" if cfg.map_path is None else f"your map {cfg.map_path}")
+    if cfg.map_path is None:
+        world = timed("map", lambda: make_world(out / "world", seed=cfg.seed, size_m=cfg.world_size_m, mpp=1.0))
+    else:
+        world = Path(cfg.map_path)
+        timed("map", lambda: open_map(world))  # fail now, with the reader's message, not after training
+    _done(t, str(world))
+
+    spiral = SpiralConfig(scale=cfg.spiral_scale)
+    tile_m = mid_spiral_ground_width_m(spiral)  # the satellite crop size the model learns from
+    t = _step(2, "dataset", f"{cfg.locations} locations x {cfg.drone_per_location} drone views "
+                            f"(University-1652 layout, spiral scale {cfg.spiral_scale})")
+    dcfg = SynthDatasetConfig(locations=cfg.locations, drone_per_location=cfg.drone_per_location,
+                              test_fraction=0.1, image_px=cfg.image_px, spiral=spiral, seed=cfg.seed, overwrite=True)
+    data = timed("dataset", lambda: make_dataset(world, out / "data", dcfg))
+    _done(t, str(data))
+
+    mc, tc = preset("tiny", epochs=cfg.epochs, lr=cfg.lr, drones_per_location=4, seed=cfg.seed)
+    t = _step(3, "train", f"MSBA {mc.backbone} @ {mc.image_size} px, {tc.epochs} epochs (CPU is fine)")
+    run_dir = out / "run"
+    if (run_dir / "last.pt").exists():  # a re-run of the demo starts training afresh
+        for p in run_dir.glob("*.pt"):
+            p.unlink()
+    ckpt = timed("train", lambda: train(data, run_dir, mc, tc, resume=True, progress=progress))
+    _done(t, str(ckpt))
+
+    t = _step(4, "export", "ONNX, full variant, uint8 input with normalisation baked in")
+    fp32 = timed("export", lambda: export_onnx(ckpt, out / "model.onnx", variant="full"))
+    _done(t, str(fp32))
+
+    t = _step(5, "int8", f"calibrate on {cfg.calib_images} images -> QDQ U8S8 (ONNX Runtime) + S8S8 (TensorRT)")
+    cal = timed("int8", lambda: calibrate(fp32, [data / "train" / "satellite", data / "train" / "drone"],
+                                          out / "int8", num_images=cfg.calib_images, progress=progress))
+    model = cal["int8-ort"]
+    _done(t, str(model))
+
+    t = _step(6, "tiles", f"tile set: {tile_m:.0f} m tiles every {cfg.stride_m:.0f} m")
+    tiles = timed("tiles", lambda: build_tileset(model, world, out / "tiles.npz", tile_m=tile_m,
+                                                 stride_m=cfg.stride_m, backend="onnxruntime", progress=progress))
+    _done(t, str(tiles))
+
+    t = _step(7, "flight", f"{cfg.flight_seconds:.0f} s simulated flight at {cfg.fps:g} fps")
+    fcfg = FlightConfig(seconds=cfg.flight_seconds, fps=cfg.fps, speed_mps=cfg.speed_mps, seed=cfg.seed,
+                        overwrite=True)
+    # fly so the frame's centre square (what the model sees) covers one tile of ground
+    fcfg.altitude_m = math.sqrt(2) * tile_m / (2 * math.tan(math.radians(fcfg.fov_deg) / 2) * fcfg.height / fcfg.width)
+    video = timed("flight", lambda: make_flight(world, out / "flight", fcfg))
+    truth = video.parent / "truth.csv"
+    _done(t, f"{video} (altitude {fcfg.altitude_m:.0f} m)")
+
+    t = _step(8, "run", "localize every frame with ONNX Runtime (heading and altitude from the flight log)")
+    fixes = out / "fixes.jsonl"
+    opts = RunOptions(backend="onnxruntime", telemetry=truth, truth=truth, window_m=cfg.window_m,
+                      handle_signals=False)
+    stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes)], opts))
+    _done(t, stats.summary().splitlines()[0])
+
+    t = _step(9, "report", "table, trajectory and retrieval example")
+    report = write_report(out, world=world, fixes=fixes, truth=truth, tiles=tiles, model=model, video=video,
+                          stats=stats, stride_m=cfg.stride_m,
+                          extra={"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                                 "stage_seconds": timings,
+                                 "total_seconds": round(time.perf_counter() - t_start, 1),
+                                 "calibration_report": str(cal["report_md"])})
+    _done(t, str(report))
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the whole skyloc pipeline in one command: a procedural world (or --map), a synthetic "
+        "University-1652-style dataset, a small MSBA trained on the CPU, ONNX export, INT8 "
+        "calibration, a tile set of the map, a simulated flight over it, and `skyloc run` on the "
+        "flight video. Prints a report and writes PNGs to --out. About 5 minutes on a 2-core CPU.")
+    parser.add_argument("--out", type=Path, default=Path("skyloc-demo"), help="output folder (re-runs overwrite it)")
+    parser.add_argument("--map", type=Path, default=None,
+                        help="your own orthophoto: GeoTIFF, or PNG/JPEG tiles with a corners CSV (default: procedural world)")
+    parser.add_argument("--quick", action="store_true", help="a shorter run with smaller settings (about half the time)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4, quick 3)")
+    parser.add_argument("--seconds", type=float, default=None, help="flight length in seconds (default 30, quick 12)")
+
+
+def main(args: argparse.Namespace) -> int:
+    kw: dict[str, Any] = {"seed": args.seed, "map_path": args.map}
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    if args.seconds is not None:
+        kw["flight_seconds"] = args.seconds
+    cfg = DemoConfig.quick(args.out, **kw) if args.quick else DemoConfig(out=args.out, **kw)
+    report = run_demo(cfg)
+    print((report.parent / "report.md").read_text())
+    return 0

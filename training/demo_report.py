@@ -1,0 +1,193 @@
+"""The demo's report: a terminal/markdown table, report.json, the trajectory over the map and one
+retrieval example (PNG). Uses only runtime-side pieces, so it works on any finished run."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from runtime.geo import haversine_m
+from runtime.maps import GeoMap, open_map
+from runtime.run_stats import STAGES, RunStats
+from runtime.sidecar import read_model_sidecar
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_truth(path: Path) -> dict[int, dict[str, float]]:
+    with open(path, newline="") as f:
+        return {int(r["frame"]): {k: float(v) for k, v in r.items() if k != "frame"} for r in csv.DictReader(f)}
+
+
+def fix_errors(fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]], centers: np.ndarray,
+               stride_m: float) -> dict[str, Any]:
+    """Error of every fix against the ground point at the frame centre.
+
+    "Correct tile": the best tile's centre lies within one grid stride of the truth, i.e. it is
+    one of the tiles whose centre cell holds the true point (tiles overlap; a stride is the grid)."""
+    raw, acc, tile_ok = [], [], []
+    for f in fixes:
+        t = truth.get(f["frame"])
+        if t is None or "skipped" in f:
+            continue
+        raw.append(float(haversine_m(t["center_lat"], t["center_lon"], f["raw_lat"], f["raw_lon"])))
+        if f.get("accepted"):
+            acc.append(float(haversine_m(t["center_lat"], t["center_lon"], f["lat"], f["lon"])))
+        c = centers[int(f["tile"])]
+        tile_ok.append(float(haversine_m(t["center_lat"], t["center_lon"], c[0], c[1])) <= stride_m)
+    frames = len(fixes)
+
+    def pct(v: list[float], q: float) -> float | None:
+        return round(float(np.percentile(v, q)), 1) if v else None
+
+    return {
+        "frames": frames, "fixes": len(raw), "accepted": len(acc),
+        "fix_rate": round(len(acc) / frames, 3) if frames else 0.0,
+        "correct_tile_rate": round(float(np.mean(tile_ok)), 3) if tile_ok else 0.0,
+        "median_error_m": pct(raw, 50), "p90_error_m": pct(raw, 90),
+        "accepted_median_error_m": pct(acc, 50), "accepted_p90_error_m": pct(acc, 90),
+    }
+
+
+def map_overview(gmap: GeoMap, max_px: int = 900) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    lat0, lon0, lat1, lon1 = gmap.bounds_latlon()
+    h_m = haversine_m(lat0, lon0, lat1, lon0)
+    w_m = haversine_m(lat0, lon0, lat0, lon1)
+    scale = max_px / max(h_m, w_m)
+    h, w = max(2, int(h_m * scale)), max(2, int(w_m * scale))
+    lat = np.linspace(lat1, lat0, h)[:, None].repeat(w, 1)
+    lon = np.linspace(lon0, lon1, w)[None, :].repeat(h, 0)
+    rgb, valid = gmap.sample(lat, lon)
+    rgb[~valid] = 40
+    return rgb, (lat0, lon0, lat1, lon1)
+
+
+def plot_trajectory(path: Path, gmap: GeoMap, fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, (lat0, lon0, lat1, lon1) = map_overview(gmap)
+    fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.6))
+    ax.imshow(img, extent=(lon0, lon1, lat0, lat1), aspect="auto")
+    tr = np.array([[truth[k]["center_lon"], truth[k]["center_lat"]] for k in sorted(truth)])
+    ax.plot(tr[:, 0], tr[:, 1], "-", color="white", lw=2.5, label="truth (frame centre)")
+    ok = np.array([[f["lon"], f["lat"]] for f in fixes if f.get("accepted")]).reshape(-1, 2)
+    bad = np.array([[f["raw_lon"], f["raw_lat"]] for f in fixes if "raw_lat" in f and not f.get("accepted")]).reshape(-1, 2)
+    ax.plot(ok[:, 0], ok[:, 1], "o", ms=3.5, color="lime", label=f"accepted fixes ({len(ok)})")
+    if len(bad):
+        ax.plot(bad[:, 0], bad[:, 1], "x", ms=5, color="red", label=f"rejected fixes ({len(bad)})")
+    ax.set_xlim(lon0, lon1)
+    ax.set_ylim(lat0, lat1)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title("skyloc demo: simulated flight, truth vs fixes")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_retrieval(path: Path, gmap: GeoMap, model: Path, tiles: Path, video: Path,
+                   truth: dict[int, dict[str, float]], frame_index: int, k: int = 4) -> Path:
+    """The frame as the model sees it (north-up), the top-k tiles (green: within one tile of truth)."""
+    from runtime.backends import open_backend
+    from runtime.loop import north_up
+    from runtime.matcher import ExactMatcher
+    from runtime.preprocess import to_model_input
+    from runtime.tileset import TileSet
+
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
+    ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        raise RuntimeError(f"cannot read frame {frame_index} of {video}")
+    t = truth[frame_index]
+    with open_backend(model, "onnxruntime") as backend:
+        ts = TileSet.load(tiles, expect_model=backend.sidecar)
+        c = backend.sidecar.input
+        view = north_up(frame, t["yaw_deg"], c.height, c.width)
+        emb = backend.embed(to_model_input([view], c))
+    scores, idx = ExactMatcher(ts).search(emb, k)
+    tile_m = float(ts.meta["tile_m"])
+    px = 160
+    cells = [cv2.resize(cv2.cvtColor(view, cv2.COLOR_BGR2RGB), (px, px), interpolation=cv2.INTER_AREA)]
+    labels = ["query (north-up)"]
+    colours = [(255, 255, 255)]
+    for s, i in zip(scores[0], idx[0]):
+        lat, lon = ts.centers[i]
+        crop, _ = gmap.read_crop(float(lat), float(lon), tile_m, px)
+        d = float(haversine_m(t["center_lat"], t["center_lon"], lat, lon))
+        cells.append(crop)
+        labels.append(f"{d:.0f} m, s={s:.2f}")
+        colours.append((0, 200, 0) if d <= tile_m / 2 else (220, 0, 0))
+    out = np.full((px + 30, len(cells) * (px + 10) + 10, 3), 255, np.uint8)
+    for j, (cell, label, col) in enumerate(zip(cells, labels, colours)):
+        x = 10 + j * (px + 10)
+        out[5:5 + px, x:x + px] = cell
+        cv2.rectangle(out, (x - 3, 2), (x + px + 2, px + 7), col, 3)
+        cv2.putText(out, label, (x, px + 24), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _table(summary: dict[str, Any], lat: dict[str, dict[str, float | None]], backend: str, precision: str) -> str:
+    def f(v: Any, unit: str = "") -> str:
+        return "-" if v is None else f"{v}{unit}"
+
+    rows = [
+        ("frames", f(summary["frames"])),
+        ("median error (all fixes)", f(summary["median_error_m"], " m")),
+        ("p90 error (all fixes)", f(summary["p90_error_m"], " m")),
+        ("median error (accepted)", f(summary["accepted_median_error_m"], " m")),
+        ("p90 error (accepted)", f(summary["accepted_p90_error_m"], " m")),
+        ("fix rate (accepted / frames)", f"{summary['fix_rate'] * 100:.0f} %"),
+        ("correct-tile rate", f"{summary['correct_tile_rate'] * 100:.0f} %"),
+        ("backend", backend),
+        ("precision", precision),
+    ]
+    for s in STAGES:
+        v = lat.get(s, {})
+        if v.get("p50") is not None:
+            rows.append((f"latency {s} p50 / p99", f"{v['p50']:.1f} / {v['p99']:.1f} ms"))
+    w = max(len(r[0]) for r in rows)
+    lines = ["| metric | value |", "|---|---|"] + [f"| {a:<{w}} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Path, model: Path, video: Path,
+                 stats: RunStats, stride_m: float, extra: dict[str, Any] | None = None) -> Path:
+    from runtime.tileset import TileSet
+
+    side = read_model_sidecar(model)
+    ts = TileSet.load(tiles)
+    fx, tr = _read_jsonl(fixes), _read_truth(truth)
+    summary = fix_errors(fx, tr, ts.centers, stride_m)
+    lat = stats.latency_summary()
+    gmap = open_map(world)
+    traj = plot_trajectory(out / "trajectory.png", gmap, fx, tr)
+    retrieval = plot_retrieval(out / "retrieval.png", gmap, model, tiles, video, tr, frame_index=len(tr) // 2)
+    report = {"summary": summary, "latency_ms": lat, "backend": stats.backend, "precision": side.precision,
+              "variant": side.variant, "model_id": side.model_id, "tiles": len(ts), "run": stats.to_dict(),
+              "files": {"trajectory": traj.name, "retrieval": retrieval.name, "fixes": fixes.name},
+              **(extra or {})}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md = ["# skyloc demo report", "", _table(summary, lat, stats.backend, side.precision), "",
+          f"Tile set: {len(ts)} tiles of {ts.meta.get('tile_m', 0):.0f} m every {stride_m:.0f} m. "
+          "Errors are to the ground point at the frame centre; a correct tile is a best tile whose centre "
+          "lies within one stride of it.", "",
+          "![trajectory](trajectory.png)", "", "![retrieval](retrieval.png)", ""]
+    if extra and "stage_seconds" in extra:
+        md.insert(4, "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in extra["stage_seconds"].items())
+                  + f"; total {extra.get('total_seconds', '?')} s\n")
+    (out / "report.md").write_text("\n".join(md))
+    return out / "report.json"

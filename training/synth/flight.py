@@ -1,0 +1,243 @@
+"""A simulated flight over a map: a smooth path, a downward camera, a video and its ground truth.
+
+The path is a centripetal Catmull-Rom spline through random waypoints; every waypoint leg and
+the smoothed curve stay inside the part of the map where the whole camera footprint is valid
+(the map's validity grid eroded by the footprint radius). The camera looks straight down by
+default (tilt_deg tilts it forward) and its yaw follows the flight heading, so the image's up
+direction is the heading and the runtime sees rotated views. One photometric "day" is drawn for
+the whole flight (plus per-frame sensor noise), different from the map's look.
+
+Writes DIR/flight.mp4 (OpenCV mp4v), DIR/truth.csv, DIR/flight.json, DIR/map/ and optionally
+DIR/frames/NNNNNN.jpg.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from runtime import geo
+from runtime.errors import SkylocError
+from runtime.maps import GeoMap, open_map
+from training.synth.camera import Camera
+from training.synth.dataset import keep_map_copy, prepare_out, resolve_map
+from training.synth.photometric import PhotometricConfig, apply_params, draw_params, encode_jpeg
+from training.synth.render import render_view
+
+TRUTH_COLUMNS = ["frame", "time_s", "lat", "lon", "altitude_m", "yaw_deg", "tilt_deg", "center_lat",
+                 "center_lon", "east_m", "north_m"]
+
+
+@dataclass
+class FlightConfig:
+    seconds: float = 30.0
+    fps: float = 10.0
+    altitude_m: float = 120.0
+    speed_mps: float = 12.0
+    fov_deg: float = 60.0  # horizontal
+    width: int = 320
+    height: int = 240
+    tilt_deg: float = 0.0  # forward tilt of the optical axis from nadir
+    max_turn_deg: float = 70.0  # heading change between waypoint legs
+    leg_factor: tuple[float, float] = (1.5, 4.0)  # leg length range, in camera footprint radii
+    margin_m: float = 5.0  # extra clearance beyond the footprint
+    photometric: PhotometricConfig = field(default_factory=lambda: PhotometricConfig(
+        strength=0.5, jpeg_quality=(80, 95)))
+    seed: int = 0
+    write_frames: bool = False
+    overwrite: bool = False
+    max_tries: int = 200
+    world_size_m: float = 1500.0  # the procedural world used when no map is given
+    world_mpp: float = 1.0
+
+
+def frame_camera(cfg: FlightConfig, east: float, north: float, yaw_deg: float) -> Camera:
+    return Camera(float(east), float(north), cfg.altitude_m, float(yaw_deg) % 360.0, 90.0 - cfg.tilt_deg,
+                  cfg.fov_deg, cfg.width, cfg.height)
+
+
+def catmull_rom(points: np.ndarray, per_segment: int = 40) -> np.ndarray:
+    """Dense centripetal Catmull-Rom curve through points[1:-1] (the ends only shape the tangents)."""
+    out = []
+    for i in range(1, len(points) - 2):
+        p0, p1, p2, p3 = points[i - 1:i + 3]
+        t0 = 0.0
+        t1 = t0 + max(np.linalg.norm(p1 - p0), 1e-6) ** 0.5
+        t2 = t1 + max(np.linalg.norm(p2 - p1), 1e-6) ** 0.5
+        t3 = t2 + max(np.linalg.norm(p3 - p2), 1e-6) ** 0.5
+        t = np.linspace(t1, t2, per_segment, endpoint=False)[:, None]
+        a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
+        a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
+        a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
+        b1 = (t2 - t) / (t2 - t0) * a1 + (t - t0) / (t2 - t0) * a2
+        b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
+        out.append((t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2)
+    out.append(points[-2][None])
+    return np.concatenate(out)
+
+
+class _Region:
+    """Where the camera's ground foot may go: valid map eroded by the footprint radius, on a metric grid."""
+
+    def __init__(self, gmap: GeoMap, clearance_m: float) -> None:
+        lat_min, lon_min, lat_max, lon_max = gmap.bounds_latlon()
+        self.lat0, self.lon0 = 0.5 * (lat_min + lat_max), 0.5 * (lon_min + lon_max)
+        self.west, self.north = geo.latlon_to_local_m(lat_max, lon_min, self.lat0, self.lon0)
+        east, south = geo.latlon_to_local_m(lat_min, lon_max, self.lat0, self.lon0)
+        span = max(east - self.west, self.north - south)
+        self.g = max(clearance_m / 8.0, span / 1000.0, 0.5)
+        nx, ny = int((east - self.west) / self.g) + 1, int((self.north - south) / self.g) + 1
+        e = self.west + (np.arange(nx) + 0.5) * self.g
+        n = self.north - (np.arange(ny) + 0.5) * self.g
+        ee, nn = np.meshgrid(e, n)
+        la, lo = geo.local_m_to_latlon(ee, nn, self.lat0, self.lon0)
+        valid = gmap.is_valid(la, lo).astype(np.uint8)
+        r = int(math.ceil(clearance_m / self.g)) + 1
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        # Outside the grid is invalid: pad before eroding so the border erodes too.
+        padded = cv2.copyMakeBorder(valid, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+        self.ok = cv2.erode(padded, disk)[r:-r, r:-r].astype(bool)
+
+    def inside(self, e: np.ndarray, n: np.ndarray) -> np.ndarray:
+        c = np.floor((np.asarray(e) - self.west) / self.g).astype(np.int64)
+        r = np.floor((self.north - np.asarray(n)) / self.g).astype(np.int64)
+        h, w = self.ok.shape
+        good = (c >= 0) & (c < w) & (r >= 0) & (r < h)
+        out = np.zeros(np.shape(e), bool)
+        out[good] = self.ok[r[good], c[good]]
+        return out
+
+    def random_point(self, rng: np.random.Generator) -> np.ndarray:
+        rows, cols = np.nonzero(self.ok)
+        i = int(rng.integers(0, rows.size))
+        return np.array([self.west + (cols[i] + 0.5) * self.g, self.north - (rows[i] + 0.5) * self.g])
+
+
+def plan_path(region: _Region, rng: np.random.Generator, cfg: FlightConfig, footprint_m: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (N, 2) east/north, headings (N,) deg) for the N frames."""
+    n = max(1, int(round(cfg.seconds * cfg.fps)))
+    need = cfg.speed_mps * (n - 1) / cfg.fps
+    lo, hi = (f * footprint_m for f in cfg.leg_factor)
+    if not region.ok.any():
+        raise SkylocError(f"flight: no part of the map keeps the whole {footprint_m:.0f} m camera footprint "
+                          "valid; lower --altitude or --fov, or use a larger map")
+    for _ in range(cfg.max_tries):
+        pts = [region.random_point(rng)]
+        heading = rng.uniform(0, 2 * math.pi)
+        length, stuck = 0.0, 0
+        while length < need + 2 * hi and stuck < 60:
+            turn = math.radians(cfg.max_turn_deg if stuck < 20 else 180.0)
+            h = heading + rng.uniform(-turn, turn)
+            leg = rng.uniform(lo, hi)
+            nxt = pts[-1] + leg * np.array([math.sin(h), math.cos(h)])
+            s = np.linspace(0, 1, int(leg / (region.g / 2)) + 2)[:, None]
+            seg = pts[-1] + s * (nxt - pts[-1])
+            if region.inside(seg[:, 0], seg[:, 1]).all():
+                pts.append(nxt)
+                heading, length, stuck = h, length + leg, 0
+            else:
+                stuck += 1
+        if length < need + 2 * hi:
+            continue
+        # Extra end points give the spline its end tangents; start the flight one leg in.
+        curve = catmull_rom(np.array([2 * pts[0] - pts[1]] + pts + [2 * pts[-1] - pts[-2]]), 60)
+        if not region.inside(curve[:, 0], curve[:, 1]).all():
+            continue
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))])
+        s0 = arc[np.searchsorted(arc, np.linalg.norm(pts[1] - pts[0]) * 0.5)]
+        s = s0 + cfg.speed_mps * np.arange(n) / cfg.fps
+        if s[-1] > arc[-1] - 1.0:
+            continue
+        pos = np.stack([np.interp(s, arc, curve[:, 0]), np.interp(s, arc, curve[:, 1])], 1)
+        ahead = np.stack([np.interp(s + 1.0, arc, curve[:, 0]), np.interp(s + 1.0, arc, curve[:, 1])], 1)
+        d = ahead - np.stack([np.interp(s - 1.0, arc, curve[:, 0]), np.interp(s - 1.0, arc, curve[:, 1])], 1)
+        yaw = np.degrees(np.arctan2(d[:, 0], d[:, 1])) % 360.0
+        return pos, yaw
+    raise SkylocError(f"flight: could not fit a {need:.0f} m path inside the valid map after {cfg.max_tries} "
+                      "tries; shorten --seconds, lower --speed or --altitude, or use a larger map")
+
+
+def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightConfig) -> Path:
+    """Render the flight into out_dir; returns the video path (truth.csv and flight.json beside it)."""
+    out = Path(out_dir)
+    if cfg.seconds <= 0 or cfg.fps <= 0 or cfg.altitude_m <= 0 or cfg.width < 16 or cfg.height < 16:
+        raise SkylocError("flight: seconds, fps and altitude must be > 0 and the frame at least 16x16 px")
+    if not 0 <= cfg.tilt_deg < 90 or math.isinf(frame_camera(cfg, 0.0, 0.0, 0.0).footprint_radius_m(17)):
+        raise SkylocError(f"flight: tilt {cfg.tilt_deg} deg with fov {cfg.fov_deg} deg sees the horizon; "
+                          "lower --tilt or --fov")
+    gmap = open_map(map_path) if map_path is not None else None  # a bad map fails before OUT is touched
+    prepare_out(out, ("flight.mp4", "truth.csv", "flight.json", "frames", "map"), cfg.overwrite,
+                Path(map_path) if map_path is not None else None)
+    if gmap is None:
+        gmap = open_map(resolve_map(None, out, cfg.seed, cfg.world_size_m, cfg.world_mpp))
+    kept = keep_map_copy(gmap, out / "map")
+
+    rng_path, rng_day, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
+    footprint = frame_camera(cfg, 0.0, 0.0, 0.0).footprint_radius_m(17)
+    region = _Region(gmap, footprint + cfg.margin_m)
+    pos, yaw = plan_path(region, rng_path, cfg, footprint)
+    day = draw_params(rng_day, cfg.photometric)
+    day.jpeg_quality = 0  # the video codec compresses already
+
+    video = out / "flight.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), float(cfg.fps), (cfg.width, cfg.height))
+    if not writer.isOpened():
+        raise SkylocError(f"flight: OpenCV cannot write {video} with the mp4v codec (no FFmpeg backend?)")
+    if cfg.write_frames:
+        (out / "frames").mkdir(exist_ok=True)
+    rows = []
+    try:
+        for i, ((e, n), y) in enumerate(tqdm(list(zip(pos, yaw)), desc="synth flight", unit="frame")):
+            cam = frame_camera(cfg, e, n, y)
+            rgb, valid = render_view(gmap, cam, region.lat0, region.lon0)
+            if not valid.all():
+                raise SkylocError(f"flight: frame {i} sees {int((~valid).sum())} pixels off the valid map "
+                                  f"(validity grid {region.g:.1f} m too coarse for this map); raise --margin")
+            frame = apply_params(rgb, day, rng_noise)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            if cfg.write_frames:
+                (out / "frames" / f"{i:06d}.jpg").write_bytes(encode_jpeg(frame, 95))
+            rows.append(_truth_row(i, cfg, cam, region.lat0, region.lon0))
+    finally:
+        writer.release()
+    _check_video(video, len(rows))
+    with open(out / "truth.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(TRUTH_COLUMNS)
+        w.writerows(rows)
+    cam = frame_camera(cfg, 0, 0, 0)
+    meta = {"kind": "skyloc-synth-flight", "video": video.name, "frames": len(rows), "fps": cfg.fps,
+            "width": cfg.width, "height": cfg.height, "fov_deg": cfg.fov_deg, "camera_matrix": cam.intrinsics().tolist(),
+            "altitude_m": cfg.altitude_m, "tilt_deg": cfg.tilt_deg, "footprint_radius_m": footprint,
+            "map": str(kept.relative_to(out)), "origin_latlon": [region.lat0, region.lon0], "config": asdict(cfg)}
+    (out / "flight.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return video
+
+
+def _truth_row(i: int, cfg: FlightConfig, cam: Camera, lat0: float, lon0: float) -> list[str]:
+    lat, lon = geo.local_m_to_latlon(cam.east_m, cam.north_m, lat0, lon0)
+    ce, cn, _ = cam.ground_points(np.array(cam.width / 2), np.array(cam.height / 2))
+    clat, clon = geo.local_m_to_latlon(float(ce), float(cn), lat0, lon0)
+    return [str(i), f"{i / cfg.fps:.4f}", f"{lat:.8f}", f"{lon:.8f}", f"{cam.alt_m:.3f}", f"{cam.yaw_deg:.3f}",
+            f"{cfg.tilt_deg:.3f}", f"{clat:.8f}", f"{clon:.8f}", f"{cam.east_m:.3f}", f"{cam.north_m:.3f}"]
+
+
+def _check_video(path: Path, frames: int) -> None:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise SkylocError(f"flight: wrote {path} but OpenCV cannot open it again")
+        n = 0
+        while cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    if n != frames:
+        raise SkylocError(f"flight: {path} holds {n} frames, expected {frames}")
