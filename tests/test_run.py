@@ -207,43 +207,21 @@ def test_signal_stops_cleanly_with_complete_output(nan_setup, tmp_path, sig):
 
 # --- accuracy: a trained tiny model on a synthetic flight ------------------------------------
 
-STRIDE_M = 40.0
-
-
 @pytest.fixture(scope="session")
-def flight_pipeline(tmp_path_factory) -> dict:
-    """Procedural world -> synthetic dataset -> tiny MSBA (a few epochs) -> ONNX -> tile set of
-    the same map -> a nadir flight over it whose frames show about one tile of ground."""
-    pytest.importorskip("torch")
-    from export.onnx_export import export_onnx
-    from runtime.tileset import build_tileset
-    from training.config import preset
-    from training.synth.camera import SpiralConfig, mid_spiral_ground_width_m
-    from training.synth.dataset import SynthDatasetConfig, make_dataset
-    from training.synth.flight import FlightConfig, make_flight
-    from training.synth.world import make_world
-    from training.train import train
-
-    d = tmp_path_factory.mktemp("flight_pipeline")
-    world = make_world(d / "world", seed=0, size_m=1000.0, mpp=1.0)
-    spiral = SpiralConfig(scale=0.5)
-    tile_m = mid_spiral_ground_width_m(spiral)  # the satellite crop the model learns from
-    data = make_dataset(world, d / "data", SynthDatasetConfig(locations=40, drone_per_location=6, test_fraction=0.1,
-                                                              image_px=64, spiral=spiral))
-    mc, tc = preset("tiny", epochs=4, lr=1e-3, drones_per_location=4)
-    ckpt = train(data, d / "run", mc, tc, progress=False, device="cpu")
-    model = export_onnx(ckpt, d / "model.onnx", variant="full")
-    tiles = build_tileset(model, world, d / "tiles.npz", tile_m=tile_m, stride_m=STRIDE_M, progress=False)
-    fcfg = FlightConfig(seconds=20.0, fps=5.0, speed_mps=10.0)
-    # the frame's centre square (what the model sees) spans tile_m of ground
-    fcfg.altitude_m = math.sqrt(2) * tile_m / (2 * math.tan(math.radians(fcfg.fov_deg) / 2) * fcfg.height / fcfg.width)
-    video = make_flight(world, d / "flight", fcfg)
-    return {"model": model, "tiles": tiles, "video": video, "truth": video.parent / "truth.csv", "dir": d}
+def flight_pipeline(demo_run) -> dict:
+    """The quick demo's artifacts: procedural world -> synthetic dataset -> trained tiny MSBA ->
+    ONNX -> INT8 -> tile set of the same map -> a nadir flight whose north-up centre crop shows
+    about one tile of ground (tests/conftest.py trains it once for the whole session)."""
+    out = demo_run["out"]
+    return {"model": out / "int8" / "model.int8-ort.onnx", "tiles": out / "tiles.npz",
+            "video": out / "flight" / "flight.mp4", "truth": out / "flight" / "truth.csv", "dir": out,
+            "stride_m": demo_run["config"].stride_m}
 
 
 @pytest.mark.slow
 def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_path):
     p = flight_pipeline
+    stride = p["stride_m"]
     out, stats_path = tmp_path / "fixes.jsonl", tmp_path / "stats.json"
     # the flight's log gives heading and altitude (a compass and a baro would); its positions are unused
     rc = skyloc(["run", "--model", str(p["model"]), "--tiles", str(p["tiles"]), "--source", str(p["video"]),
@@ -258,8 +236,8 @@ def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_pat
                       l["raw_lat"], l["raw_lon"]) for l in lines]
     acc = [_haversine(float(truth[l["frame"]]["center_lat"]), float(truth[l["frame"]]["center_lon"]),
                       l["lat"], l["lon"]) for l in lines if l["accepted"]]
-    assert float(np.median(raw)) < STRIDE_M
-    assert float(np.median(acc)) < STRIDE_M
+    assert float(np.median(raw)) < stride
+    assert float(np.median(acc)) < stride
     stats = json.loads(stats_path.read_text())
     assert stats["truth"]["median_m"] == pytest.approx(float(np.median(raw)), abs=0.05)
     assert stats["truth"]["fixes"] == len(lines)
@@ -273,7 +251,7 @@ def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_pat
                  "--stats-json", str(stats2), "--window-m", "100"])
     assert rc == 0
     w = json.loads(stats2.read_text())
-    assert w["truth"]["accepted_median_m"] < STRIDE_M
+    assert w["truth"]["accepted_median_m"] < stride
     assert any("window_m" in l for l in _lines(out2))
 
 

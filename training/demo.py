@@ -20,14 +20,14 @@ class DemoConfig:
     map_path: Path | None = None  # GeoTIFF or PNG + corners CSV; None: procedural world
     seed: int = 0
     world_size_m: float = 1000.0
-    locations: int = 40
-    drone_per_location: int = 6
+    locations: int = 60
+    drone_per_location: int = 8
     image_px: int = 64  # dataset images; the model input follows the preset's size
     spiral_scale: float = 0.5
-    epochs: int = 4
+    epochs: int = 20
     lr: float = 1e-3
     stride_m: float = 40.0
-    flight_seconds: float = 30.0
+    flight_seconds: float = 40.0
     fps: float = 5.0
     speed_mps: float = 10.0
     calib_images: int = 96
@@ -36,8 +36,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: Path, **kw: Any) -> "DemoConfig":
         """Shortened demo for tests and a first look: same stages, smaller everything."""
-        base = dict(out=out, world_size_m=800.0, locations=30, drone_per_location=5, epochs=3,
-                    flight_seconds=12.0, calib_images=48)
+        base = dict(out=out, world_size_m=1000.0, locations=40, drone_per_location=6, epochs=12,
+                    flight_seconds=20.0, calib_images=48)
         base.update(kw)
         return cls(**base)
 
@@ -157,8 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="your own orthophoto: GeoTIFF, or PNG/JPEG tiles with a corners CSV (default: procedural world)")
     parser.add_argument("--quick", action="store_true", help="a shorter run with smaller settings (about half the time)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 4, quick 3)")
-    parser.add_argument("--seconds", type=float, default=None, help="flight length in seconds (default 30, quick 12)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, quick 12)")
+    parser.add_argument("--seconds", type=float, default=None, help="flight length in seconds (default 40, quick 20)")
 
 
 def main(args: argparse.Namespace) -> int:
