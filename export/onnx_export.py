@@ -168,9 +168,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: 
     size = cfg.image_size
     example = _example_images(2, size)
     with torch.no_grad():
-        # Eager first: it fills training.blocks' mask cache with real tensors. If torch.export ran
-        # first, the cache would keep its FakeTensors and later eager calls would fail.
-        dim = int(wrapper(example).shape[1])
+        dim = int(wrapper(example).shape[1])  # the sidecar's embedding size
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skyloc-export-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown command {argv[0]!r}; choose from: {', '.join(COMMANDS)}")
     name = argv[0]
     module_name, help_ = COMMANDS[name]
+    # OpenMP threads that spin while waiting collapse (10-20x slower) as soon as another process
+    # wants the same cores, as on a drone computer or a busy laptop; waiting passively costs little.
+    # Must be set before torch / OpenMP load; the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"skyloc {name}", description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter

@@ -1,7 +1,12 @@
 """Session-wide fixtures. The quick demo trains the one model the suite's accuracy tests share."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# As `skyloc` does (runtime/cli.py): OpenMP must not spin-wait, or torch on 2 shared cores runs
+# 10-20x slower whenever another process (a subprocess under test) is busy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

@@ -177,3 +177,19 @@ def test_msba_loss_terms_add_up() -> None:
     assert terms["kl"] == pytest.approx(float(kl), rel=1e-5)
     total_nokl, terms2 = msba_loss(sat, drone, y, use_kl=False)
     assert "kl" not in terms2 and float(total_nokl) == pytest.approx(float(ce), rel=1e-5)
+
+
+def test_eager_calls_work_after_torch_export_traced_the_masks() -> None:
+    # the mask cache must hold plain arrays: a tensor cached while torch.export traces is a fake
+    from training.blocks import _block_masks_np
+
+    _block_masks_np.cache_clear()
+
+    class Pool(torch.nn.Module):
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            return pool_blocks(f, 4, True)
+
+    f = torch.randn(1, 2, 16, 16)
+    torch.export.export(Pool(), (f,))
+    ref = np.einsum("bchw,nhw->bcn", f.numpy(), hand_masks(16) / hand_masks(16).sum(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(pool_blocks(f, 4, True).numpy(), ref, atol=1e-5)
