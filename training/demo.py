@@ -24,6 +24,7 @@ class DemoConfig:
     drone_per_location: int = 8
     image_px: int = 64  # dataset images; the model input follows the preset's size
     spiral_scale: float = 0.5
+    min_separation_m: float | None = None  # between dataset locations; None: half a satellite crop
     epochs: int = 20
     lr: float = 1e-3
     stride_m: float = 40.0
@@ -91,7 +92,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     t = _step(2, "dataset", f"{cfg.locations} locations x {cfg.drone_per_location} drone views "
                             f"(University-1652 layout, spiral scale {cfg.spiral_scale})")
     dcfg = SynthDatasetConfig(locations=cfg.locations, drone_per_location=cfg.drone_per_location,
-                              test_fraction=0.1, image_px=cfg.image_px, spiral=spiral, seed=cfg.seed, overwrite=True)
+                              test_fraction=0.1, image_px=cfg.image_px, spiral=spiral, seed=cfg.seed, overwrite=True,
+                              min_separation_m=cfg.min_separation_m)
     data = timed("dataset", lambda: make_dataset(world, out / "data", dcfg))
     _done(t, str(data))
 
@@ -167,6 +169,10 @@ def main(args: argparse.Namespace) -> int:
         kw["epochs"] = args.epochs
     if args.seconds is not None:
         kw["flight_seconds"] = args.seconds
+    if args.map is not None:
+        # a real map is usually smaller than the procedural world and has holes: a tighter
+        # spiral and closer locations still fit it
+        kw.update(spiral_scale=0.4, min_separation_m=15.0)
     cfg = DemoConfig.quick(args.out, **kw) if args.quick else DemoConfig(out=args.out, **kw)
     report = run_demo(cfg)
     print((report.parent / "report.md").read_text())
