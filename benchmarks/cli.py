@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e-tiles", type=_int_like, default=100_000,
                    help="also time inference + exact search over this many tiles at batch 1 (0: off)")
     p.add_argument("--work-dir", type=Path, help="keep exported models here; None = a temp dir")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     _common(p, "latency")
 
     p = sub.add_parser("search", formatter_class=fmt, help="tile search scaling: exact vs faiss flat/HNSW/IVF-PQ")

@@ -166,7 +166,8 @@ def bench_latency(
             paths = prepare_models(checkpoint, Path(work_dir), variants, precisions, sizes, calib_images,
                                    calib_count, opset, with_backbone=True, progress=progress)
             entries += [read_entry(p) for p in paths]
-        if backbone_checkpoint:
+        if backbone_checkpoint and not (checkpoint and Path(backbone_checkpoint).resolve() == Path(checkpoint).resolve()):
+            # (checkpoint mode already timed this checkpoint's backbone)
             from benchmarks.prepare import prepare_backbones
 
             precs = sorted({e.sidecar.precision for e in entries})

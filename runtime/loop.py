@@ -33,7 +33,7 @@ from runtime.geo import haversine_m
 from runtime.matcher import SearchWindow, make_matcher
 from runtime.outputs import MavlinkOutput, Output
 from runtime.pose import PoseInputs, TelemetryLog
-from runtime.preprocess import center_square, check_frame, to_model_input
+from runtime.preprocess import check_frame, to_model_input
 from runtime.run_stats import STAGES, RunStats, load_truth
 from runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
 from runtime.tileset import TileSet

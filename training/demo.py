@@ -4,7 +4,6 @@ ONNX -> INT8 (ONNX Runtime U8S8) -> tile set -> simulated flight -> `run` -> rep
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass

@@ -110,6 +110,17 @@ def resolve_map(map_path: Path | str | None, out_dir: Path, seed: int, size_m: f
     return make_world(out_dir / "map", seed=seed, size_m=size_m, mpp=mpp)
 
 
+def open_output_map(map_path: Path | str | None, out: Path, names: tuple[str, ...], overwrite: bool,
+                    seed: int, world_size_m: float, world_mpp: float) -> tuple[GeoMap, Path]:
+    """Open the source map (or make the procedural world in OUT), prepare OUT and keep a copy of
+    the map in OUT/map. A bad map fails before OUT is touched."""
+    gmap = open_map(map_path) if map_path is not None else None
+    prepare_out(out, names, overwrite, Path(map_path) if map_path is not None else None)
+    if gmap is None:
+        gmap = open_map(resolve_map(None, out, seed, world_size_m, world_mpp))
+    return gmap, keep_map_copy(gmap, out / "map")
+
+
 class _Placer:
     """Dart throwing of location centres in local metres, with validity and separation checks."""
 
@@ -156,12 +167,8 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
     if cfg.locations < 2 or K < 1 or px < 16 or not 0 < cfg.test_fraction < 1:
         raise SkylocError(f"synth dataset: need locations >= 2 (got {cfg.locations}), drone views >= 1 ({K}), "
                           f"image_px >= 16 ({px}) and 0 < test_fraction < 1 ({cfg.test_fraction})")
-    gmap = open_map(map_path) if map_path is not None else None  # a bad map fails before OUT is touched
-    prepare_out(out, ("train", "test", "locations.csv", "synth.json", "map"), cfg.overwrite,
-                Path(map_path) if map_path is not None else None)
-    if gmap is None:
-        gmap = open_map(resolve_map(None, out, cfg.seed, cfg.world_size_m, cfg.world_mpp))
-    kept = keep_map_copy(gmap, out / "map")
+    gmap, kept = open_output_map(map_path, out, ("train", "test", "locations.csv", "synth.json", "map"),
+                                 cfg.overwrite, cfg.seed, cfg.world_size_m, cfg.world_mpp)
 
     sat_m = cfg.resolved_sat_size()
     reach = max(spiral_extent_m(cfg.spiral, K), sat_m / math.sqrt(2))

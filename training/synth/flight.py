@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from runtime import geo
 from runtime.errors import SkylocError
-from runtime.maps import GeoMap, open_map
+from runtime.maps import GeoMap
 from training.synth.camera import Camera
-from training.synth.dataset import keep_map_copy, prepare_out, resolve_map
+from training.synth.dataset import open_output_map
 from training.synth.photometric import PhotometricConfig, apply_params, draw_params, encode_jpeg
 from training.synth.render import render_view
 
@@ -172,12 +172,8 @@ def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightCon
     if not 0 <= cfg.tilt_deg < 90 or math.isinf(frame_camera(cfg, 0.0, 0.0, 0.0).footprint_radius_m(17)):
         raise SkylocError(f"flight: tilt {cfg.tilt_deg} deg with fov {cfg.fov_deg} deg sees the horizon; "
                           "lower --tilt or --fov")
-    gmap = open_map(map_path) if map_path is not None else None  # a bad map fails before OUT is touched
-    prepare_out(out, ("flight.mp4", "truth.csv", "flight.json", "frames", "map"), cfg.overwrite,
-                Path(map_path) if map_path is not None else None)
-    if gmap is None:
-        gmap = open_map(resolve_map(None, out, cfg.seed, cfg.world_size_m, cfg.world_mpp))
-    kept = keep_map_copy(gmap, out / "map")
+    gmap, kept = open_output_map(map_path, out, ("flight.mp4", "truth.csv", "flight.json", "frames", "map"),
+                                 cfg.overwrite, cfg.seed, cfg.world_size_m, cfg.world_mpp)
 
     rng_path, rng_day, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
     footprint = frame_camera(cfg, 0.0, 0.0, 0.0).footprint_radius_m(17)
