@@ -193,3 +193,15 @@ def test_eager_calls_work_after_torch_export_traced_the_masks() -> None:
     torch.export.export(Pool(), (f,))
     ref = np.einsum("bchw,nhw->bcn", f.numpy(), hand_masks(16) / hand_masks(16).sum(axis=(1, 2), keepdims=True))
     np.testing.assert_allclose(pool_blocks(f, 4, True).numpy(), ref, atol=1e-5)
+
+
+def test_reweight_override_applies_to_a_model_trained_without_it() -> None:
+    # the Table 3 "+reweights" row evaluates the "+KL" model (reweight off) with the weights on
+    net = _tiny(reweight=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        on = net.embed(x, reweight=True)
+        default = net.embed(x)
+    g = slice(6 * 512, 7 * 512)
+    np.testing.assert_allclose(on[:, g].norm(dim=1).numpy(), 1.5 / math.sqrt(6 + 1.5 ** 2), atol=1e-5)
+    np.testing.assert_allclose(default[:, g].norm(dim=1).numpy(), 1 / math.sqrt(7), atol=1e-5)

@@ -47,10 +47,12 @@ class ModelConfig:
         return self.num_blocks + (1 if self.global_branch else 0)
 
     def head_weights(self) -> list[float]:
-        """Inference weight of each head, parts first then global (if any)."""
+        """Inference weight of each head when reweighting is on (parts 1.0, then the global
+        head's `global_weight`). Whether to apply them is the caller's switch (cfg.reweight, or
+        an evaluation override), so a model trained without it can still be evaluated with it."""
         w = [1.0] * self.num_blocks
         if self.global_branch:
-            w.append(self.global_weight if self.reweight else 1.0)
+            w.append(self.global_weight)
         return w
 
     def to_dict(self) -> dict[str, Any]:
