@@ -152,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run the whole skyloc pipeline in one command: a procedural world (or --map), a synthetic "
         "University-1652-style dataset, a small MSBA trained on the CPU, ONNX export, INT8 "
         "calibration, a tile set of the map, a simulated flight over it, and `skyloc run` on the "
-        "flight video. Prints a report and writes PNGs to --out. About 5 minutes on a 2-core CPU.")
+        "flight video. Prints a report and writes PNGs to --out. About 3 minutes on a 2-core CPU (5 at most).")
     parser.add_argument("--out", type=Path, default=Path("skyloc-demo"), help="output folder (re-runs overwrite it)")
     parser.add_argument("--map", type=Path, default=None,
                         help="your own orthophoto: GeoTIFF, or PNG/JPEG tiles with a corners CSV (default: procedural world)")
