@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from runtime import geo
 from runtime.errors import SkylocError
-from runtime.maps import GeoMap, TiledMap, GeoTiffMap, open_map, write_corners_csv
+from runtime.geotiff import GeoTiffMap
+from runtime.maps import GeoMap, TiledMap, open_map, write_corners_csv
 from training.synth.camera import (Camera, SpiralConfig, mid_spiral_ground_width_m, spiral_cameras,
                                    spiral_extent_m)
 from training.synth.photometric import PhotometricConfig, apply_photometric, encode_jpeg
