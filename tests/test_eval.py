@@ -3,7 +3,6 @@ checked against a naive metric reference recomputed from the saved features."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from naive_retrieval import naive_metrics
 from runtime.cli import main as skyloc
 from training.checkpoint import load_model, save_checkpoint
 from training.config import preset
@@ -24,28 +24,6 @@ KEYS = ("R@1", "R@5", "R@10", "R@top1%", "AP")
 TEST_LOCS = ["0101", "0102", "0103"]
 DISTRACTORS = ["0950", "0951"]
 DRONES = 3  # spiral thirds of one image each
-
-
-def naive_metrics(qf, ql, gf, gl):
-    """Loop-based University-1652 protocol (cosine, descending rank, R@K, trapezoidal AP)."""
-    def unit(v):
-        n = math.sqrt(sum(float(a) ** 2 for a in v))
-        return [float(a) / n for a in v]
-
-    gal = [unit(g) for g in gf]
-    k1 = max(1, round(len(gl) * 0.01))
-    tot = dict.fromkeys(KEYS, 0.0)
-    for q, lab in zip(qf, ql):
-        qu = unit(q)
-        s = [sum(a * b for a, b in zip(qu, g)) for g in gal]
-        order = sorted(range(len(gal)), key=lambda j: -s[j])
-        ranks = [r for r, j in enumerate(order) if gl[j] == lab]
-        if not ranks:
-            continue
-        for name, k in (("R@1", 1), ("R@5", 5), ("R@10", 10), ("R@top1%", k1)):
-            tot[name] += ranks[0] < k
-        tot["AP"] += sum(((1.0 if r == 0 else i / r) + (i + 1) / (r + 1)) / 2 for i, r in enumerate(ranks)) / len(ranks)
-    return {k: 100.0 * v / len(ql) for k, v in tot.items()}
 
 
 def naive_top(qf_row, gf, n):
