@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks import goals as G
-from benchmarks.report import machine_info, write_results
-from runtime.errors import SkylocError
+from skyloc.benchmarks import goals as G
+from skyloc.benchmarks.report import machine_info, write_results
+from skyloc.runtime.errors import SkylocError
 
 KL_ROW, RW_ROW = "lpn+ms+global+ba+kl", "msba"
 SWITCHES = ("multiscale", "global_branch", "block_attention", "kl_loss", "reweight")
@@ -40,7 +40,7 @@ def _dataset(data: Path | None, work: Path, locations: int, size: int, seed: int
         if not (Path(data) / "train").is_dir() or not (Path(data) / "test").is_dir():
             raise SkylocError(f"--data {data}: expected a University-1652 layout (train/ and test/ folders)")
         return Path(data), f"dataset {data}"
-    from training.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
 
     out = work / "data"
     if not (out / "synth.json").is_file():
@@ -73,10 +73,10 @@ def bench_accuracy(
 ) -> dict[str, Path]:
     import torch
 
-    from training.checkpoint import load_model
-    from training.config import ABLATION_ORDER, preset
-    from training.evaluate import EvalOptions, evaluate, run_tables
-    from training.train import train
+    from skyloc.training.checkpoint import load_model
+    from skyloc.training.config import ABLATION_ORDER, preset
+    from skyloc.training.evaluate import EvalOptions, evaluate, run_tables
+    from skyloc.training.train import train
 
     presets = list(presets or ABLATION_ORDER)
     bad = [p for p in presets if p not in ABLATION_ORDER]
@@ -123,7 +123,7 @@ def bench_accuracy(
         table7 = [{"part": r["name"], "heads": "all" if r["parts"] is None else ",".join(map(str, r["parts"])),
                    "reweight": r["reweight"], **_flat(r)} for r in t7["tables"].get("parts", [])]
         if quant:
-            from benchmarks.prepare import checkpoint_with
+            from skyloc.benchmarks.prepare import checkpoint_with
 
             # The deployable model: +reweights is the +KL weights with reweight on in the graph.
             deploy = checkpoint_with(ckpts[final_src], work, "deploy", reweight=(final == RW_ROW) or cfg.reweight)
@@ -162,7 +162,7 @@ def bench_accuracy(
 
 
 def _epochs_done(path: Path) -> int:
-    from training.checkpoint import load_checkpoint
+    from skyloc.training.checkpoint import load_checkpoint
 
     try:
         return int(load_checkpoint(path).get("epoch", 0))
@@ -172,11 +172,11 @@ def _epochs_done(path: Path) -> int:
 
 def _quant_rows(checkpoint: Path, data_dir: Path, work: Path, progress: bool) -> list[dict[str, Any]]:
     """R@K of the FP32 ONNX and its two INT8 builds on the test split (drone -> satellite)."""
-    from calibration.quantize import quantize_pair
-    from calibration.report import retrieval_metrics
-    from calibration.select import load_batch, select_images
-    from export.onnx_export import export_onnx
-    from runtime.sidecar import read_model_sidecar
+    from skyloc.calibration.quantize import quantize_pair
+    from skyloc.calibration.report import retrieval_metrics
+    from skyloc.calibration.select import load_batch, select_images
+    from skyloc.export.onnx_export import export_onnx
+    from skyloc.runtime.sidecar import read_model_sidecar
 
     qdir = work / "quant"
     qdir.mkdir(parents=True, exist_ok=True)

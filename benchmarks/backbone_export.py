@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from runtime.errors import SkylocError
-from runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 ROLE = "bare-backbone"
 
@@ -26,9 +26,9 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, size:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _check_graph, _torch_export
-    from runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
-    from training.checkpoint import load_model
+    from skyloc.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _check_graph, _torch_export
+    from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
+    from skyloc.training.checkpoint import load_model
 
     out = Path(out)
     if out.suffix != ".onnx":

@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 def _csv(cast=str):
@@ -126,11 +126,11 @@ def _limit_threads(n: int) -> None:
 def main(args: argparse.Namespace) -> int:
     progress = not args.quiet
     _limit_threads(args.threads)
-    from benchmarks.report import command_line
+    from skyloc.benchmarks.report import command_line
 
     command = command_line()
     if args.bench == "search":
-        from benchmarks.search import SyntheticSpec, bench_search
+        from skyloc.benchmarks.search import SyntheticSpec, bench_search
 
         given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
         params = {"hnsw": given(M=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search),
@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
             name=args.name, command=command, progress=progress,
         )
     elif args.bench == "latency":
-        from benchmarks.latency import bench_latency
+        from skyloc.benchmarks.latency import bench_latency
 
         if not args.models and not args.checkpoint:
             raise SkylocError("give --models M1.onnx ... or --checkpoint CKPT (exported and calibrated per size)")
@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
             command=command, progress=progress,
         )
     elif args.bench == "accuracy":
-        from benchmarks.accuracy import bench_accuracy
+        from skyloc.benchmarks.accuracy import bench_accuracy
 
         paths = bench_accuracy(
             data=args.data, presets=args.presets, epochs=args.epochs, size=args.size, backbone=args.backbone,
@@ -166,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
             name=args.name, command=command, progress=progress,
         )
     else:
-        from benchmarks.runtime_bench import bench_runtime
+        from skyloc.benchmarks.runtime_bench import bench_runtime
 
         if not args.model and not args.checkpoint:
             raise SkylocError("give --model M.onnx (exported with `skyloc export`) or --checkpoint CKPT")

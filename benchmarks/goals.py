@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from benchmarks.report import Goal
+from skyloc.benchmarks.report import Goal
 
 INT8_SPEEDUP = 1.5
 INT8_R1_POINTS = 1.0

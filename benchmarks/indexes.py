@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.matcher import KINDS, ExactMatcher, FaissMatcher, Matcher
-from runtime.tileset import TileSet
+from skyloc.runtime.matcher import KINDS, ExactMatcher, FaissMatcher, Matcher
+from skyloc.runtime.tileset import TileSet
 
 __all__ = ["KINDS", "Searcher", "build_searcher", "estimate_index_bytes"]
 

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks import goals as G
-from benchmarks.report import machine_info, percentiles_ms, write_results
-from benchmarks.timing import interleaved_times, make_input
-from runtime.errors import SkylocError
-from runtime.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar
+from skyloc.benchmarks import goals as G
+from skyloc.benchmarks.report import machine_info, percentiles_ms, write_results
+from skyloc.benchmarks.timing import interleaved_times, make_input
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar
 
 # Short backend names -> (runtime backend, conf). ORT's execution providers are separate rows.
 BACKEND_SPECS = {
@@ -71,7 +71,7 @@ def available_backends() -> list[str]:
         out += [name for name, ep in _EP.items() if ep in have]
     except ImportError:
         pass
-    from runtime.backends import BACKENDS
+    from skyloc.runtime.backends import BACKENDS
 
     trt = BACKENDS.get("tensorrt")
     if trt is not None and trt.available()[0]:
@@ -86,8 +86,8 @@ def _applies(backend: str, path: Path) -> bool:
 
 def random_tiles_matcher(n: int, dim: int, seed: int = 0) -> Any:
     """The runtime's `auto` matcher over n random unit vectors (exact up to 100k tiles)."""
-    from benchmarks.indexes import tileset_in_memory
-    from runtime.matcher import make_matcher
+    from skyloc.benchmarks.indexes import tileset_in_memory
+    from skyloc.runtime.matcher import make_matcher
 
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((n, dim), dtype=np.float32)
@@ -161,14 +161,14 @@ def bench_latency(
         if sizes and entries:
             entries = [e for e in entries if e.size in sizes] or _no_size(models, sizes)
         if checkpoint:
-            from benchmarks.prepare import prepare_models
+            from skyloc.benchmarks.prepare import prepare_models
 
             paths = prepare_models(checkpoint, Path(work_dir), variants, precisions, sizes, calib_images,
                                    calib_count, opset, with_backbone=True, progress=progress)
             entries += [read_entry(p) for p in paths]
         if backbone_checkpoint and not (checkpoint and Path(backbone_checkpoint).resolve() == Path(checkpoint).resolve()):
             # (checkpoint mode already timed this checkpoint's backbone)
-            from benchmarks.prepare import prepare_backbones
+            from skyloc.benchmarks.prepare import prepare_backbones
 
             precs = sorted({e.sidecar.precision for e in entries})
             for p in prepare_backbones(backbone_checkpoint, Path(work_dir), sorted({e.size for e in entries}), opset,
@@ -177,7 +177,7 @@ def bench_latency(
         if not entries:
             raise SkylocError("no models to time: give --models M.onnx ... or --checkpoint CKPT")
         if "tensorrt" in backends and any(e.path.suffix == ".onnx" for e in entries):
-            from benchmarks.prepare import build_engines
+            from skyloc.benchmarks.prepare import build_engines
 
             engine_dir = Path(work_dir)
             onnx = [e.path for e in entries if e.path.suffix == ".onnx"]
@@ -224,7 +224,7 @@ def _no_size(models: Sequence[Any], sizes: Sequence[int]) -> list[ModelEntry]:
 def _measure(entries: list[ModelEntry], backends: list[str], batches: Sequence[int], runs: int, warmup: int,
              threads: int, e2e_tiles: int, progress: bool) -> list[dict[str, Any]]:
     """Open every (model, backend), then time each batch size with all of them interleaved."""
-    from runtime.backends import open_backend
+    from skyloc.runtime.backends import open_backend
 
     rows: list[dict[str, Any]] = []
     opened: list[tuple[ModelEntry, dict[str, Any], Any]] = []

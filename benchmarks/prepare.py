@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 def checkpoint_with(checkpoint: str | os.PathLike, work: Path, tag: str, **model_config: object) -> Path:
@@ -23,7 +23,7 @@ def checkpoint_with(checkpoint: str | os.PathLike, work: Path, tag: str, **model
     exporter recomputes it from weights + config."""
     import torch
 
-    from training.checkpoint import load_checkpoint
+    from skyloc.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     if all(ckpt["model_config"].get(k) == v for k, v in model_config.items()):
@@ -45,8 +45,8 @@ def calibration_images(contract_size: int, count: int, folder: str | os.PathLike
     resize) or, without one, smooth random images — enough to time an INT8 model, not to judge
     its accuracy (the accuracy benchmark calibrates on real training images)."""
     if folder is not None:
-        from calibration.select import load_batch, select_images
-        from runtime.sidecar import InputContract
+        from skyloc.calibration.select import load_batch, select_images
+        from skyloc.runtime.sidecar import InputContract
 
         chosen = select_images([folder], count)
         return load_batch([s.path for s in chosen], InputContract(height=contract_size, width=contract_size))
@@ -67,12 +67,12 @@ def _derive(fp32: Path, precisions: Sequence[str], images: np.ndarray, work: Pat
     if "fp32" in precisions:
         out.append(fp32)
     if "fp16" in precisions:
-        from export.fp16 import to_fp16
+        from skyloc.export.fp16 import to_fp16
 
         out.append(to_fp16(fp32, fp32.with_name(fp32.stem + ".fp16.onnx")))
     int8 = [p for p in precisions if p.startswith("int8")]
     if int8:
-        from calibration.quantize import quantize_pair
+        from skyloc.calibration.quantize import quantize_pair
 
         paths = quantize_pair(fp32, images, work, progress=progress,
                               extra_info={"calibration_source": "benchmark"})
@@ -84,9 +84,9 @@ def prepare_models(checkpoint: str | os.PathLike, work: Path, variants: Sequence
                    sizes: Sequence[int] | None, calib_images: str | os.PathLike | None, calib_count: int,
                    opset: int | None, with_backbone: bool = True, progress: bool = True) -> list[Path]:
     """Every (size, variant, precision) model, plus the bare backbone per (size, precision)."""
-    from benchmarks.backbone_export import export_backbone
-    from export.onnx_export import DEFAULT_OPSET, export_onnx
-    from training.checkpoint import load_checkpoint
+    from skyloc.benchmarks.backbone_export import export_backbone
+    from skyloc.export.onnx_export import DEFAULT_OPSET, export_onnx
+    from skyloc.training.checkpoint import load_checkpoint
 
     bad = [p for p in precisions if p not in ("fp32", "fp16", "int8-ort", "int8-trt")]
     if bad:
@@ -112,7 +112,7 @@ def prepare_models(checkpoint: str | os.PathLike, work: Path, variants: Sequence
 def prepare_backbones(checkpoint: str | os.PathLike, work: Path, sizes: Sequence[int], opset: int | None,
                       precisions: Sequence[str] = ("fp32",)) -> list[Path]:
     """The bare backbone of `checkpoint` at each size (for `--models ... --with-backbone CKPT`)."""
-    from benchmarks.backbone_export import export_backbone
+    from skyloc.benchmarks.backbone_export import export_backbone
 
     work.mkdir(parents=True, exist_ok=True)
     out = []
@@ -125,8 +125,8 @@ def prepare_backbones(checkpoint: str | os.PathLike, work: Path, sizes: Sequence
 def build_engines(onnx_paths: Sequence[Path], work: Path, max_batch: int, progress: bool = True) -> list[Path]:
     """TensorRT engines for every ONNX TensorRT can take (not the U8S8 int8-ort build, whose
     uint8 activations are ONNX Runtime's format), written to `work`."""
-    from export.engine import build_engine
-    from runtime.sidecar import read_model_sidecar
+    from skyloc.export.engine import build_engine
+    from skyloc.runtime.sidecar import read_model_sidecar
 
     work.mkdir(parents=True, exist_ok=True)
     out = []

@@ -20,11 +20,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from benchmarks import goals as G
-from benchmarks.report import Goal, machine_info, percentiles_ms, write_csv, write_results
-from runtime.errors import SkylocError
-from runtime.outputs import Output
-from runtime.sources import Frame, FrameSource, open_source
+from skyloc.benchmarks import goals as G
+from skyloc.benchmarks.report import Goal, machine_info, percentiles_ms, write_csv, write_results
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.outputs import Output
+from skyloc.runtime.sources import Frame, FrameSource, open_source
 
 
 def _rss_mb() -> float:
@@ -82,7 +82,7 @@ class Recorder(Output):
 def pad_tileset(ts: Any, count: int, seed: int = 0) -> tuple[Any, int]:
     """Copy of `ts` with random unit-vector distractor tiles appended up to `count` tiles, placed
     at random inside the real tiles' bounding box. Returns (tile set, distractors added)."""
-    from runtime.tileset import TileSet, footprints_for
+    from skyloc.runtime.tileset import TileSet, footprints_for
 
     n = len(ts)
     extra = max(0, int(count) - n)
@@ -109,13 +109,13 @@ def _prepare(model: Path | None, checkpoint: Path | None, tiles: Path | None, vi
              backend: str, flight_seconds: float, progress: bool) -> tuple[Path, Path, str, list[str]]:
     notes: list[str] = []
     if model is None:
-        from export.onnx_export import export_onnx  # needs torch: only in --checkpoint mode
+        from skyloc.export.onnx_export import export_onnx  # needs torch: only in --checkpoint mode
 
         model = export_onnx(checkpoint, work / "model.onnx", variant="full")
         notes.append(f"Model exported from {checkpoint} (FP32, full). The export loaded torch into this process, so "
                      "resident memory includes it: pass --model for the onboard (torch-free) memory figure.")
     if video is None:
-        from training.synth.flight import FlightConfig, make_flight
+        from skyloc.runtime.synth.flight import FlightConfig, make_flight
 
         video = str(make_flight(None, work / "flight", FlightConfig(seconds=flight_seconds, fps=10.0)))
         notes.append(f"Frames: a synthetic {flight_seconds:g} s flight (training.synth, 320x240, 10 fps) over "
@@ -123,11 +123,11 @@ def _prepare(model: Path | None, checkpoint: Path | None, tiles: Path | None, vi
     else:
         notes.append(f"Frames: {video}, looped.")
     if tiles is None:
-        from runtime.tileset import build_tileset
+        from skyloc.runtime.tileset import build_tileset
 
         flight_map = work / "flight" / "map" / "map.csv"
         if not flight_map.is_file():
-            from training.synth.world import make_world
+            from skyloc.runtime.synth.world import make_world
 
             flight_map = make_world(work / "world")
             notes.append("Tile set built on the procedural world, which is not the video's area: fixes are "
@@ -155,9 +155,9 @@ def bench_runtime(
     command: str | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
-    from runtime.backends import open_backend
-    from runtime.loop import RunOptions, run
-    from runtime.tileset import TileSet
+    from skyloc.runtime.backends import open_backend
+    from skyloc.runtime.loop import RunOptions, run
+    from skyloc.runtime.tileset import TileSet
 
     if model is None and checkpoint is None:
         raise SkylocError("bench runtime needs --model M.onnx (from `skyloc export`) or --checkpoint CKPT")
@@ -185,7 +185,7 @@ def bench_runtime(
         stats = run(be, ts, src, [rec], RunOptions(backend=backend, max_frames=frames, handle_signals=False))
         wall = time.perf_counter() - t0
         # Inference alone in a tight loop (same backend, same preprocessed frame) for reference.
-        from benchmarks.timing import time_backend
+        from skyloc.benchmarks.timing import time_backend
 
         alone = time_backend(be, 1, infer_runs, 10)
         be.close()

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.indexes import KINDS, build_searcher, estimate_index_bytes
-from benchmarks.goals import load_notes
-from benchmarks.report import Goal, machine_info, percentiles_ms, write_results
-from runtime.errors import SkylocError
+from skyloc.benchmarks.indexes import KINDS, build_searcher, estimate_index_bytes
+from skyloc.benchmarks.goals import load_notes
+from skyloc.benchmarks.report import Goal, machine_info, percentiles_ms, write_results
+from skyloc.runtime.errors import SkylocError
 
 GOAL_TILES, GOAL_DIM, GOAL_MS, GOAL_AGREEMENT = 1_000_000, 512, 5.0, 0.99
 
@@ -115,7 +115,7 @@ def _load_tileset_embeddings(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise SkylocError(f"tile set {path} not found: build one with `skyloc tiles --model ... --map ... --out {path}`")
     try:
-        from runtime.tileset import TileSet
+        from skyloc.runtime.tileset import TileSet
 
         return np.asarray(TileSet.load(path).embeddings, dtype=np.float32)
     except ImportError:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.report import percentiles_ms
+from skyloc.benchmarks.report import percentiles_ms
 
 
 def make_input(contract: Any, batch: int, seed: int = 0) -> np.ndarray:

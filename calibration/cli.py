@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.check_trt is not None:
-        from calibration.trt_rules import check_trt_rules, format_report
+        from skyloc.calibration.trt_rules import check_trt_rules, format_report
 
         violations = check_trt_rules(args.check_trt)
         print(format_report(args.check_trt, violations))
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     if missing:
         raise SkylocError(f"missing {', '.join(missing)}: calibration needs --model M.onnx --images DIR... --out DIR "
                           "(or use --check-trt M.onnx)")
-    from calibration.quantize import calibrate
+    from skyloc.calibration.quantize import calibrate
 
     paths = calibrate(args.model, args.images, args.out, method=args.method, num_images=args.num_images,
                       eval_data=args.eval_data, held_out=args.held_out, compare=args.compare,

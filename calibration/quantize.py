@@ -36,8 +36,8 @@ from onnxruntime.quantization import (
 from onnxruntime import __version__ as ort_version
 from tqdm import tqdm
 
-from runtime.errors import SkylocError
-from runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -138,7 +138,7 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
     finally:
         root.setLevel(level)
         reader.close()
-    from calibration.trt_rules import check_trt_rules
+    from skyloc.calibration.trt_rules import check_trt_rules
 
     violations = check_trt_rules(paths["int8-trt"])
     if violations:  # a quantizer change upstream; never ship a model TensorRT would refuse
@@ -178,8 +178,8 @@ def calibrate(model: str | os.PathLike, image_dirs: Sequence[str | os.PathLike],
     """The whole `skyloc calibrate`: select + manifest, preprocess, calibrate once, write both
     QDQ models with sidecars, then the accuracy report. Returns every path written, keyed
     "manifest", "int8-ort", "int8-trt", "ranges", "report_json", "report_md"."""
-    from calibration.report import accuracy_report
-    from calibration.select import select_images, write_manifest
+    from skyloc.calibration.report import accuracy_report
+    from skyloc.calibration.select import select_images, write_manifest
 
     model, out_dir = Path(model), Path(out_dir)
     side = read_model_sidecar(model)
@@ -209,7 +209,7 @@ def calibrate(model: str | os.PathLike, image_dirs: Sequence[str | os.PathLike],
 
 
 def _load(selected, side: ModelSidecar, progress: bool, desc: str) -> np.ndarray:
-    from calibration.select import load_batch
+    from skyloc.calibration.select import load_batch
 
     paths = [s.path for s in selected]
     chunks = [load_batch(paths[i:i + 32], side.input)

@@ -16,9 +16,9 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from runtime.errors import SkylocError
-from runtime.preprocess import to_model_input
-from runtime.sidecar import InputContract, sha256_file, write_json_atomic
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.preprocess import to_model_input
+from skyloc.runtime.sidecar import InputContract, sha256_file, write_json_atomic
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MANIFEST_NAME = "calibration-manifest.json"

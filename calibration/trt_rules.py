@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}

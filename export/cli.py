@@ -24,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.what == "onnx":
-        from export.onnx_export import export_onnx
+        from skyloc.export.onnx_export import export_onnx
 
         out = export_onnx(args.checkpoint, args.out, variant=args.variant, opset=args.opset, precision=args.precision)
     else:
-        from export.fp16 import to_fp16
+        from skyloc.export.fp16 import to_fp16
 
         out = to_fp16(args.model, args.out or args.model.with_name(f"{args.model.stem}.fp16.onnx"))
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import SkylocError
-from runtime.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, write_engine_sidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, write_engine_sidecar
 
 INSTALL_HINT = ("install TensorRT on the machine with the target GPU (desktop: `pip install -e '.[gpu]'`; "
                 "Jetson: it comes with JetPack) and build the engine there — engines are specific to the GPU "

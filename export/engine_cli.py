@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from export.engine import build_engine
-    from runtime.sidecar import model_sidecar_path
+    from skyloc.export.engine import build_engine
+    from skyloc.runtime.sidecar import model_sidecar_path
 
     out = build_engine(args.onnx, args.out, max_batch=args.max_batch, opt_batch=args.opt_batch,
                        timing_cache=args.timing_cache, version_compatible=args.version_compatible,

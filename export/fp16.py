@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import SkylocError
-from runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -146,7 +146,7 @@ def convert_model_to_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = N
 def _parity(fp32_path: Path, fp16_path: Path, size: int, input_name: str) -> float:
     import onnxruntime as ort
 
-    from export.onnx_export import cosine_rows
+    from skyloc.export.onnx_export import cosine_rows
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)

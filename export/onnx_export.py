@@ -19,8 +19,8 @@ import onnx
 import torch
 import torch.nn as nn
 
-from runtime.errors import SkylocError
-from runtime.sidecar import (
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InputContract,
@@ -28,8 +28,8 @@ from runtime.sidecar import (
     sha256_file,
     write_model_sidecar,
 )
-from training.checkpoint import load_model, model_id as compute_model_id
-from training.model import MSBA
+from skyloc.training.checkpoint import load_model, model_id as compute_model_id
+from skyloc.training.model import MSBA
 
 DEFAULT_OPSET = 18
 # torch.export's ONNX translator starts at opset 18; asking it for 17 silently yields 18 (its
@@ -198,6 +198,6 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: 
             write_model_sidecar(out, sidecar)
             return out
         write_model_sidecar(fp32_path, sidecar)
-        from export.fp16 import to_fp16
+        from skyloc.export.fp16 import to_fp16
 
         return to_fp16(fp32_path, out)

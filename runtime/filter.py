@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.geo import haversine_m, latlon_to_local_m, local_m_to_latlon
+from skyloc.runtime.geo import haversine_m, latlon_to_local_m, local_m_to_latlon
 
 
 @dataclass

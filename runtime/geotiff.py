@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.maps import _BLOCK, GeoMap, bilinear
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import _BLOCK, GeoMap, bilinear
 
 class GeoTiffMap(GeoMap):
     """A GeoTIFF read window by window (large files stream); any CRS, the dataset mask is no-data."""

@@ -18,10 +18,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from runtime.errors import SkylocError
-from runtime.sources import Frame, FrameSource, ReconnectPolicy
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy
 
-log = logging.getLogger("runtime.sources")
+log = logging.getLogger("skyloc.runtime.sources")
 
 
 def _has_gstreamer() -> bool:

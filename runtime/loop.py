@@ -27,16 +27,16 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from runtime.backends import Backend, open_backend
-from runtime.filter import FixCandidate, TemporalFilter, place_margin, refine_position
-from runtime.geo import haversine_m
-from runtime.matcher import SearchWindow, make_matcher
-from runtime.outputs import MavlinkOutput, Output
-from runtime.pose import PoseInputs, TelemetryLog
-from runtime.preprocess import check_frame, to_model_input
-from runtime.run_stats import STAGES, RunStats, load_truth
-from runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
-from runtime.tileset import TileSet
+from skyloc.runtime.backends import Backend, open_backend
+from skyloc.runtime.filter import FixCandidate, TemporalFilter, place_margin, refine_position
+from skyloc.runtime.geo import haversine_m
+from skyloc.runtime.matcher import SearchWindow, make_matcher
+from skyloc.runtime.outputs import MavlinkOutput, Output
+from skyloc.runtime.pose import PoseInputs, TelemetryLog
+from skyloc.runtime.preprocess import check_frame, to_model_input
+from skyloc.runtime.run_stats import STAGES, RunStats, load_truth
+from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
+from skyloc.runtime.tileset import TileSet
 
 log = logging.getLogger(__name__)
 

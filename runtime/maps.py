@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from runtime import geo
-from runtime.errors import SkylocError
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
 
 CSV_HEADER = ["Filename", " Top_left_lat", "Top_left_lon", "Bottom_right_lat", "Bottom_right_long"]
 _BLOCK = 2048  # GeoTIFF points are read in blocks of this many output pixels per side (runtime.geotiff)
@@ -391,7 +391,7 @@ def open_map(path: Path | str) -> GeoMap:
     if ext == ".csv":
         return _open_tiles(p)
     if ext in (".tif", ".tiff"):
-        from runtime.geotiff import GeoTiffMap  # rasterio only for GeoTIFF users
+        from skyloc.runtime.geotiff import GeoTiffMap  # rasterio only for GeoTIFF users
 
         return GeoTiffMap(p)
     if ext in (".png", ".jpg", ".jpeg"):

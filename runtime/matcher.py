@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.tileset import TileSet
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.tileset import TileSet
 
 log = logging.getLogger("skyloc.matcher")
 

@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.errors import SkylocError
-from runtime.pose import PoseInputs
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.pose import PoseInputs
 
 log = logging.getLogger(__name__)
 

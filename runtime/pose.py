@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import SkylocError
-from runtime.geo import offset_latlon
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.geo import offset_latlon
 
 # Beyond this angle from nadir the ray meets the ground so far away (or not at all) that the
 # flat-ground assumption is meaningless; such frames get no aircraft position.

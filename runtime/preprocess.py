@@ -12,7 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from runtime.sidecar import InputContract
+from skyloc.runtime.sidecar import InputContract
 
 MIN_SIDE = 8  # smaller than this is a broken frame, not a picture
 

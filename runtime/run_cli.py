@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _outputs(args: argparse.Namespace) -> list:
-    from runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, parse_host_port
+    from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, parse_host_port
 
     outs: list = []
     try:
@@ -98,9 +98,9 @@ def _outputs(args: argparse.Namespace) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
-    from runtime.loop import RunOptions, run
-    from runtime.pose import PoseInputs
-    from runtime.sources import ReconnectPolicy
+    from skyloc.runtime.loop import RunOptions, run
+    from skyloc.runtime.pose import PoseInputs
+    from skyloc.runtime.sources import ReconnectPolicy
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     stats = run(args.model, args.tiles, args.source, _outputs(args), opts)
     print("skyloc run: " + stats.summary(), file=sys.stderr)
     if args.stats_json:
-        from runtime.sidecar import write_json_atomic
+        from skyloc.runtime.sidecar import write_json_atomic
 
         write_json_atomic(args.stats_json, stats.to_dict())
     return 0

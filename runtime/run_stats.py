@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 LATENCY_WINDOW = 100_000
 STAGES = ("grab", "preprocess", "infer", "search", "filter", "total")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 MODEL_FORMAT = "skyloc-model/1"
 ENGINE_FORMAT = "skyloc-engine/1"

@@ -26,7 +26,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -263,7 +263,7 @@ def open_source(spec: str, *, live: bool | None = None, fps: float | None = None
     (default 1 s) and of videos whose header has no frame rate. With `reuse_buffers` an
     image is valid only until the next frame is requested (the run loop uses this).
     """
-    from runtime.live_source import LiveSource  # it builds on the classes above
+    from skyloc.runtime.live_source import LiveSource  # it builds on the classes above
 
     kind = source_kind(spec)
     if kind in ("camera", "v4l2", "network", "gstreamer"):

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 def _add_index(p: argparse.ArgumentParser) -> None:
@@ -55,15 +55,15 @@ def _parse_scales(text: str) -> list[float]:
 def _build_index(out: Path, kind: str) -> None:
     if kind == "none":
         return
-    from runtime.matcher import FaissMatcher
-    from runtime.tileset import TileSet
+    from skyloc.runtime.matcher import FaissMatcher
+    from skyloc.runtime.tileset import TileSet
 
     m = FaissMatcher(TileSet.load(out), kind)
     print(f"faiss {kind} index: {m.index_path} ({'reused' if m.reused else 'built'})", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
-    from runtime.tileset import TileSet, build_tileset, merge_tilesets
+    from skyloc.runtime.tileset import TileSet, build_tileset, merge_tilesets
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tiles_cmd == "merge":

@@ -26,9 +26,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.sidecar import EngineSidecar, ModelSidecar
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import EngineSidecar, ModelSidecar
 
 FORMAT = "skyloc-tiles/1"
 ARRAYS = {"embeddings": "<f4", "centers": "<f8", "footprints": "<f8", "scale": "<f4"}
@@ -224,9 +224,9 @@ def build_tileset(
 ) -> Path:
     """Embed the map's valid area into a tile set at `out`. `model`: a path or an open Backend;
     `map_path`: anything runtime.maps.open_map takes, or an open GeoMap."""
-    from runtime.backends import Backend, open_backend
-    from runtime.maps import GeoMap, open_map
-    from runtime.preprocess import to_model_input
+    from skyloc.runtime.backends import Backend, open_backend
+    from skyloc.runtime.maps import GeoMap, open_map
+    from skyloc.runtime.preprocess import to_model_input
 
     if tile_m <= 0 or stride_m <= 0 or batch < 1 or not scales or min(scales) <= 0:
         raise SkylocError(f"tiles: need tile_m, stride_m, scales > 0 and batch >= 1 "

@@ -15,7 +15,7 @@ import pytest
 def demo_run(tmp_path_factory) -> dict:
     """Run `skyloc demo --quick` once (procedural world -> ... -> run -> report)."""
     pytest.importorskip("torch")
-    from training.demo import DemoConfig, run_demo
+    from skyloc.pipelines.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig.quick(out)

@@ -44,9 +44,9 @@ def normalise_reference(images: np.ndarray):
 def make_tiny_checkpoint(path: Path, seed: int = 0, bn_batches: int = 6, **overrides) -> Path:
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.config import preset
-    from training.model import build_model
+    from skyloc.training.checkpoint import save_checkpoint
+    from skyloc.training.config import preset
+    from skyloc.training.model import build_model
 
     cfg, tcfg = preset("tiny", num_classes=5, **overrides)
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 GRID = 4  # the model average-pools the image to GRID x GRID cells
 
@@ -70,8 +70,8 @@ def tiny_reference(batch_nhwc_uint8: np.ndarray, dim: int = 16, seed: int = 0) -
 def make_map(folder: Path, width_px: int = 480, height_px: int = 400, m_per_px: float = 1.0,
              lat0: float = 60.40, lon0: float = 22.46, seed: int = 0) -> Path:
     """A textured north-up PNG with a sibling corners CSV; returns the PNG path."""
-    from runtime import geo
-    from runtime.maps import write_corners_csv
+    from skyloc.runtime import geo
+    from skyloc.runtime.maps import write_corners_csv
 
     rng = np.random.default_rng(seed)
     img = np.zeros((height_px, width_px, 3), np.float32)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import BACKENDS, Backend, open_backend, register_backend
-from runtime.backends.tensorrt_backend import check_engine_sidecar
-from runtime.errors import SkylocError
-from runtime.sidecar import EngineSidecar, read_model_sidecar, sha256_file, write_engine_sidecar
+from skyloc.runtime.backends import BACKENDS, Backend, open_backend, register_backend
+from skyloc.runtime.backends.tensorrt_backend import check_engine_sidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import EngineSidecar, read_model_sidecar, sha256_file, write_engine_sidecar
 from runtime_core_helpers import make_tiny_model, tiny_reference
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
@@ -136,14 +136,14 @@ def test_engine_without_tensorrt(tiny: Path, tmp_path: Path) -> None:
 
 def test_exported_msba_matches_torch(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    if importlib.util.find_spec("export.onnx_export") is None:
+    if importlib.util.find_spec("skyloc.export.onnx_export") is None:
         pytest.skip("export/onnx_export.py not found: the exporter is not written yet")
     import torch
 
-    from export.onnx_export import export_onnx
-    from training.checkpoint import save_checkpoint
-    from training.config import preset
-    from training.model import build_model
+    from skyloc.export.onnx_export import export_onnx
+    from skyloc.training.checkpoint import save_checkpoint
+    from skyloc.training.config import preset
+    from skyloc.training.model import build_model
 
     torch.manual_seed(0)
     cfg, tcfg = preset("tiny", num_classes=5)

@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.report import Goal, percentiles_ms, read_csv, write_results
-from runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.benchmarks.report import Goal, percentiles_ms, read_csv, write_results
+from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +68,7 @@ def test_percentiles_and_results_files(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- search
 def test_exact_top1_matches_naive_loop() -> None:
-    from benchmarks.search import SyntheticSpec, exact_top1, make_queries, synthetic_database
+    from skyloc.benchmarks.search import SyntheticSpec, exact_top1, make_queries, synthetic_database
 
     db = synthetic_database(300, 12, SyntheticSpec(cluster_size=5))
     assert np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-5)
@@ -78,7 +78,7 @@ def test_exact_top1_matches_naive_loop() -> None:
 
 
 def test_bench_search_toy(tmp_path: Path) -> None:
-    from benchmarks.search import bench_search
+    from skyloc.benchmarks.search import bench_search
 
     paths = bench_search(dims=[16], tiles=["500", 2000, 1e5], queries=120, timed_queries=15, k=3, max_gb=0.005,
                          results_dir=tmp_path, command="skyloc bench search --toy", progress=False)
@@ -104,7 +104,7 @@ def test_bench_search_toy(tmp_path: Path) -> None:
 
 
 def test_search_goal_verdicts() -> None:
-    from benchmarks.search import search_goal
+    from skyloc.benchmarks.search import search_goal
 
     base = {"tiles": 1_000_000, "dim": 512, "status": "ok"}
     assert search_goal([{**base, "kind": "hnsw", "p50_ms": 1.0, "top1_agreement": 0.995}]).met is True
@@ -115,7 +115,7 @@ def test_search_goal_verdicts() -> None:
 
 # --------------------------------------------------------------------------- latency
 def test_bench_latency_models(tmp_path: Path) -> None:
-    from benchmarks.latency import bench_latency
+    from skyloc.benchmarks.latency import bench_latency
 
     models = [toy_model(tmp_path / "full.onnx", 64), toy_model(tmp_path / "full-q.onnx", 64, precision="int8-ort", seed=1),
               toy_model(tmp_path / "global.onnx", 16, variant="global", seed=2),
@@ -150,7 +150,7 @@ def test_benchmarks_run_without_torch(tmp_path: Path) -> None:
     model = toy_model(tmp_path / "full.onnx", 8)
     code = (
         "import sys\n"
-        "from runtime.cli import main\n"
+        "from skyloc.cli import main\n"
         f"rc = main(['bench', 'search', '--dims', '8', '--tiles', '300', '--kinds', 'exact,flat', '--queries', '20',"
         f" '--timed-queries', '5', '--results-dir', {str(tmp_path)!r}, '--quiet'])\n"
         f"rc2 = main(['bench', 'latency', '--models', {str(model)!r}, '--batches', '1', '--runs', '2', '--warmup', '1',"
@@ -165,7 +165,7 @@ def test_benchmarks_run_without_torch(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- runtime
 def _toy_tileset(path: Path, n: int, dim: int) -> Path:
-    from runtime.tileset import TileSet, footprints_for, save_tileset
+    from skyloc.runtime.tileset import TileSet, footprints_for, save_tileset
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((n, dim)).astype(np.float32)
@@ -177,8 +177,8 @@ def _toy_tileset(path: Path, n: int, dim: int) -> Path:
 
 
 def test_pad_tileset_keeps_real_tiles(tmp_path: Path) -> None:
-    from benchmarks.runtime_bench import pad_tileset
-    from runtime.tileset import TileSet
+    from skyloc.benchmarks.runtime_bench import pad_tileset
+    from skyloc.runtime.tileset import TileSet
 
     ts = TileSet.load(_toy_tileset(tmp_path / "t.npz", 40, 8))
     padded, extra = pad_tileset(ts, 100)
@@ -191,7 +191,7 @@ def test_pad_tileset_keeps_real_tiles(tmp_path: Path) -> None:
 
 
 def test_bench_runtime_toy(tmp_path: Path) -> None:
-    from benchmarks.runtime_bench import bench_runtime
+    from skyloc.benchmarks.runtime_bench import bench_runtime
 
     model = toy_model(tmp_path / "m.onnx", 32)
     tiles = _toy_tileset(tmp_path / "tiles.npz", 50, 32)
@@ -227,9 +227,9 @@ def test_bench_runtime_toy(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
-    from training.checkpoint import save_checkpoint
-    from training.config import preset
-    from training.model import build_model
+    from skyloc.training.checkpoint import save_checkpoint
+    from skyloc.training.config import preset
+    from skyloc.training.model import build_model
 
     torch.manual_seed(0)
     m, t = preset("tiny", num_classes=5)
@@ -246,9 +246,9 @@ def test_export_backbone_matches_torch(tiny_checkpoint: Path, tmp_path: Path) ->
     import onnxruntime as ort
     import torch
 
-    from benchmarks.backbone_export import export_backbone
-    from runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, read_model_sidecar
-    from training.checkpoint import load_model
+    from skyloc.benchmarks.backbone_export import export_backbone
+    from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, read_model_sidecar
+    from skyloc.training.checkpoint import load_model
 
     out = export_backbone(tiny_checkpoint, tmp_path / "bb.onnx", size=32)
     side = read_model_sidecar(out)
@@ -266,7 +266,7 @@ def test_export_backbone_matches_torch(tiny_checkpoint: Path, tmp_path: Path) ->
 
 def test_bench_accuracy_tiny(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from benchmarks.accuracy import bench_accuracy
+    from skyloc.benchmarks.accuracy import bench_accuracy
 
     paths = bench_accuracy(presets=["lpn+ms+global+ba+kl", "msba"], epochs=1, size=32, batch_size=8, locations=6,
                            drones_per_location=2, work_dir=tmp_path / "work", results_dir=tmp_path / "res",

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.select import allocate, load_batch, select_images
-from calibration.trt_rules import check_trt_rules
+from skyloc.calibration.select import allocate, load_batch, select_images
+from skyloc.calibration.trt_rules import check_trt_rules
 from export_helpers import cosine, make_tiny_checkpoint, structured_image, structured_images
-from runtime.cli import main as skyloc
-from runtime.errors import SkylocError
-from runtime.sidecar import InputContract, read_model_sidecar
+from skyloc.cli import main as skyloc
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import InputContract, read_model_sidecar
 
 
 def _write_images(folder: Path, n: int, seed: int, ext: str = ".png", size: tuple[int, int] = (80, 96)) -> None:
@@ -42,11 +42,11 @@ def setup(tmp_path_factory) -> dict[str, Path]:
         _write_images(d / "u1652" / "test" / "query_drone" / loc, 2, int(loc) * 10, size=(64, 64))
         _write_images(d / "u1652" / "test" / "gallery_satellite" / loc, 1, int(loc) * 10 + 1, size=(64, 64))
     ckpt = make_tiny_checkpoint(d / "tiny.pt")
-    from export.onnx_export import export_onnx
+    from skyloc.export.onnx_export import export_onnx
 
     model = export_onnx(ckpt, d / "model.onnx")
     out = d / "out"
-    from calibration.quantize import calibrate
+    from skyloc.calibration.quantize import calibrate
 
     paths = calibrate(model, [d / "sat", d / "drone"], out, method="minmax", num_images=16,
                       eval_data=d / "u1652", held_out=d / "heldout", progress=False)
@@ -153,7 +153,7 @@ def test_s8s8_follows_tensorrt_rules(setup) -> None:
 def test_both_models_come_from_one_calibration(setup) -> None:
     """Activation scales of both models follow from the single saved range file:
     U8S8 scale = (max(hi,0) - min(lo,0)) / 255, S8S8 scale = max|range| / 127."""
-    from calibration.quantize import HAS_RANGE_CACHE
+    from skyloc.calibration.quantize import HAS_RANGE_CACHE
 
     if not HAS_RANGE_CACHE:
         pytest.skip("this onnxruntime has no calibration cache: the two models are calibrated separately")
@@ -173,7 +173,7 @@ def test_both_models_come_from_one_calibration(setup) -> None:
 
 
 def test_other_methods(setup, tmp_path: Path) -> None:
-    from calibration.quantize import quantize_pair
+    from skyloc.calibration.quantize import quantize_pair
 
     x = structured_images(8, 64, seed=3)
     paths = quantize_pair(setup["model"], x, tmp_path, method="percentile", progress=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime.cli import COMMANDS
+from skyloc.cli import COMMANDS
 
 
 def _run(code: str) -> str:
@@ -14,7 +14,7 @@ def _run(code: str) -> str:
 def test_top_level_help_lists_commands_without_torch() -> None:
     out = _run(
         "import sys, contextlib, io\n"
-        "from runtime.cli import main\n"
+        "from skyloc.cli import main\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
         "    rc = main(['--help'])\n"
@@ -27,5 +27,5 @@ def test_top_level_help_lists_commands_without_torch() -> None:
 
 
 def test_unknown_command_exits_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "fly"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "skyloc", "fly"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown command" in proc.stderr

@@ -1,4 +1,4 @@
-"""training.data: University-1652 folder layout, paired sampler, transforms, image reading."""
+"""skyloc.training.data: University-1652 folder layout, paired sampler, transforms, image reading."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime.errors import SkylocError
-from training.config import preset
-from training.data import (IMAGE_EXTS, PairedTrainSet, U1652Folder, distance_groups, eval_transform, read_rgb,
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.config import preset
+from skyloc.training.data import (IMAGE_EXTS, PairedTrainSet, U1652Folder, distance_groups, eval_transform, read_rgb,
                            spiral_index, train_transform)
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"

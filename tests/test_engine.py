@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from export_helpers import cosine, make_tiny_checkpoint, structured_images
-from runtime.cli import main as skyloc
-from runtime.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.cli import main as skyloc
+from skyloc.runtime.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -63,11 +63,11 @@ def _gpu_skip_reason() -> str | None:
 def _run(engine: Path, x: np.ndarray) -> np.ndarray:
     """Prefer the runtime's TensorRT backend (what the drone runs); else TensorRT directly."""
     if importlib.util.find_spec("pycuda") is not None:
-        from runtime.backends import open_backend
+        from skyloc.runtime.backends import open_backend
 
         with open_backend(engine, "tensorrt") as be:
             return be.embed(x)
-    from export.engine import run_engine
+    from skyloc.export.engine import run_engine
 
     return run_engine(engine, x)
 
@@ -77,9 +77,9 @@ def gpu_models(tmp_path_factory) -> dict[str, Path]:
     reason = _gpu_skip_reason()
     if reason:
         pytest.skip(reason)
-    from calibration.quantize import quantize_pair
-    from export.fp16 import to_fp16
-    from export.onnx_export import export_onnx
+    from skyloc.calibration.quantize import quantize_pair
+    from skyloc.export.fp16 import to_fp16
+    from skyloc.export.onnx_export import export_onnx
 
     d = tmp_path_factory.mktemp("engine")
     ckpt = make_tiny_checkpoint(d / "tiny.pt")
@@ -94,7 +94,7 @@ def gpu_models(tmp_path_factory) -> dict[str, Path]:
 def test_engine_matches_onnxruntime(gpu_models, precision: str, min_cos: float) -> None:
     import onnxruntime as ort
 
-    from export.engine import build_engine
+    from skyloc.export.engine import build_engine
 
     onnx_path = gpu_models[precision]
     d = gpu_models["dir"]
@@ -127,7 +127,7 @@ def test_version_compatible_engine_and_cli(gpu_models) -> None:
                    "--version-compatible", "--workspace-mb", "512"]) == 0
     side = read_engine_sidecar(out)
     assert side.version_compatible and side.max_batch == 2 and side.precision == "fp16"
-    from export.engine import run_engine
+    from skyloc.export.engine import run_engine
 
     x = structured_images(2, 64, seed=3)
     import onnxruntime as ort

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from naive_retrieval import naive_metrics
-from runtime.cli import main as skyloc
-from training.checkpoint import load_model, save_checkpoint
-from training.config import preset
-from training.data import U1652Folder, eval_transform
-from training.evaluate import combine_heads, evaluate, extract_features, extract_head_features
-from training.model import build_model
-from training.visualize import BORDER, GREEN, RED, cell_box, pick_queries
+from skyloc.cli import main as skyloc
+from skyloc.training.checkpoint import load_model, save_checkpoint
+from skyloc.training.config import preset
+from skyloc.training.data import U1652Folder, eval_transform
+from skyloc.training.evaluate import combine_heads, evaluate, extract_features, extract_head_features
+from skyloc.training.model import build_model
+from skyloc.training.visualize import BORDER, GREEN, RED, cell_box, pick_queries
 
 DIRS = {"drone->satellite": ("query_drone", "gallery_satellite"), "satellite->drone": ("query_satellite", "gallery_drone")}
 KEYS = ("R@1", "R@5", "R@10", "R@top1%", "AP")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from export_helpers import cosine, make_tiny_checkpoint, normalise_reference, structured_images
-from runtime.cli import main as skyloc
-from runtime.errors import SkylocError
-from runtime.sidecar import (
+from skyloc.cli import main as skyloc
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import (
     EngineSidecar,
     ModelSidecar,
     read_engine_sidecar,
@@ -22,14 +22,14 @@ from runtime.sidecar import (
     sha256_file,
     write_engine_sidecar,
 )
-from training.checkpoint import load_model, model_id
+from skyloc.training.checkpoint import load_model, model_id
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("export")
     ckpt = make_tiny_checkpoint(d / "tiny.pt")
-    from export.onnx_export import export_onnx
+    from skyloc.export.onnx_export import export_onnx
 
     full = export_onnx(ckpt, d / "full.onnx", variant="full")
     # The global variant goes through the CLI, which also covers `skyloc export onnx`.
@@ -133,14 +133,14 @@ def test_sidecar_round_trip_and_sha_refusal(exported, tmp_path: Path) -> None:
     copy.with_suffix(".json").write_text(src.with_suffix(".json").read_text())
     with pytest.raises(SkylocError, match="does not match its sidecar"):
         read_model_sidecar(copy)
-    from export.fp16 import to_fp16
+    from skyloc.export.fp16 import to_fp16
 
     with pytest.raises(SkylocError, match="does not match its sidecar"):
         to_fp16(copy, tmp_path / "x.onnx")
 
 
 def test_export_refuses_bad_requests(tmp_path: Path) -> None:
-    from export.onnx_export import export_onnx
+    from skyloc.export.onnx_export import export_onnx
 
     no_global = make_tiny_checkpoint(tmp_path / "lpn.pt", bn_batches=0, global_branch=False)
     with pytest.raises(SkylocError, match="no global branch"):

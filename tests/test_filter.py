@@ -1,4 +1,4 @@
-"""runtime.filter: speed gate, re-initialisation, smoothing, distinct-place confidence."""
+"""skyloc.runtime.filter: speed gate, re-initialisation, smoothing, distinct-place confidence."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.filter import FixCandidate, TemporalFilter, place_margin
+from skyloc.runtime.filter import FixCandidate, TemporalFilter, place_margin
 
 LAT0, LON0 = 60.45, 22.27
 R = 6378137.0

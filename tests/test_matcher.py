@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.matcher import ExactMatcher, FaissMatcher, SearchWindow, index_paths, make_matcher
-from runtime.tileset import TileSet, footprints_for, save_tileset
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.matcher import ExactMatcher, FaissMatcher, SearchWindow, index_paths, make_matcher
+from skyloc.runtime.tileset import TileSet, footprints_for, save_tileset
 
 N, D, CLUSTERS = 2500, 32, 50
 LAT0, LON0 = 60.40, 22.46

@@ -1,4 +1,4 @@
-"""training.metrics against a naive loop-based reference and hand-computed rankings."""
+"""skyloc.runtime.metrics against a naive loop-based reference and hand-computed rankings."""
 from __future__ import annotations
 
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naive_retrieval import naive_metrics
-from training import metrics
+from skyloc.runtime import metrics
 
 
 def test_random_features_match_naive_reference():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.blocks import block_attention, block_masks, pool_blocks
-from training.config import ABLATION_ORDER, ModelConfig, preset
-from training.losses import msba_loss, mutual_kl
-from training.model import build_model
+from skyloc.training.blocks import block_attention, block_masks, pool_blocks
+from skyloc.training.config import ABLATION_ORDER, ModelConfig, preset
+from skyloc.training.losses import msba_loss, mutual_kl
+from skyloc.training.model import build_model
 
 
 def hand_masks(size: int, rings: int = 4) -> np.ndarray:
@@ -181,7 +181,7 @@ def test_msba_loss_terms_add_up() -> None:
 
 def test_eager_calls_work_after_torch_export_traced_the_masks() -> None:
     # the mask cache must hold plain arrays: a tensor cached while torch.export traces is a fake
-    from training.blocks import _block_masks_np
+    from skyloc.training.blocks import _block_masks_np
 
     _block_masks_np.cache_clear()
 

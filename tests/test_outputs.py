@@ -1,4 +1,4 @@
-"""runtime.outputs: JSON lines, UDP, and MAVLink GPS_INPUT decoded back by pymavlink."""
+"""skyloc.runtime.outputs: JSON lines, UDP, and MAVLink GPS_INPUT decoded back by pymavlink."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, gps_time, parse_host_port
-from runtime.pose import PoseInputs
-from runtime.errors import SkylocError
+from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, gps_time, parse_host_port
+from skyloc.runtime.pose import PoseInputs
+from skyloc.runtime.errors import SkylocError
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 

@@ -1,4 +1,4 @@
-"""runtime.pose against hand-derived geometry (flat ground, see the module doc)."""
+"""skyloc.runtime.pose against hand-derived geometry (flat ground, see the module doc)."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.geo import EARTH_RADIUS_M
-from runtime.pose import Attitude, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned, ground_offset_m
+from skyloc.runtime.geo import EARTH_RADIUS_M
+from skyloc.runtime.pose import Attitude, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned, ground_offset_m
 
 LAT, LON = 45.07, 7.68
 
@@ -80,8 +80,8 @@ def test_pose_inputs_needs_what_it_needs():
 
 
 def test_telemetry_log_by_frame_and_by_time(tmp_path):
-    from runtime.pose import TelemetryLog
-    from runtime.errors import SkylocError
+    from skyloc.runtime.pose import TelemetryLog
+    from skyloc.runtime.errors import SkylocError
 
     p = tmp_path / "truth.csv"
     p.write_text("frame,time_s,lat,lon,altitude_m,yaw_deg,tilt_deg\n0,0.0,1,2,100,10,0\n1,0.5,1,2,101,20,5\n")

@@ -1,12 +1,12 @@
-"""runtime.preprocess against hand-written references (slicing + cv2, block means)."""
+"""skyloc.runtime.preprocess against hand-written references (slicing + cv2, block means)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from runtime.preprocess import check_frame, to_model_input
-from runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract
+from skyloc.runtime.preprocess import check_frame, to_model_input
+from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract
 
 
 def naive(frame: np.ndarray, size: int) -> np.ndarray:

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.cli import main as skyloc
-from runtime.errors import SkylocError
-from runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.cli import main as skyloc
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 REPO = Path(__file__).parents[1]
 R = 6378137.0
@@ -72,8 +72,8 @@ def make_sum_norm_model(path: Path, model_id: str, size: int = 32, dim: int = 16
 
 
 def make_noise_map(folder: Path, size_px: int = 300, lat0: float = 46.95, lon0: float = 7.30) -> Path:
-    from runtime import geo
-    from runtime.maps import write_corners_csv
+    from skyloc.runtime import geo
+    from skyloc.runtime.maps import write_corners_csv
 
     rng = np.random.default_rng(1)
     img = cv2.resize(rng.integers(30, 230, (size_px // 10, size_px // 10, 3), dtype=np.uint8), (size_px, size_px),
@@ -85,7 +85,7 @@ def make_noise_map(folder: Path, size_px: int = 300, lat0: float = 46.95, lon0: 
 
 @pytest.fixture(scope="module")
 def nan_setup(tmp_path_factory) -> dict[str, Path]:
-    from runtime.tileset import build_tileset
+    from skyloc.runtime.tileset import build_tileset
 
     d = tmp_path_factory.mktemp("nanrun")
     map_csv = make_noise_map(d / "map")
@@ -134,7 +134,7 @@ def test_bad_frames_are_skipped_and_counted(nan_setup, tmp_path):
 
 
 def test_mismatched_tile_set_is_refused(nan_setup, tmp_path, capsys):
-    from runtime.loop import run
+    from skyloc.runtime.loop import run
 
     with pytest.raises(SkylocError, match="rebuild"):
         run(nan_setup["model"], nan_setup["other_tiles"], str(tmp_path), [])
@@ -179,7 +179,7 @@ def test_live_video_that_ends_is_reopened(nan_setup, tmp_path):
 def test_signal_stops_cleanly_with_complete_output(nan_setup, tmp_path, sig):
     video = _video(tmp_path / "long.avi", 3000)
     out, stats_path = tmp_path / "f.jsonl", tmp_path / "stats.json"
-    cmd = [sys.executable, "-m", "runtime.cli", "run", "--model", str(nan_setup["model"]),
+    cmd = [sys.executable, "-m", "skyloc", "run", "--model", str(nan_setup["model"]),
            "--tiles", str(nan_setup["tiles"]), "--source", str(video), "--out", str(out),
            "--stats-json", str(stats_path)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -257,7 +257,7 @@ def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_pat
 
 @pytest.mark.parametrize("yaw,where", [(0.0, "top"), (90.0, "right"), (180.0, "bottom"), (270.0, "left")])
 def test_north_up_turns_the_heading_to_its_compass_side(yaw, where):
-    from runtime.loop import north_up
+    from skyloc.runtime.loop import north_up
 
     img = np.zeros((120, 160, 3), np.uint8)
     img[20:40, 70:90] = 255  # a marker ahead of the aircraft: the top of the image

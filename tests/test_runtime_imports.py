@@ -13,19 +13,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("torch", "torchvision", "training")
+FORBIDDEN = ("torch", "torchvision", "training", "skyloc.training")
 
 SCRIPT = r"""
 import importlib, json, pkgutil, sys, traceback
-import runtime
+import skyloc.runtime
 names, failed = [], {}
-for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
+for info in pkgutil.walk_packages(skyloc.runtime.__path__, "skyloc.runtime."):
     try:
         importlib.import_module(info.name)
         names.append(info.name)
     except Exception:
         failed[info.name] = traceback.format_exc(limit=3)
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "training"))
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("torch", "torchvision") or m.startswith("skyloc.training"))
 print(json.dumps({"imported": names, "failed": failed, "heavy": heavy}))
 """
 
@@ -35,8 +36,8 @@ def test_importing_every_runtime_module_leaves_torch_out() -> None:
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert not out["failed"], out["failed"]
-    for must in ("runtime.preprocess", "runtime.backends.tensorrt_backend", "runtime.tileset",
-                 "runtime.matcher", "runtime.tiles_cli"):
+    for must in ("preprocess", "backends.tensorrt_backend", "tileset", "matcher", "tiles_cli", "synth.flight"):
+        must = "skyloc.runtime." + must
         assert must in out["imported"]
     assert out["heavy"] == [], f"runtime imports pulled in {out['heavy']}"
 
@@ -55,6 +56,6 @@ def test_no_runtime_source_imports_torch_or_training() -> None:
             else:
                 continue
             for mod in mods:
-                if mod.split(".")[0] in FORBIDDEN:
+                if mod.split(".")[0] in FORBIDDEN or mod.startswith("skyloc.training"):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {mod}")
     assert not offenders, offenders

@@ -1,4 +1,4 @@
-"""runtime.sources: folders (order, EXIF, bad files), videos (no drops), live sources (latest
+"""skyloc.runtime.sources: folders (order, EXIF, bad files), videos (no drops), live sources (latest
 frame only, reopen with back-off, interrupt)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import SkylocError
-from runtime.sources import ReconnectPolicy, natural_key, open_source, source_kind
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sources import ReconnectPolicy, natural_key, open_source, source_kind
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""training.synth.camera / render: spiral geometry, projection, ground sampling distance."""
+"""skyloc.runtime.synth.camera / render: spiral geometry, projection, ground sampling distance."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.maps import TiledMap
-from training.synth.camera import Camera, SpiralConfig, look_at, spiral_cameras, spiral_extent_m
-from training.synth.render import render_view
+from skyloc.runtime import geo
+from skyloc.runtime.maps import TiledMap
+from skyloc.runtime.synth.camera import Camera, SpiralConfig, look_at, spiral_cameras, spiral_extent_m
+from skyloc.runtime.synth.render import render_view
 
 LAT0, LON0 = 46.95, 7.30
 

@@ -1,4 +1,4 @@
-"""training.synth.dataset: University-1652 layout, locations.csv geometry, determinism, the loader."""
+"""skyloc.runtime.synth.dataset: University-1652 layout, locations.csv geometry, determinism, the loader."""
 from __future__ import annotations
 
 import csv
@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.cli import main as skyloc_main
-from runtime.errors import SkylocError
-from runtime.maps import open_map
-from training.synth.camera import Camera, SpiralConfig
-from training.synth.dataset import LOCATION_COLUMNS, SynthDatasetConfig, make_dataset
-from training.synth.render import render_view
-from training.synth.world import make_world
+from skyloc.runtime import geo
+from skyloc.cli import main as skyloc_main
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import open_map
+from skyloc.runtime.synth.camera import Camera, SpiralConfig
+from skyloc.runtime.synth.dataset import LOCATION_COLUMNS, SynthDatasetConfig, make_dataset
+from skyloc.runtime.synth.render import render_view
+from skyloc.runtime.synth.world import make_world
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 K, PX = 4, 64
@@ -139,10 +139,10 @@ def test_same_seed_gives_identical_bytes(ds, tmp_path):
 def test_loader_reads_the_dataset(ds):
     torch = pytest.importorskip("torch")
     try:
-        from training.data import PairedTrainSet, U1652Folder
+        from skyloc.training.data import PairedTrainSet, U1652Folder
     except ModuleNotFoundError as exc:  # training/data.py is another area's module
         pytest.skip(f"training.data not available: {exc}")
-    from training.config import TrainConfig
+    from skyloc.training.config import TrainConfig
 
     counts = {}
     for split, views in (("train", ("satellite", "drone")),

@@ -1,4 +1,4 @@
-"""training.synth.flight: video + truth.csv; truth reprojects onto the frames; smooth, valid, seeded."""
+"""skyloc.runtime.synth.flight: video + truth.csv; truth reprojects onto the frames; smooth, valid, seeded."""
 from __future__ import annotations
 
 import csv
@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.cli import main as skyloc_main
-from runtime.errors import SkylocError
-from runtime.maps import open_map
-from training.synth.camera import Camera
-from training.synth.flight import TRUTH_COLUMNS, FlightConfig, catmull_rom, make_flight
+from skyloc.runtime import geo
+from skyloc.cli import main as skyloc_main
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import open_map
+from skyloc.runtime.synth.camera import Camera
+from skyloc.runtime.synth.flight import TRUTH_COLUMNS, FlightConfig, catmull_rom, make_flight
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 W, H, ALT, FOV, FPS, SPEED = 96, 72, 40.0, 60.0, 5.0, 10.0

@@ -1,14 +1,14 @@
-"""training.synth.world: seeded, read back through open_map, distinctive enough to tell places apart."""
+"""skyloc.runtime.synth.world: seeded, read back through open_map, distinctive enough to tell places apart."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.maps import TiledMap, open_map
-from training.synth.world import WorldConfig, generate_world, make_world, world_corners
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import TiledMap, open_map
+from skyloc.runtime.synth.world import WorldConfig, generate_world, make_world, world_corners
 
 
 def test_same_seed_same_bytes_and_readable(tmp_path):

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import geo
-from runtime.backends import open_backend
-from runtime.cli import main as skyloc
-from runtime.errors import SkylocError
-from runtime.maps import open_map
-from runtime.preprocess import to_model_input
-from runtime.sidecar import read_model_sidecar
-from runtime.tileset import TileSet, build_tileset, merge_tilesets, save_tileset
+from skyloc.runtime import geo
+from skyloc.runtime.backends import open_backend
+from skyloc.cli import main as skyloc
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import open_map
+from skyloc.runtime.preprocess import to_model_input
+from skyloc.runtime.sidecar import read_model_sidecar
+from skyloc.runtime.tileset import TileSet, build_tileset, merge_tilesets, save_tileset
 from runtime_core_helpers import make_map, make_tiny_model, tiny_reference
 
 TILE_M, STRIDE_M, SCALES = 100.0, 25.0, (1.0, 1.5)

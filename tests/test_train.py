@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime import cli
-from runtime.errors import SkylocError
-from training.checkpoint import load_checkpoint, load_model
-from training.config import PRESETS, preset
-from training.seeding import capture_rng, restore_rng
+from skyloc import cli
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.checkpoint import load_checkpoint, load_model
+from skyloc.training.config import PRESETS, preset
+from skyloc.training.seeding import capture_rng, restore_rng
 
 REPO = Path(__file__).resolve().parents[1]
 N_LOC, N_DRONE, SIZE = 6, 3, 64
@@ -81,7 +81,7 @@ def _env() -> dict[str, str]:
 
 def _skyloc_train(args: list[str], tmp: Path, name: str, **kw) -> subprocess.CompletedProcess:
     with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
-        proc = subprocess.run([sys.executable, "-m", "runtime.cli", "train", *args], stdout=out, stderr=err,
+        proc = subprocess.run([sys.executable, "-m", "skyloc", "train", *args], stdout=out, stderr=err,
                               env=_env(), cwd=REPO, timeout=600, **kw)
     proc.stdout_text = (tmp / f"{name}.out").read_text()  # type: ignore[attr-defined]
     proc.stderr_text = (tmp / f"{name}.err").read_text()  # type: ignore[attr-defined]
@@ -131,7 +131,7 @@ def test_tiny_run_lowers_loss_and_logs_everything(reference: Path):
     cfg = json.loads((reference / "config.json").read_text())
     assert cfg["model"]["num_classes"] == N_LOC and cfg["model"]["image_size"] == 64
     assert cfg["train"]["epochs"] == 2 and cfg["train"]["drones_per_location"] == 4
-    assert "runtime.cli train" in (reference / "command.txt").read_text()
+    assert "skyloc train" in (reference / "command.txt").read_text()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -172,7 +172,7 @@ def test_rng_state_round_trips_through_weights_only_load():
 def test_sigkill_then_resume_equals_uninterrupted_run(data: Path, reference: Path, tmp_path: Path):
     run = tmp_path / "run"
     with open(tmp_path / "killed.out", "w") as out, open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "train", "--data", str(data), "--out", str(run),
+        proc = subprocess.Popen([sys.executable, "-m", "skyloc", "train", "--data", str(data), "--out", str(run),
                                  *RUN_ARGS], stdout=out, stderr=err, env=_env(), cwd=REPO)
         deadline = time.monotonic() + 300
         while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -198,7 +198,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data: Path, reference: Pat
 
 _CRASH_DURING_SAVE = """
 import os, signal, sys
-from training.checkpoint import load_model, save_checkpoint
+from skyloc.training.checkpoint import load_model, save_checkpoint
 
 class DieWhilePickled:  # SIGKILL ourselves in the middle of torch.save
     def __reduce__(self):
@@ -238,7 +238,7 @@ def test_torchrun_two_gloo_processes_write_one_checkpoint(data: Path, tmp_path: 
     run, cwd = tmp_path / "run", tmp_path / "cwd"
     cwd.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "runtime.cli", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--epochs", "1",
+           "-m", "skyloc", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--epochs", "1",
            "--drones-per-location", "4", "--batch-size", "4", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -326,7 +326,7 @@ def test_eval_every_logs_recall_and_picks_best_by_r1(tmp_path: Path):
 def test_cli_guards(data: Path, reference: Path, tmp_path: Path):
     import argparse
 
-    from training import train_cli
+    from skyloc.training import train_cli
 
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
@@ -346,8 +346,8 @@ def test_cli_guards(data: Path, reference: Path, tmp_path: Path):
 
 
 def test_paper_preset_optimizer():
-    from training.model import build_model
-    from training.train import make_optimizer
+    from skyloc.training.model import build_model
+    from skyloc.training.train import make_optimizer
 
     model_cfg, train_cfg = preset("msba", backbone="resnet18", image_size=64, num_classes=5)
     model = build_model(model_cfg)

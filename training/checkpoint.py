@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from runtime.errors import SkylocError
-from training.config import ModelConfig, TrainConfig
-from training.model import MSBA, build_model
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.config import ModelConfig, TrainConfig
+from skyloc.training.model import MSBA, build_model
 
 CHECKPOINT_FORMAT = "skyloc-checkpoint/1"
 

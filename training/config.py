@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 

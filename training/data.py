@@ -19,8 +19,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from runtime.errors import SkylocError
-from training.config import TrainConfig
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.config import TrainConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 _COLS = ("R@1", "R@5", "R@10", "R@top1%", "AP")
 
@@ -97,7 +97,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.evaluate import EvalOptions, run_eval
+    from skyloc.training.evaluate import EvalOptions, run_eval
 
     reweight = {"auto": None, "on": True, "off": False}[args.reweight]
     out_json = args.json or args.checkpoint.with_name(args.checkpoint.stem + ".eval.json")

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from runtime.errors import SkylocError
-from training import metrics
-from training.data import U1652Folder, distance_groups, eval_transform, unwrap_worker_error, view_dir
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime import metrics
+from skyloc.training.data import U1652Folder, distance_groups, eval_transform, unwrap_worker_error, view_dir
 
 DIRECTIONS = {"drone->satellite": ("query_drone", "gallery_satellite"),
               "satellite->drone": ("query_satellite", "gallery_drone")}
@@ -279,7 +279,7 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out_json: str | Path,
              visualize_dir: str | Path | None = None, vis_queries: int = 4) -> Path:
     """The `skyloc eval` stage: load the checkpoint, run the tables, write the JSON report (and
     optionally the features npz and top-5 grids). Returns the JSON path."""
-    from training.checkpoint import load_model
+    from skyloc.training.checkpoint import load_model
 
     model, cfg, ckpt = load_model(checkpoint)
     if device == "auto":
@@ -308,7 +308,7 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out_json: str | Path,
                 "reweight": options["reweight"], "paths_relative_to": str(test_dir)}
         report["features"] = str(save_features(save_features_to, res["main"], test_dir, meta))
     if visualize_dir:
-        from training.visualize import save_retrieval_grids
+        from skyloc.training.visualize import save_retrieval_grids
 
         report["visualizations"] = [str(p) for p in save_retrieval_grids(visualize_dir, res["main"]["_data"], vis_queries)]
     out_json = Path(out_json)

@@ -10,9 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from runtime.errors import SkylocError
-from training.blocks import block_attention, pool_blocks
-from training.config import ModelConfig
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.blocks import block_attention, pool_blocks
+from skyloc.training.config import ModelConfig
 
 _CHANNELS = {"resnet18": (256, 512), "resnet34": (256, 512), "resnet50": (1024, 2048)}
 

@@ -21,15 +21,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from runtime.errors import SkylocError
-from training import distributed as D
-from training import run_dir
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import ModelConfig, TrainConfig
-from training.data import PairedTrainSet, unwrap_worker_error
-from training.losses import msba_loss
-from training.model import MSBA, build_model
-from training.seeding import capture_rng, restore_rng, seed_everything, seed_worker
+from skyloc.runtime.errors import SkylocError
+from skyloc.training import distributed as D
+from skyloc.training import run_dir
+from skyloc.training.checkpoint import load_checkpoint, save_checkpoint
+from skyloc.training.config import ModelConfig, TrainConfig
+from skyloc.training.data import PairedTrainSet, unwrap_worker_error
+from skyloc.training.losses import msba_loss
+from skyloc.training.model import MSBA, build_model
+from skyloc.training.seeding import capture_rng, restore_rng, seed_everything, seed_worker
 
 
 class _PairForward(nn.Module):
@@ -248,7 +248,7 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
 
 
 def _evaluate(model: MSBA, data_dir: Path, model_cfg: ModelConfig, progress: bool) -> dict[str, Any]:
-    from training.evaluate import evaluate  # written by the data/eval area; only needed when evaluating
+    from skyloc.training.evaluate import evaluate  # written by the data/eval area; only needed when evaluating
 
     model.eval()
     with torch.no_grad():

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SkylocError
-from training.config import PRESETS, preset
+from skyloc.runtime.errors import SkylocError
+from skyloc.training.config import PRESETS, preset
 
 # CLI flag -> config key. The first group fixes the model / optimisation and cannot change on
 # resume; the second may (e.g. extend a finished run with more --epochs).
@@ -62,7 +62,7 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any
 
 
 def _resumed_configs(args: argparse.Namespace):
-    from training.config import ModelConfig, TrainConfig
+    from skyloc.training.config import ModelConfig, TrainConfig
 
     run = args.resume
     fixed = _overrides(args, _FIXED)
@@ -75,7 +75,7 @@ def _resumed_configs(args: argparse.Namespace):
         saved = json.loads(cfg_file.read_text())
         model_d, train_d, data = saved["model"], saved["train"], saved.get("data_dir")
     elif (run / "last.pt").is_file():
-        from training.checkpoint import load_checkpoint
+        from skyloc.training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(run / "last.pt")
         model_d, train_d, data = ckpt["model_config"], ckpt["train_config"], ckpt.get("data_dir")
@@ -90,7 +90,7 @@ def _resumed_configs(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.train import train
+    from skyloc.training.train import train
 
     if args.resume is not None:
         data_dir, out_dir, model_cfg, train_cfg = _resumed_configs(args)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training import metrics
-from training.data import read_rgb
+from skyloc.runtime import metrics
+from skyloc.training.data import read_rgb
 
 TOP = 5
 TILE = 96  # image side in the grid

@@ -5,8 +5,8 @@ onnxruntime / tensorrt / pycuda are imported when a model is opened.
 """
 from __future__ import annotations
 
-from runtime.backends.base import BACKENDS, Backend, l2_normalize, open_backend, register_backend
-from runtime.backends import onnxruntime_backend as _ort  # noqa: F401  (registers "onnxruntime")
-from runtime.backends import tensorrt_backend as _trt  # noqa: F401  (registers "tensorrt")
+from skyloc.runtime.backends.base import BACKENDS, Backend, l2_normalize, open_backend, register_backend
+from skyloc.runtime.backends import onnxruntime_backend as _ort  # noqa: F401  (registers "onnxruntime")
+from skyloc.runtime.backends import tensorrt_backend as _trt  # noqa: F401  (registers "tensorrt")
 
 __all__ = ["BACKENDS", "Backend", "l2_normalize", "open_backend", "register_backend"]

@@ -15,8 +15,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from runtime.errors import SkylocError
-from runtime.sidecar import InputContract, ModelSidecar
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import InputContract, ModelSidecar
 
 log = logging.getLogger("skyloc.backends")
 
@@ -143,7 +143,7 @@ class Backend(ABC):
 
 def _load_builtin() -> None:
     # Importing the modules registers them; neither imports its runtime library at top level.
-    from runtime.backends import onnxruntime_backend, tensorrt_backend  # noqa: F401
+    from skyloc.runtime.backends import onnxruntime_backend, tensorrt_backend  # noqa: F401
 
 
 def _conf_for(cls: type[Backend], conf: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, register_backend
-from runtime.errors import SkylocError
-from runtime.sidecar import read_model_sidecar
+from skyloc.runtime.backends.base import Backend, register_backend
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import read_model_sidecar
 
 log = logging.getLogger("skyloc.backends")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, register_backend
-from runtime.errors import SkylocError
-from runtime.sidecar import EngineSidecar, read_engine_sidecar, sha256_file
+from skyloc.runtime.backends.base import Backend, register_backend
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import EngineSidecar, read_engine_sidecar, sha256_file
 
 log = logging.getLogger("skyloc.backends")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import geo
-from runtime.maps import GeoMap
-from training.synth.camera import Camera
+from skyloc.runtime import geo
+from skyloc.runtime.maps import GeoMap
+from skyloc.runtime.synth.camera import Camera
 
 
 def view_ground_latlon(cam: Camera, lat0: float, lon0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.geotiff import GeoTiffMap
-from runtime.maps import GeoMap, TiledMap, open_map, write_corners_csv
-from training.synth.camera import (Camera, SpiralConfig, mid_spiral_ground_width_m, spiral_cameras,
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.geotiff import GeoTiffMap
+from skyloc.runtime.maps import GeoMap, TiledMap, open_map, write_corners_csv
+from skyloc.runtime.synth.camera import (Camera, SpiralConfig, mid_spiral_ground_width_m, spiral_cameras,
                                    spiral_extent_m)
-from training.synth.photometric import PhotometricConfig, apply_photometric, encode_jpeg
-from training.synth.render import render_view, view_is_valid
-from training.synth.world import make_world
+from skyloc.runtime.synth.photometric import PhotometricConfig, apply_photometric, encode_jpeg
+from skyloc.runtime.synth.render import render_view, view_is_valid
+from skyloc.runtime.synth.world import make_world
 
 LOCATION_COLUMNS = ["location_id", "split", "view", "file", "index", "lat", "lon", "cam_lat", "cam_lon",
                     "cam_alt_m", "cam_yaw_deg", "cam_pitch_deg", "fov_deg", "distance_m", "ground_size_m"]

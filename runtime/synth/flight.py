@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.maps import GeoMap
-from training.synth.camera import Camera
-from training.synth.dataset import open_output_map
-from training.synth.photometric import PhotometricConfig, apply_params, draw_params, encode_jpeg
-from training.synth.render import render_view
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import GeoMap
+from skyloc.runtime.synth.camera import Camera
+from skyloc.runtime.synth.dataset import open_output_map
+from skyloc.runtime.synth.photometric import PhotometricConfig, apply_params, draw_params, encode_jpeg
+from skyloc.runtime.synth.render import render_view
 
 TRUTH_COLUMNS = ["frame", "time_s", "lat", "lon", "altitude_m", "yaw_deg", "tilt_deg", "center_lat",
                  "center_lon", "east_m", "north_m"]

@@ -10,10 +10,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.geo import haversine_m
-from runtime.maps import GeoMap, open_map
-from runtime.run_stats import STAGES, RunStats
-from runtime.sidecar import read_model_sidecar
+from skyloc.runtime.geo import haversine_m
+from skyloc.runtime.maps import GeoMap, open_map
+from skyloc.runtime.run_stats import STAGES, RunStats
+from skyloc.runtime.sidecar import read_model_sidecar
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -99,11 +99,11 @@ def plot_trajectory(path: Path, gmap: GeoMap, fixes: list[dict[str, Any]], truth
 def plot_retrieval(path: Path, gmap: GeoMap, model: Path, tiles: Path, video: Path,
                    truth: dict[int, dict[str, float]], frame_index: int, k: int = 4) -> Path:
     """The frame as the model sees it (north-up), the top-k tiles (green: within one tile of truth)."""
-    from runtime.backends import open_backend
-    from runtime.loop import north_up
-    from runtime.matcher import ExactMatcher
-    from runtime.preprocess import to_model_input
-    from runtime.tileset import TileSet
+    from skyloc.runtime.backends import open_backend
+    from skyloc.runtime.loop import north_up
+    from skyloc.runtime.matcher import ExactMatcher
+    from skyloc.runtime.preprocess import to_model_input
+    from skyloc.runtime.tileset import TileSet
 
     cap = cv2.VideoCapture(str(video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
@@ -166,7 +166,7 @@ def _table(summary: dict[str, Any], lat: dict[str, dict[str, float | None]], bac
 
 def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Path, model: Path, video: Path,
                  stats: RunStats, stride_m: float, extra: dict[str, Any] | None = None) -> Path:
-    from runtime.tileset import TileSet
+    from skyloc.runtime.tileset import TileSet
 
     side = read_model_sidecar(model)
     ts = TileSet.load(tiles)

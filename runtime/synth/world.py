@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime import geo
-from runtime.errors import SkylocError
-from runtime.maps import write_corners_csv
+from skyloc.runtime import geo
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import write_corners_csv
 
 # Default anchor: farmland and villages west of Bern, Switzerland (any plausible place works).
 DEFAULT_LAT, DEFAULT_LON = 46.9480, 7.3000

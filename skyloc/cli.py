@@ -12,20 +12,20 @@ import os
 import sys
 from typing import Sequence
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 # name -> (module, one-line help). Modules are named as strings so this file stays torch-free.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.synth.cli", "make synthetic cross-view datasets and simulated flights from a map"),
-    "train": ("training.train_cli", "train an MSBA model (resumable, TensorBoard, torchrun)"),
-    "eval": ("training.eval_cli", "University-1652 evaluation: R@K and AP in both directions"),
-    "export": ("export.cli", "checkpoint -> ONNX (full / global) with its JSON sidecar"),
-    "calibrate": ("calibration.cli", "INT8 post-training quantization (QDQ ONNX for ORT and TensorRT)"),
-    "engine": ("export.engine_cli", "ONNX -> TensorRT engine (needs TensorRT and a GPU)"),
-    "tiles": ("runtime.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
-    "run": ("runtime.run_cli", "localize frames from a camera, video or folder against a tile set"),
-    "bench": ("benchmarks.cli", "latency, search-scaling, accuracy and runtime benchmarks"),
-    "demo": ("training.demo", "the whole pipeline on a procedural world, in one command"),
+    "synth": ("skyloc.runtime.synth.cli", "make synthetic cross-view datasets and simulated flights from a map"),
+    "train": ("skyloc.training.train_cli", "train an MSBA model (resumable, TensorBoard, torchrun)"),
+    "eval": ("skyloc.training.eval_cli", "University-1652 evaluation: R@K and AP in both directions"),
+    "export": ("skyloc.export.cli", "checkpoint -> ONNX (full / global) with its JSON sidecar"),
+    "calibrate": ("skyloc.calibration.cli", "INT8 post-training quantization (QDQ ONNX for ORT and TensorRT)"),
+    "engine": ("skyloc.export.engine_cli", "ONNX -> TensorRT engine (needs TensorRT and a GPU)"),
+    "tiles": ("skyloc.runtime.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
+    "run": ("skyloc.runtime.run_cli", "localize frames from a camera, video or folder against a tile set"),
+    "bench": ("skyloc.benchmarks.cli", "latency, search-scaling, accuracy and runtime benchmarks"),
+    "demo": ("skyloc.pipelines.demo", "the whole pipeline on a procedural world, in one command"),
 }
 
 

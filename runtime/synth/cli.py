@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.synth.camera import SpiralConfig
-from training.synth.world import DEFAULT_LAT, DEFAULT_LON
+from skyloc.runtime.synth.camera import SpiralConfig
+from skyloc.runtime.synth.world import DEFAULT_LAT, DEFAULT_LON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,14 +78,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.synth_command == "world":
-        from training.synth.world import make_world
+        from skyloc.runtime.synth.world import make_world
 
         path = make_world(args.out, seed=args.seed, size_m=args.size_m, mpp=args.mpp, lat=args.lat, lon=args.lon)
         print(f"wrote {path} and {path.with_name('map.png')}")
         return 0
     if args.synth_command == "dataset":
-        from training.synth.dataset import SynthDatasetConfig, make_dataset
-        from training.synth.photometric import PhotometricConfig
+        from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
+        from skyloc.runtime.synth.photometric import PhotometricConfig
 
         cfg = SynthDatasetConfig(
             locations=args.locations, drone_per_location=args.drone_per_location, test_fraction=args.test_fraction,
@@ -100,8 +100,8 @@ def main(args: argparse.Namespace) -> int:
         out = make_dataset(args.map, args.out, cfg)
         print(f"wrote dataset {out} (locations.csv, synth.json, map/)")
         return 0
-    from training.synth.flight import FlightConfig, make_flight
-    from training.synth.photometric import PhotometricConfig
+    from skyloc.runtime.synth.flight import FlightConfig, make_flight
+    from skyloc.runtime.synth.photometric import PhotometricConfig
 
     cfg = FlightConfig(seconds=args.seconds, fps=args.fps, altitude_m=args.altitude, speed_mps=args.speed,
                        fov_deg=args.fov, width=args.width, height=args.height, tilt_deg=args.tilt,

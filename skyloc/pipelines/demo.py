@@ -53,19 +53,19 @@ def _done(t0: float, detail: str) -> None:
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     """Run every stage into cfg.out; returns the path of report.json."""
-    from export.onnx_export import export_onnx
-    from calibration.quantize import calibrate
-    from runtime.loop import RunOptions, run
-    from runtime.maps import open_map
-    from runtime.outputs import JsonLinesOutput
-    from runtime.tileset import build_tileset
-    from training.config import preset
-    from training.demo_report import write_report
-    from training.synth.camera import SpiralConfig, mid_spiral_ground_width_m
-    from training.synth.dataset import SynthDatasetConfig, make_dataset
-    from training.synth.flight import FlightConfig, make_flight
-    from training.synth.world import make_world
-    from training.train import train
+    from skyloc.export.onnx_export import export_onnx
+    from skyloc.calibration.quantize import calibrate
+    from skyloc.runtime.loop import RunOptions, run
+    from skyloc.runtime.maps import open_map
+    from skyloc.runtime.outputs import JsonLinesOutput
+    from skyloc.runtime.tileset import build_tileset
+    from skyloc.training.config import preset
+    from skyloc.pipelines.demo_report import write_report
+    from skyloc.runtime.synth.camera import SpiralConfig, mid_spiral_ground_width_m
+    from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.runtime.synth.flight import FlightConfig, make_flight
+    from skyloc.runtime.synth.world import make_world
+    from skyloc.training.train import train
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from runtime.errors import SkylocError
+from skyloc.runtime.errors import SkylocError
 
 
 @dataclass

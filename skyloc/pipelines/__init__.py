@@ -1,0 +1,1 @@
+"""Pipelines that chain every stage (hloc's pipelines/): the demo."""
