@@ -1,4 +1,4 @@
-"""`skyloc bench accuracy`: the paper's Table 3 ablation and Table 7 on one dataset, one budget.
+"""`skyloc bench accuracy`: the paper's Table 3 ablation, Table 7 and Table 6 on one dataset, one budget.
 
 Every Table 3 row (training.config.ABLATION_ORDER) is trained with the same data, seed,
 epochs, optimiser settings and input size, and evaluated after its last epoch (no model
@@ -7,6 +7,12 @@ the "+KL" model evaluated with the head weights on — the same trained weights,
 Table 7 (each part, global, all, all + reweight) comes from the final model. Finally the
 deployable FP32 ONNX of that model is compared with its INT8 builds (calibrated on training
 images) on the same test set: the "INT8 R@1 within 1 point" goal.
+
+`--seeds N` trains every row N times (seeds seed..seed+N-1) and reports the mean with a 95 %
+Student-t interval per row, and per step (consecutive rows) the paired difference over seeds
+with a paired t-test, naming the significant steps (benchmarks.ablation). `--sizes A,B` is the
+paper's Table 6: the final row trained *and* tested at each size (`skyloc eval --test-size` only
+resizes one checkpoint's test images).
 
 Without --data a procedural University-1652-layout dataset is generated (training.synth).
 Needs torch (training).
@@ -19,12 +25,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from skyloc.benchmarks import goals as G
+from skyloc.benchmarks.ablation import row_summary, step_tests
 from skyloc.benchmarks.report import machine_info, write_results
 from skyloc.runtime.errors import SkylocError
 
 KL_ROW, RW_ROW = "lpn+ms+global+ba+kl", "msba"
 SWITCHES = ("multiscale", "global_branch", "block_attention", "kl_loss", "reweight")
 METRICS = ("R@1", "R@5", "AP")
+FLAT_KEYS = tuple(f"{d}_{m}" for d in ("d2s", "s2d") for m in METRICS)
+STEP_KEYS = ("d2s_R@1", "d2s_AP", "s2d_R@1", "s2d_AP")
 
 
 def _flat(res: dict[str, Any]) -> dict[str, float]:
@@ -70,63 +79,83 @@ def bench_accuracy(
     name: str = "accuracy",
     command: str | None = None,
     progress: bool = True,
+    seeds: int = 1,
+    sizes: Sequence[int] | None = None,
+    ablation_data: bool | None = None,
+    worlds: int = 2,
+    drone_views: int = 8,
 ) -> dict[str, Path]:
+    """Table 3 rows (each trained `seeds` times: seeds seed .. seed + seeds - 1), Table 7 of the
+    final model, Table 6 (`sizes`: the final row trained and tested at each size) and the INT8
+    check. With `ablation_data` (default: when seeds > 1 and no --data) the data is the
+    multi-map nadir + spiral set of benchmarks.ablation, `locations` per map."""
     import torch
 
     from skyloc.training.checkpoint import load_model
-    from skyloc.training.config import ABLATION_ORDER, preset
-    from skyloc.training.evaluate import EvalOptions, evaluate, run_tables
-    from skyloc.training.train import train
+    from skyloc.training.config import ABLATION_ORDER
 
     presets = list(presets or ABLATION_ORDER)
     bad = [p for p in presets if p not in ABLATION_ORDER]
     if bad:
         raise SkylocError(f"unknown ablation preset(s) {bad}; choose from {', '.join(ABLATION_ORDER)}")
+    if seeds < 1 or any(int(s) < 16 for s in (sizes or [])):
+        raise SkylocError(f"--seeds must be >= 1 (got {seeds}) and --sizes >= 16 px (got {sizes})")
     if threads:
         torch.set_num_threads(threads)
     machine = machine_info()
     tmp = tempfile.TemporaryDirectory(prefix="skyloc-bench-accuracy-") if work_dir is None else None
     work = Path(work_dir or tmp.name)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
+    use_ablation = (seeds > 1 and data is None) if ablation_data is None else bool(ablation_data)
+    seed_list = [seed + i for i in range(seeds)]
     try:
-        data_dir, data_note = _dataset(Path(data) if data else None, work, locations, size, seed, progress)
-        budget = dict(backbone=backbone, image_size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        if use_ablation and data is None:
+            from skyloc.benchmarks.ablation import ablation_dataset
+
+            data_dir, data_note = ablation_dataset(work, worlds=worlds, locations_per_map=locations,
+                                                   drones=drone_views, image_px=max(max([size, *(sizes or [])]), 64),
+                                                   seed=seed, progress=progress)
+        else:
+            data_dir, data_note = _dataset(Path(data) if data else None, work, locations, size, seed, progress)
+        budget = dict(backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
                       lr_step_epochs=[], workers=0, eval_every=0, drones_per_location=drones_per_location,
                       pretrained=pretrained or None)
+        trainer = _Trainer(data_dir, work, budget, progress)
         # +reweights reuses the +KL weights: train +KL if msba is asked for.
-        to_train = [p for p in ABLATION_ORDER if p in presets and p != RW_ROW]
-        if RW_ROW in presets and KL_ROW not in to_train:
-            to_train.append(KL_ROW)
-        ckpts: dict[str, Path] = {}
-        for p in to_train:
-            mcfg, tcfg = preset(p, **budget)
-            run = work / "runs" / p
-            if not (run / "last.pt").is_file() or _epochs_done(run / "last.pt") < epochs:
-                if progress:
-                    print(f"[bench accuracy] training {p} ({epochs} epochs)", flush=True)
-                train(data_dir, run, mcfg, tcfg, resume=(run / "last.pt").is_file(), progress=progress)
-            ckpts[p] = run / "last.pt"
+        per_seed: dict[str, dict[int, dict[str, float]]] = {}
+        for p in presets:
+            src = KL_ROW if p == RW_ROW else p
+            per_seed[p] = {s: trainer.result(src, size, s, reweight=True if p == RW_ROW else None)
+                           for s in seed_list}
         rows = []
         for p in presets:
             src = KL_ROW if p == RW_ROW else p
-            model, cfg, _ = load_model(ckpts[src])
-            res = evaluate(model, data_dir, size, reweight=True if p == RW_ROW else None, progress=progress)
+            cfg = trainer.config(src, size, seed_list[0])
             row = {"row": p, "trained_as": src + (" + reweight at inference" if p == RW_ROW else ""),
-                   **{s: bool(getattr(cfg, s)) for s in SWITCHES}, **_flat(res)}
+                   **{sw: bool(getattr(cfg, sw)) for sw in SWITCHES}, **row_summary(per_seed[p], FLAT_KEYS)}
             if p == RW_ROW:
                 row["reweight"] = True
             rows.append(row)
+        steps = step_tests(presets, per_seed, STEP_KEYS) if seeds > 1 and len(presets) > 1 else []
         final = RW_ROW if RW_ROW in presets else presets[-1]
         final_src = KL_ROW if final == RW_ROW else final
-        model, cfg, _ = load_model(ckpts[final_src])
+        final_ckpt = trainer.checkpoint(final_src, size, seed_list[0])
+        model, cfg, _ = load_model(final_ckpt)
+        from skyloc.training.evaluate import EvalOptions, run_tables
+
         t7 = run_tables(model, data_dir, EvalOptions(image_size=size, part_rows=["table7"], progress=progress))
         table7 = [{"part": r["name"], "heads": "all" if r["parts"] is None else ",".join(map(str, r["parts"])),
                    "reweight": r["reweight"], **_flat(r)} for r in t7["tables"].get("parts", [])]
+        table6 = []
+        for s_px in sizes or []:
+            res = {sd: trainer.result(final_src, int(s_px), sd, reweight=True if final == RW_ROW else None)
+                   for sd in seed_list}
+            table6.append({"size": int(s_px), "row": final, **row_summary(res, FLAT_KEYS)})
         if quant:
             from skyloc.benchmarks.prepare import checkpoint_with
 
             # The deployable model: +reweights is the +KL weights with reweight on in the graph.
-            deploy = checkpoint_with(ckpts[final_src], work, "deploy", reweight=(final == RW_ROW) or cfg.reweight)
+            deploy = checkpoint_with(final_ckpt, work, "deploy", reweight=(final == RW_ROW) or cfg.reweight)
             qrows = _quant_rows(deploy, data_dir, work, progress)
         else:
             qrows = []
@@ -135,30 +164,79 @@ def bench_accuracy(
             tmp.cleanup()
     goals = [G.int8_accuracy_goal(qrows)] if quant else []
     cols_t7 = ["part", "heads", "reweight", *[f"{d}_{m}" for d in ("d2s", "s2d") for m in METRICS]]
-    extra = [("Table 7: parts, global, all (final model: " + final + ")", "table7", table7, cols_t7)]
+    ci_cols = [c for k in FLAT_KEYS for c in (k, f"{k}_ci95")]
+    extra = [("Table 7: parts, global, all (final model: " + final + f", seed {seed_list[0]})", "table7", table7,
+              cols_t7)]
+    if steps:
+        extra.append(("Steps: paired difference over seeds (later row minus earlier), 95 % interval, paired t-test",
+                      "steps", steps, ["step", "metric", "seeds", "diff", "ci95", "p", "significant"]))
+    if table6:
+        extra.append(("Table 6: trained and tested at each input size (" + final + ")", "table6", table6,
+                      ["size", "row", "seeds", *ci_cols]))
     if qrows:
         extra.append(("FP32 vs INT8 ONNX (drone -> satellite, no flip)", "int8", qrows,
                       ["precision", "model", "queries", "status", "R@1", "R@5", "R@10", "AP"]))
+    sig = [f"{t['step']} ({t['metric']}, p={t['p']:.3g})" for t in steps if t["significant"]]
     notes = [
         f"Data: {data_note}.",
         f"Budget, identical for every row: {backbone} at {size} px, {epochs} epochs, batch {batch_size}, lr {lr} "
-        f"(backbone x0.1), no lr steps, seed {seed}, {drones_per_location} drone rows per location per epoch"
+        f"(backbone x0.1), no lr steps, seeds {seed_list}, {drones_per_location} drone rows per location per epoch"
         + (f", ImageNet init from {pretrained}" if pretrained else ", random init (no pretrained weights)") + ".",
         "Each row is evaluated after its last epoch (University-1652 protocol with flip), never selected on "
-        "the test set. d2s = drone -> satellite, s2d = satellite -> drone; values in percent.",
+        "the test set. d2s = drone -> satellite, s2d = satellite -> drone; values in percent"
+        + ("; each value is the mean over the seeds, *_ci95 the half-width of its 95 % Student-t interval."
+           if seeds > 1 else "."),
         f"'{RW_ROW}' (+reweights) is the '{KL_ROW}' model evaluated with the inference head weights on "
         "(global 1.5, parts 1.0): reweighting changes no trained weight.",
-        "Small synthetic budgets give small, noisy differences between rows: read the trend with that in mind, "
-        "and re-run with more epochs / a larger dataset for conclusions.",
     ]
+    if steps:
+        notes.append(f"Significant steps (paired t-test over {seeds} seeds, p < 0.05): " + (", ".join(sig) or "none")
+                     + ". A step not listed is within the noise of this budget.")
+    else:
+        notes.append("One seed: differences between rows carry no error bar; use --seeds N (N >= 3) to test them.")
     if qrows:
         notes.append("INT8 check: the final model exported to ONNX (FP32, full, with its inference reweighting) and "
                      "calibrated on 64 training images (stratified over satellite and drone views), evaluated "
                      "with ONNX Runtime on the test split without flip.")
-    columns = ["row", "trained_as", *SWITCHES, *[f"{d}_{m}" for d in ("d2s", "s2d") for m in METRICS]]
+    columns = ["row", "trained_as", *SWITCHES, "seeds", *ci_cols]
     return write_results(name, rows, results_dir, title="Accuracy: Table 3 ablation and Table 7 parts",
                          columns=columns, goals=goals, notes=notes, extra_tables=extra,
                          plot=lambda fig: _plot(fig, rows, table7), command=command, machine=machine)
+
+
+class _Trainer:
+    """Trains (or reuses) one run per (preset, size, seed) under work/runs and caches its test metrics."""
+
+    def __init__(self, data_dir: Path, work: Path, budget: dict[str, Any], progress: bool):
+        self.data_dir, self.work, self.budget, self.progress = data_dir, work, budget, progress
+        self.cache: dict[tuple[str, int, int, Any], dict[str, float]] = {}
+
+    def config(self, preset_name: str, size: int, seed: int):
+        from skyloc.training.config import preset
+
+        return preset(preset_name, image_size=size, seed=seed, **self.budget)
+
+    def checkpoint(self, preset_name: str, size: int, seed: int) -> Path:
+        from skyloc.training.train import train
+
+        mcfg, tcfg = self.config(preset_name, size, seed)
+        run = self.work / "runs" / f"{preset_name}-{size}px-seed{seed}"
+        if not (run / "last.pt").is_file() or _epochs_done(run / "last.pt") < tcfg.epochs:
+            if self.progress:
+                print(f"[bench accuracy] training {preset_name} at {size} px, seed {seed} ({tcfg.epochs} epochs)",
+                      flush=True)
+            train(self.data_dir, run, mcfg, tcfg, resume=(run / "last.pt").is_file(), progress=self.progress)
+        return run / "last.pt"
+
+    def result(self, preset_name: str, size: int, seed: int, reweight: bool | None) -> dict[str, float]:
+        key = (preset_name, size, seed, reweight)
+        if key not in self.cache:
+            from skyloc.training.checkpoint import load_model
+            from skyloc.training.evaluate import evaluate
+
+            model, _, _ = load_model(self.checkpoint(preset_name, size, seed))
+            self.cache[key] = _flat(evaluate(model, self.data_dir, size, reweight=reweight, progress=self.progress))
+        return self.cache[key]
 
 
 def _epochs_done(path: Path) -> int:

@@ -26,7 +26,8 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, size:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from skyloc.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _check_graph, _torch_export
+    from skyloc.export.onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _check_graph, _torch_export,
+                                           check_finite_weights, edge_normalize)
     from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
     from skyloc.training.checkpoint import load_model
 
@@ -34,6 +35,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, size:
     if out.suffix != ".onnx":
         raise SkylocError(f"backbone export target {out} must end in .onnx")
     model, cfg, ckpt = load_model(checkpoint)
+    check_finite_weights(model, checkpoint)
     size = int(size or cfg.image_size)
 
     class BareBackbone(nn.Module):
@@ -45,8 +47,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, size:
                                  persistent=False)
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
-            x = (image.permute(0, 3, 1, 2).to(torch.float32) - self.mean) * self.inv_std
-            _, f4 = self.backbone(x)
+            _, f4 = self.backbone(edge_normalize(image, self.mean, self.inv_std))  # cast before permute
             return F.normalize(f4.mean(dim=(2, 3)), dim=1)
 
     wrapper = BareBackbone().eval()

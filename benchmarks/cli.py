@@ -1,4 +1,4 @@
-"""`skyloc bench latency|search|accuracy|runtime`.
+"""`skyloc bench latency|search|accuracy|runtime|faults`.
 
 Thin layer: each sub-subcommand parses its options and calls one benchmark function, which
 writes benchmarks/results/<name>.{csv,md,png}. Nothing here imports torch; only `accuracy` and
@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.options import HelpFormatter
 
 
 def _csv(cast=str):
@@ -28,7 +29,8 @@ def _int_like(s: str) -> int:
 
 def _common(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--results-dir", type=Path, default=None,
-                   help="where <name>.csv/.md/.png go; None = benchmarks/results/")
+                   help="where <name>.csv/.md/.png go (default: benchmarks/results/ of the skyloc "
+                        "checkout; required when skyloc is installed as a package)")
     p.add_argument("--name", default=name, help="base name of the results files")
     p.add_argument("--threads", type=int, default=0, help="intra-op / OpenMP threads (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -36,7 +38,7 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter  # defaults shown only when they say something
 
     p = sub.add_parser("latency", formatter_class=fmt,
                        help="model inference latency per backend / precision / variant / batch / size")
@@ -99,6 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default="", help="local ImageNet weights for the backbone (same for every row)")
     p.add_argument("--work-dir", type=Path, help="keep data and runs here; None = a temp dir")
     p.add_argument("--no-quant", action="store_true", help="skip the FP32 vs INT8 ONNX accuracy check")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every row with this many seeds; mean, 95%% interval and paired t-tests per step")
+    p.add_argument("--sizes", type=_csv(int), default=None,
+                   help="Table 6: train and test the final row at each of these input sizes, e.g. 48,64,96")
+    p.add_argument("--ablation-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="multi-map nadir + spiral dataset (--locations per map); default: on with --seeds > 1")
+    p.add_argument("--worlds", type=int, default=2, help="procedural worlds in the ablation dataset (+ Turku if present)")
+    p.add_argument("--drone-views", type=int, default=8, help="drone views per location in the ablation dataset")
     _common(p, "accuracy")
 
     p = sub.add_parser("runtime", formatter_class=fmt,
@@ -113,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--work-dir", type=Path)
     _common(p, "runtime")
+
+    p = sub.add_parser("faults", formatter_class=fmt,
+                       help="fault-injection matrix (issue 13): counts per verdict, clear error ... data loss")
+    p.add_argument("--groups", type=_csv(), default=None,
+                   help="only these case groups (tiles, maps, sidecar, faiss, scratch, export, train, calibrate, run)")
+    p.add_argument("--work-dir", type=Path, help="keep the cases' worlds here; None = a temp dir")
+    _common(p, "faults")
 
 
 def _limit_threads(n: int) -> None:
@@ -155,6 +172,11 @@ def main(args: argparse.Namespace) -> int:
             work_dir=args.work_dir, opset=args.opset, results_dir=args.results_dir, name=args.name,
             command=command, progress=progress,
         )
+    elif args.bench == "faults":
+        from skyloc.benchmarks.faults import bench_faults
+
+        paths = bench_faults(work_dir=args.work_dir, groups=args.groups, results_dir=args.results_dir,
+                             name=args.name, command=command, progress=progress)
     elif args.bench == "accuracy":
         from skyloc.benchmarks.accuracy import bench_accuracy
 
@@ -163,7 +185,8 @@ def main(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, locations=args.locations,
             drones_per_location=args.drones_per_location, pretrained=args.pretrained,
             work_dir=args.work_dir, quant=not args.no_quant, threads=args.threads, results_dir=args.results_dir,
-            name=args.name, command=command, progress=progress,
+            name=args.name, command=command, progress=progress, seeds=args.seeds, sizes=args.sizes,
+            ablation_data=args.ablation_data, worlds=args.worlds, drone_views=args.drone_views,
         )
     else:
         from skyloc.benchmarks.runtime_bench import bench_runtime

@@ -23,7 +23,32 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from skyloc.runtime.atomic import atomic_open, atomic_path, write_text_atomic
+
+
+
+def _is_checkout(root: Path) -> bool:
+    py = root / "pyproject.toml"
+    try:
+        return (root / "benchmarks" / "__init__.py").is_file() and py.is_file() \
+            and 'name = "skyloc"' in py.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def default_results_dir(cwd: str | os.PathLike | None = None) -> Path:
+    """benchmarks/results of a skyloc checkout: the one this code runs from (source tree or
+    editable install), else the current folder when it is one. Never site-packages: an installed
+    package has no checkout, and then the caller must say where (--results-dir)."""
+    from skyloc.runtime.errors import SkylocError
+
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, Path(cwd or os.getcwd()).resolve()):
+        if _is_checkout(root):
+            return root / "benchmarks" / "results"
+    raise SkylocError("benchmark results: skyloc is installed as a package and the current folder is not a "
+                      "skyloc checkout; pass --results-dir DIR (or run from a checkout, which uses "
+                      "./benchmarks/results)")
 _LIBRARIES = ("numpy", "onnxruntime", "faiss", "cv2", "torch", "torchvision", "tensorrt", "onnx")
 
 
@@ -165,13 +190,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-    os.replace(tmp, path)
     return path
 
 
@@ -206,9 +229,8 @@ def write_plot(path: Path, plot: PlotFn) -> Path | None:
     try:
         plot(fig)
         fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
     return path
@@ -257,7 +279,7 @@ def write_results(
     The CSV holds every column of every row; the markdown shows `md_columns` (default: all),
     preceded by the machine, the command, and the goal verdicts; `extra_tables` (heading, slug,
     rows, columns) are appended to the markdown and written as `<name>-<slug>.csv`."""
-    out_dir = Path(results_dir) if results_dir else DEFAULT_RESULTS_DIR
+    out_dir = Path(results_dir) if results_dir else default_results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = list(columns or columns_of(rows))
     paths = {"csv": write_csv(out_dir / f"{name}.csv", rows, columns)}
@@ -291,8 +313,6 @@ def write_results(
     elif plot is not None:
         md += ["(No plot: matplotlib is not installed; `pip install skyloc[bench]`.)", ""]
     md_path = out_dir / f"{name}.md"
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text("\n".join(md))
-    os.replace(tmp, md_path)
+    write_text_atomic(md_path, "\n".join(md))
     paths["md"] = md_path
     return paths

@@ -1,4 +1,4 @@
-"""`skyloc calibrate`: INT8 post-training quantization, or a TensorRT rule check of a QDQ ONNX."""
+"""`skyloc calibrate`: INT8 post-training quantization (`--check-trt M.onnx` is `skyloc check M.onnx`)."""
 from __future__ import annotations
 
 import argparse
@@ -22,17 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", type=Path, nargs="*", default=[], metavar="ONNX",
                         help="more artifacts of the same model to include in the report (e.g. the FP16 ONNX)")
     parser.add_argument("--check-trt", type=Path, metavar="ONNX",
-                        help="only check a QDQ ONNX against TensorRT's INT8 rules; exit 1 on violations")
+                        help="only lint an ONNX against TensorRT's parser constraints (same as `skyloc check`); "
+                             "exit 1 on errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.check_trt is not None:
-        from skyloc.calibration.trt_rules import check_trt_rules, format_report
+        from skyloc.calibration.trt_lint import errors, format_report, lint_model
 
-        violations = check_trt_rules(args.check_trt)
-        print(format_report(args.check_trt, violations))
-        return 1 if violations else 0
+        findings = lint_model(args.check_trt)
+        print(format_report(args.check_trt, findings))
+        return 1 if errors(findings) else 0
     missing = [flag for flag, v in (("--model", args.model), ("--images", args.images), ("--out", args.out)) if not v]
     if missing:
         raise SkylocError(f"missing {', '.join(missing)}: calibration needs --model M.onnx --images DIR... --out DIR "

@@ -3,26 +3,34 @@
 - `*.int8-ort.onnx` (U8S8): uint8 asymmetric activations, int8 per-channel weights, INT32 bias
   DQ as ONNX Runtime likes it; its CPU provider fuses DQ -> Conv -> Q into QLinearConv (AVX2/VNNI).
 - `*.int8-trt.onnx` (S8S8): what TensorRT's explicit quantization accepts — int8 activations
-  with zero point 0, symmetric per-channel weights in [-127, 127], float biases (no INT32 DQ),
-  one dedicated Q/DQ pair per consumer (TensorRT cannot share them).
+  with zero point 0, symmetric per-channel weights, float biases (no INT32 DQ) — with the Q/DQ
+  pairs where TensorRT's fusion rules expect them: on the *inputs* of Conv (activation and
+  weight) and on one input of each residual Add, never on a Conv output. A Q/DQ between a Conv
+  and its ReLU, or on the Conv-side input of the Add, forces TensorRT to run them as separate
+  kernels with an extra rounding; without it TensorRT fuses Conv+bias+Add+ReLU and quantizes the
+  fused output itself.
 
 Calibrated once: the first `quantize_static` call computes the tensor ranges and saves them
 (ORT's `calibration_cache_path`, JSON), the second reads them back without running the model.
 The symmetric quantizer derives its scales from the same ranges (max |range|). onnxruntime
 releases before that option (2026) calibrate twice on the same images, with a warning.
 
-Only the backbone is quantized (Conv, residual Add, MaxPool — where the compute is). The block
+Only the backbone is quantized (Conv, residual Add; for ONNX Runtime also the pools). The block
 pooling MatMul, block attention, head Linears and the L2 normalisations stay float: they cost
 little and the embedding's direction is most sensitive there. The uint8 input, its cast and
 normalisation stay as exported; the first Q sits on the normalised NCHW tensor.
+
+Writes are all-or-nothing: everything goes to temporary names in the output folder and is moved
+into place at the end, so an interrupted run leaves the previous INT8 models untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -36,6 +44,7 @@ from onnxruntime.quantization import (
 from onnxruntime import __version__ as ort_version
 from tqdm import tqdm
 
+from skyloc.runtime.atomic import atomic_path, clean_stale_scratch, scratch_path
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
@@ -45,9 +54,37 @@ METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 DEFAULT_OP_TYPES = ("Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool")
+# TensorRT: Q/DQ on the inputs of the compute ops and of the residual Add only (of those in
+# op_types: by default the backbone's Conv and Add); TensorRT moves them across pooling itself
+# and quantizes fused outputs without being told.
+TRT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
 CALIB_BATCH = 8
 HAS_RANGE_CACHE = "calibration_cache_path" in inspect.signature(quantize_static).parameters
-log = logging.getLogger("skyloc.calibration")
+log = logging.getLogger(__name__)
+
+
+
+@contextlib.contextmanager
+def _ort_root_messages() -> Iterator[None]:
+    """onnxruntime's quantizer warns "Please consider ... pre-processing" once per call with
+    logging.warning(), i.e. on the root logger, and with no root handler that call installs one
+    (logging's implicit basicConfig). While quantizing, those messages are dropped and an empty
+    root gets a placeholder handler; both are removed after, so the root logger (level, handlers)
+    is left exactly as the application set it."""
+    root = logging.getLogger()
+    drop = logging.Filter()
+    drop.filter = lambda record: not str(record.msg).startswith("Please consider")  # type: ignore[method-assign]
+    placeholder = logging.NullHandler() if not root.handlers else None
+    root.addFilter(drop)
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
 
 ORT_OPTIONS: dict = {}
 TRT_OPTIONS = {
@@ -55,6 +92,7 @@ TRT_OPTIONS = {
     "WeightSymmetric": True,  # int8 symmetric weights use [-127, 127]
     "QuantizeBias": False,  # no INT32 bias DequantizeLinear
     "DedicatedQDQPair": True,
+    "OpTypesToExcludeOutputQuantization": list(TRT_OP_TYPES),  # no Q/DQ between Conv and ReLU/Add
 }
 
 
@@ -115,6 +153,9 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
         raise SkylocError(f"calibration images must be uint8 (N, {want[0]}, {want[1]}, 3), got {images.dtype} {images.shape}")
     paths = quantized_paths(model, out_dir)
     paths["ranges"].parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_scratch(paths["ranges"].parent)  # left by a killed calibrate
+    # quantize_static writes where it is told: scratch files, so a kill never touches the previous models.
+    scratch = {p: scratch_path(paths[p], ".onnx") for p in ("int8-ort", "int8-trt")}
     paths["ranges"].unlink(missing_ok=True)  # a stale cache would silently skip calibration
     common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                   op_types_to_quantize=list(op_types), calibrate_method=METHODS[method])
@@ -125,24 +166,26 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
                     "model; upgrade onnxruntime to share one calibration", ort_version)
     reader = ArrayReader(images, side.input.name, progress=progress)
     strided = {"CalibStridedMinMax": 1}  # one batch of intermediate outputs in memory at a time
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a "consider pre-processing" warning per call
+    quiet = _ort_root_messages()
+    quiet.__enter__()
     try:
-        quantize_static(str(model), str(paths["int8-ort"]), reader, activation_type=QuantType.QUInt8,
+        quantize_static(str(model), str(scratch["int8-ort"]), reader, activation_type=QuantType.QUInt8,
                         extra_options={**ORT_OPTIONS, **strided}, **common)
         # With the cache this reads the saved ranges and runs no inference.
         second = None if HAS_RANGE_CACHE else reader
-        quantize_static(str(model), str(paths["int8-trt"]), second, activation_type=QuantType.QInt8,
-                        extra_options={**TRT_OPTIONS, **({} if HAS_RANGE_CACHE else strided)}, **common)
+        quantize_static(str(model), str(scratch["int8-trt"]), second, activation_type=QuantType.QInt8,
+                        extra_options={**TRT_OPTIONS, **({} if HAS_RANGE_CACHE else strided)},
+                        **{**common, "op_types_to_quantize": [t for t in op_types if t in TRT_OP_TYPES]})
     finally:
-        root.setLevel(level)
+        quiet.__exit__(None, None, None)
         reader.close()
-    from skyloc.calibration.trt_rules import check_trt_rules
+    place_trt_qdq(scratch["int8-trt"])
+    from skyloc.calibration.trt_lint import errors, lint_model
 
-    violations = check_trt_rules(paths["int8-trt"])
+    violations = errors(lint_model(scratch["int8-trt"]))
     if violations:  # a quantizer change upstream; never ship a model TensorRT would refuse
-        raise RuntimeError("S8S8 model breaks TensorRT rules: " + "; ".join(map(str, violations[:5])))
+        raise SkylocError("the S8S8 model breaks TensorRT's parser rules (an onnxruntime quantizer change?): "
+                          + "; ".join(map(str, violations[:5])) + " — use the FP16 model for TensorRT meanwhile")
     if not HAS_RANGE_CACHE:
         del paths["ranges"]
     info = {"calibration_method": method, "calibration_images": int(len(images)),
@@ -150,19 +193,58 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
             "quantized_op_types": list(op_types),
             "fp32_onnx_sha256": side.onnx_sha256, **(extra_info or {})}
     for precision in ("int8-ort", "int8-trt"):
-        _finish(paths[precision], side, precision, info)
+        _finish(paths[precision], side, precision, info, src=scratch[precision])
     return paths
 
 
-def _finish(path: Path, side: ModelSidecar, precision: str, info: dict) -> None:
+def place_trt_qdq(path: Path) -> int:
+    """Rewrite the S8S8 model in place so each residual Add keeps a Q/DQ pair on one input only.
+
+    ORT quantizes both Add inputs; TensorRT fuses Conv+Add(+ReLU) only when the Conv side is
+    float and the other input carries the Q/DQ (its fusion guide: an extra pair "forces the
+    separation"). Drops the pair on the first input produced by a Conv. Returns pairs removed."""
     proto = onnx.load(str(path))
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    removed = 0
+    for n in g.node:
+        if n.op_type != "Add" or len(n.input) != 2:
+            continue
+        for i, t in enumerate(n.input):
+            dq = producer.get(t)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            src = producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if src is not None and src.op_type == "Conv":
+                n.input[i] = q.input[0]
+                removed += 1
+                break
+    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    while True:  # drop the now-dangling Q/DQ nodes (DedicatedQDQPair: nothing else reads them)
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+        used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return removed
+
+
+def _finish(path: Path, side: ModelSidecar, precision: str, info: dict, src: Path | None = None) -> None:
+    proto = onnx.load(str(src or path))
     props = {p.key: p.value for p in proto.metadata_props}
     props.update({"skyloc.model_id": side.model_id, "skyloc.variant": side.variant, "skyloc.precision": precision})
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    if src is not None:
+        src.unlink(missing_ok=True)
     d = side.to_dict()
     scheme = ("U8S8: uint8 asymmetric activations, int8 per-channel weights" if precision == "int8-ort"
               else "S8S8: int8 symmetric activations (zero point 0), int8 per-channel weights in [-127, 127], float bias")

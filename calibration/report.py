@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from skyloc.calibration.select import IMAGE_EXTS, load_batch
 from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import read_model_sidecar, write_json_atomic
+from skyloc.runtime.atomic import write_json_atomic
+from skyloc.runtime.sidecar import read_model_sidecar
 
 REPORT_JSON = "accuracy-report.json"
 REPORT_MD = "accuracy-report.md"

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.preprocess import to_model_input
-from skyloc.runtime.sidecar import InputContract, sha256_file, write_json_atomic
+from skyloc.runtime.preprocess import read_image, to_model_input
+from skyloc.runtime.atomic import write_json_atomic
+from skyloc.runtime.sidecar import InputContract, sha256_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MANIFEST_NAME = "calibration-manifest.json"
@@ -115,18 +115,10 @@ def write_manifest(selected: Sequence[Selected], out_dir: str | os.PathLike, **i
     return write_json_atomic(out_dir / MANIFEST_NAME, data)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HxWx3 RGB; OpenCV applies the EXIF orientation and drops any alpha channel."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SkylocError(f"cannot read image {path}: not an image or corrupt; remove it from the folder")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def load_batch(paths: Sequence[str | os.PathLike], contract: InputContract) -> np.ndarray:
-    """Images preprocessed exactly as the runtime does (runtime.preprocess: centre square crop,
-    INTER_AREA resize) -> uint8 (N, H, W, 3) RGB."""
+    """Images as the model sees them everywhere (runtime.preprocess: OpenCV decode, centre square
+    crop, INTER_AREA resize, as training, eval and the runtime) -> uint8 (N, H, W, 3) RGB."""
     if contract.layout != "NHWC" or contract.dtype != "uint8" or contract.normalization != "baked":
         raise SkylocError(f"input contract {contract.layout}/{contract.dtype}/{contract.normalization} is not "
                           "the uint8 NHWC baked-normalisation contract that `skyloc export` writes")
-    return to_model_input([read_rgb(p) for p in paths], contract, bgr=False)
+    return to_model_input([read_image(p) for p in paths], contract, bgr=False)

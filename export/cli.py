@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from skyloc.runtime.options import HelpFormatter
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     onnx = sub.add_parser("onnx", help="checkpoint -> ONNX (uint8 NHWC in, embedding out) + JSON sidecar",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=HelpFormatter)
     onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint .pt from `skyloc train`")
     onnx.add_argument("--variant", choices=("full", "global"), default="full",
                       help="full = all heads (paper's embedding); global = the global head alone (512-d, cheaper)")
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     onnx.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                       help="fp16 converts the export for TensorRT strongly typed builds (float I/O unchanged)")
     fp16 = sub.add_parser("fp16", help="FP32 ONNX -> FP16 ONNX (for TensorRT strongly typed engines)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=HelpFormatter)
     fp16.add_argument("--model", type=Path, required=True, help="FP32 ONNX written by `skyloc export onnx`")
     fp16.add_argument("--out", type=Path, help="output .onnx (default: MODEL.fp16.onnx beside the input)")
 

@@ -5,69 +5,100 @@ export, or the S8S8 QDQ model), so no precision builder flags are set — Tensor
 deprecated implicit INT8 calibration and TensorRT 11 removed the FP16/INT8 flags; in 11 strong
 typing is always on and the creation flag is ignored. The batch dimension gets an optimisation
 profile (1 .. max, tuned for `opt`). A timing cache makes rebuilds fast; version-compatible
-engines run on later TensorRT releases of the same major version (a bit slower).
+engines run on later TensorRT releases of the same major version, and TensorRT 10 ones on
+TensorRT 11 (a bit slower).
 
 The engine sidecar records what the runtime checks before deserialising: TensorRT version,
-GPU and compute capability, precision, batch profile, and the ONNX (hash and full sidecar).
+GPU and compute capability, precision, batch profile, and the ONNX (hash and full sidecar) —
+the hash is how an engine is paired with its ONNX. Engine and sidecar are committed together,
+after the new engine has been deserialized and run once through the runtime's TensorRT backend.
+`adopt_engine` writes the sidecar for an engine built elsewhere (trtexec).
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from skyloc.runtime.atomic import scratch_path, write_bytes_atomic
+from skyloc.runtime.backends.tensorrt_backend import import_tensorrt, np_dtype, tensor_io
 from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, write_engine_sidecar
+from skyloc.runtime.sidecar import EngineSidecar, ModelSidecar, model_sidecar_path, read_model_sidecar
 
-INSTALL_HINT = ("install TensorRT on the machine with the target GPU (desktop: `pip install -e '.[gpu]'`; "
-                "Jetson: it comes with JetPack) and build the engine there — engines are specific to the GPU "
-                "and TensorRT version; without a GPU use the .onnx with ONNX Runtime")
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise SkylocError(f"TensorRT is not available here ({exc}): {INSTALL_HINT}") from None
-    return trt
+log = logging.getLogger(__name__)
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8-trt")
 
 
 def gpu_info(device: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability "major.minor") of the CUDA device the engine is built on."""
+    from skyloc.runtime.backends.cuda_memory import open_cuda
+
+    cuda = open_cuda(device)
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(device)
-            return torch.cuda.get_device_name(device), f"{major}.{minor}"
-    except ImportError:
-        pass
-    try:  # Jetson images often have pycuda but no CUDA torch
-        import pycuda.driver as cuda
-
-        cuda.init()
-        dev = cuda.Device(device)
-        return dev.name(), "%d.%d" % dev.compute_capability()
-    except Exception:
-        pass
-    raise SkylocError(f"no NVIDIA GPU is visible (CUDA device {device}): {INSTALL_HINT}")
+        return cuda.device_name, cuda.compute_capability
+    finally:
+        cuda.release()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _check_source(onnx_path: Path) -> ModelSidecar:
+    side = read_model_sidecar(onnx_path)  # refuses an ONNX that changed after export
+    if side.precision not in TENSORRT_PRECISIONS:
+        raise SkylocError(f"{onnx_path} is the {side.precision} model (ONNX Runtime's U8S8 format); build the "
+                          "engine from the *.int8-trt.onnx, the FP16 or the FP32 export")
+    return side
+
+
+def _lint_findings(onnx_path: Path) -> list[str]:
+    from skyloc.calibration.trt_lint import lint_model
+
+    return [str(f) for f in lint_model(onnx_path) if f.severity == "error"]
+
+
+def _commit_pair(out: Path, plan: bytes, sidecar: EngineSidecar, verify: bool) -> None:
+    """Write engine + sidecar under temporary names, run the engine once through the runtime
+    backend (when a CUDA binding is installed), then move both into place. The old sidecar is
+    removed before the old engine is replaced, so an interrupted commit never leaves a sidecar
+    describing an engine it does not belong to."""
+    tmp = scratch_path(out)
+    tmp_side = model_sidecar_path(tmp)
+    try:
+        tmp.write_bytes(plan)
+        tmp_side.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+        if verify:
+            _verify_engine(tmp)
+        model_sidecar_path(out).unlink(missing_ok=True)
+        os.replace(tmp, out)
+        os.replace(tmp_side, model_sidecar_path(out))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
+
+
+def _verify_engine(engine: Path) -> None:
+    from skyloc.runtime.backends.cuda_memory import available_bindings
+    from skyloc.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    if not available_bindings():
+        log.warning("cuda-python / pycuda not installed: %s was not test-run before writing", engine.name)
+        return
+    be = TensorRTBackend(engine)
+    try:
+        be.warm_up((1, be.max_batch or 1))
+    finally:
+        be.close()
 
 
 def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch: int = 8,
                  opt_batch: int | None = None, timing_cache: str | os.PathLike | None = None,
                  version_compatible: bool = False, workspace_mb: int | None = None,
-                 verbose: bool = False) -> Path:
+                 verbose: bool = False, verify: bool = True) -> Path:
     """Build a serialized engine at `out` (+ `out.json` sidecar) from an exported ONNX."""
     onnx_path, out = Path(onnx_path), Path(out)
-    side = read_model_sidecar(onnx_path)  # refuses an ONNX that changed after export
+    side = _check_source(onnx_path)
     if max_batch < 1:
         raise SkylocError(f"--max-batch must be >= 1, got {max_batch}")
     opt = opt_batch or max(1, max_batch // 2)
@@ -85,12 +116,16 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise SkylocError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        lint = _lint_findings(onnx_path)
+        hint = f" `skyloc check` finds: {'; '.join(lint[:5])}" if lint else ""
+        raise SkylocError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}.{hint}")
     config = builder.create_builder_config()
     if workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if network.num_inputs != 1:
+        raise SkylocError(f"{onnx_path} has {network.num_inputs} inputs; a skyloc model has one")
     inp = network.get_input(0)
     _, h, w, c = tuple(inp.shape)
     profile = builder.create_optimization_profile()
@@ -98,49 +133,86 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)
+    if not config.set_timing_cache(cache, False):
+        raise SkylocError(f"timing cache {cache_path} was written for another GPU or TensorRT version and "
+                          "TensorRT refused it: delete it or pass another --timing-cache (nothing was written)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise SkylocError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above); "
                           "try --workspace-mb with more memory or a smaller --max-batch")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, bytes(plan))
-    if cache_path:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
-    write_engine_sidecar(out, EngineSidecar(
+    sidecar = EngineSidecar(
         model=side, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
         precision=side.precision, onnx_sha256=side.onnx_sha256, max_batch=max_batch,
         version_compatible=version_compatible, opt_batch=opt, min_batch=1,
-    ))
+    )
+    _commit_pair(out, bytes(plan), sidecar, verify)
+    if cache_path:  # after the engine: a cache is an optimisation, the engine is the product
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return out
 
 
-def run_engine(engine_path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
-    """Run a built engine once on a uint8 NHWC batch (torch CUDA buffers; for tests and
-    checks on the build machine — the drone uses runtime.backends.tensorrt_backend)."""
-    import torch
-
-    trt = import_tensorrt()
-    engine_path = Path(engine_path)
-    side = read_engine_sidecar(engine_path)
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    if side.version_compatible:
-        runtime.engine_host_code_allowed = True  # version-compatible plans embed the lean runtime
+def _deserialize(trt: Any, engine_path: Path, version_compatible: bool) -> Any:
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        raise SkylocError(f"TensorRT cannot deserialize {engine_path}: rebuild it with `skyloc engine`")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    ctx = engine.create_execution_context()
-    x = torch.from_numpy(np.ascontiguousarray(images)).cuda()
-    ctx.set_input_shape(inputs[0], tuple(x.shape))
-    ctx.set_tensor_address(inputs[0], x.data_ptr())
-    y = torch.empty(tuple(ctx.get_tensor_shape(outputs[0])), dtype=torch.float32, device="cuda")
-    ctx.set_tensor_address(outputs[0], y.data_ptr())
-    stream = torch.cuda.Stream()
-    if not ctx.execute_async_v3(stream.cuda_stream):
-        raise RuntimeError(f"TensorRT execution of {engine_path} failed")
-    stream.synchronize()
-    return y.cpu().numpy()
+        raise SkylocError(f"TensorRT {trt.__version__} cannot deserialize {engine_path}: build it with the same "
+                          "TensorRT on this GPU (trtexec --versionCompatible needs --version-compatible here)")
+    return engine, runtime
+
+
+def adopt_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike,
+                 version_compatible: bool = False, verify: bool = True) -> Path:
+    """Write the sidecar for an engine built outside skyloc (e.g. `trtexec --onnx=M.onnx
+    --saveEngine=M.engine --stronglyTyped --minShapes/--optShapes/--maxShapes`): the engine is
+    deserialized here, its I/O checked against the ONNX's sidecar, its batch profile read back,
+    and it is run once. Returns the sidecar path."""
+    engine_path, onnx_path = Path(engine_path), Path(onnx_path)
+    if not engine_path.is_file():
+        raise SkylocError(f"engine {engine_path} not found")
+    side = _check_source(onnx_path)
+    trt = import_tensorrt()
+    gpu_name, cc = gpu_info()
+    engine, _runtime = _deserialize(trt, engine_path, version_compatible)
+    inputs, outputs = tensor_io(engine, trt)
+    if inputs != [side.input.name] or side.output_name not in outputs:
+        raise SkylocError(f"engine {engine_path} I/O {inputs} -> {outputs} is not that of {onnx_path} "
+                          f"({side.input.name!r} -> {side.output_name!r}): it was built from another model")
+    in_dtype = np.dtype(np_dtype(trt, engine.get_tensor_dtype(side.input.name)))
+    if in_dtype != np.dtype(side.input.dtype):
+        raise SkylocError(f"engine {engine_path} takes {in_dtype} input, {onnx_path} takes {side.input.dtype}: "
+                          "trtexec changed the I/O type (drop --inputIOFormats)")
+    shape = tuple(engine.get_tensor_shape(side.input.name))
+    if shape[0] == -1:
+        lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(side.input.name, 0))
+        min_b, opt_b, max_b = int(lo[0]), int(opt[0]), int(hi[0])
+    else:
+        min_b = opt_b = max_b = int(shape[0])
+    del engine
+    sidecar = EngineSidecar(
+        model=side, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
+        precision=side.precision, onnx_sha256=side.onnx_sha256, max_batch=max_b,
+        version_compatible=version_compatible, opt_batch=opt_b, min_batch=min_b,
+    )
+    side_path = model_sidecar_path(engine_path)
+    tmp_side = scratch_path(side_path)
+    try:
+        if verify:  # run it under a temporary sidecar before claiming anything about it
+            tmp_engine = scratch_path(engine_path)
+            try:
+                os.link(engine_path, tmp_engine)
+            except OSError:
+                tmp_engine.write_bytes(engine_path.read_bytes())
+            try:
+                model_sidecar_path(tmp_engine).write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True))
+                _verify_engine(tmp_engine)
+            finally:
+                tmp_engine.unlink(missing_ok=True)
+                model_sidecar_path(tmp_engine).unlink(missing_ok=True)
+        tmp_side.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_side, side_path)
+    finally:
+        tmp_side.unlink(missing_ok=True)
+    return side_path

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from skyloc.runtime.atomic import atomic_path
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
@@ -144,14 +145,15 @@ def convert_model_to_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = N
 
 
 def _parity(fp32_path: Path, fp16_path: Path, size: int, input_name: str) -> float:
-    import onnxruntime as ort
-
     from skyloc.export.onnx_export import cosine_rows
+    from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(2, size, size, 3), dtype=np.uint8)
-    a = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, {input_name: x})[0]
-    b = ort.InferenceSession(str(fp16_path), providers=["CPUExecutionProvider"]).run(None, {input_name: x})[0]
+    a = cpu_session(fp32_path).run(None, {input_name: x})[0]
+    b = cpu_session(fp16_path).run(None, {input_name: x})[0]
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")  # overflow to Inf/NaN in FP16: refused by the caller
     return float(cosine_rows(a, b).min())
 
 
@@ -167,13 +169,12 @@ def to_fp16(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     fp16 = convert_model_to_fp16(onnx.load(str(src)))
     onnx.helper.set_model_props(fp16, {**{p.key: p.value for p in fp16.metadata_props}, "skyloc.precision": "fp16"})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    onnx.save_model(fp16, str(tmp), save_as_external_data=False)
-    os.replace(tmp, out)
-    cos = _parity(src, out, side.input.height, side.input.name)
-    if cos < PARITY_MIN_COSINE:
-        raise SkylocError(f"FP16 model {out} drifts from {src} (min cosine {cos:.5f} on random images); "
-                          "the weights may overflow float16 — keep using the FP32 model")
+    with atomic_path(out) as tmp:  # checked before it replaces a previous FP16 model
+        onnx.save_model(fp16, str(tmp), save_as_external_data=False)
+        cos = _parity(src, tmp, side.input.height, side.input.name)
+        if not cos >= PARITY_MIN_COSINE:  # NaN fails too
+            raise SkylocError(f"FP16 conversion of {src} drifts from it (min cosine {cos:.5f} on random images); "
+                              f"the weights may overflow float16 — keep using the FP32 model ({out} not written)")
     d = side.to_dict()
     d.update(precision="fp16", onnx_sha256=sha256_file(out),
              extra={**side.extra, "fp32_onnx_sha256": side.onnx_sha256, "fp32_region": "embedding head (L2 norms, weights, concat)",

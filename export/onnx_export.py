@@ -19,6 +19,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from skyloc.runtime.atomic import atomic_path
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import (
     IMAGENET_MEAN,
@@ -54,18 +55,27 @@ class EdgeEmbedder(nn.Module):
         self.register_buffer("pixel_inv_std", inv_std, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # Permute the uint8 tensor first: a quarter of the bytes to move.
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        x = (x - self.pixel_mean) * self.pixel_inv_std
-        return self.model.embed(x, flip=False, parts=self.parts)
+        return self.model.embed(edge_normalize(image, self.pixel_mean, self.pixel_inv_std),
+                                flip=False, parts=self.parts)
 
 
-def normalize_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW normalised as `MSBA.embed` expects (the reference the tests use)."""
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def edge_normalize(image: torch.Tensor, mean255: torch.Tensor, inv_std255: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW, as the exported graphs compute it.
+
+    Cast first: TensorRT allows UINT8 only as a network input or output, so a uint8 Transpose
+    (cheaper on bytes, but an intermediate uint8 tensor) makes every graph unparseable."""
+    x = image.to(torch.float32).permute(0, 3, 1, 2)
+    return (x - mean255) * inv_std255
+
+
+def check_finite_weights(model: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose weights or buffers hold NaN/Inf: it would export a graph whose
+    embeddings are NaN, and the parity check compares NaN with NaN."""
+    bad = [name for name, t in model.state_dict().items()
+           if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SkylocError(f"checkpoint {checkpoint} has non-finite values (NaN/Inf) in {len(bad)} tensor(s), "
+                          f"e.g. {', '.join(bad[:3])}: training diverged; export an earlier checkpoint")
 
 
 def heads_for_variant(model: MSBA, variant: str) -> list[int] | None:
@@ -119,6 +129,18 @@ def _check_graph(path: Path) -> onnx.ModelProto:
     return proto
 
 
+def _warn_trt_lint(proto: onnx.ModelProto, out: Path) -> None:
+    """The export still serves ONNX Runtime when TensorRT could not parse it, so this warns;
+    `skyloc check` and the tests treat the same findings as errors."""
+    from skyloc.calibration.trt_lint import errors, lint_model
+
+    problems = errors(lint_model(proto))
+    if problems:
+        logging.getLogger(__name__).warning(
+            "%s will not build as a TensorRT engine (%d finding(s), e.g. %s); run `skyloc check %s`",
+            out, len(problems), problems[0], out)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -128,25 +150,29 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _verify_parity(path: Path, wrapper: EdgeEmbedder, size: int) -> float:
     """ORT vs PyTorch on two batch sizes (exercises the dynamic batch axis)."""
-    import onnxruntime as ort
+    from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = cpu_session(path)
     worst = 1.0
     for batch in (1, 3):
         x = _example_images(batch, size, seed=batch)
         with torch.no_grad():
             ref = wrapper(x).numpy()
         got = sess.run(None, {INPUT_NAME: x.numpy()})[0]
-        worst = min(worst, float(cosine_rows(ref, got).min()))
-    if worst < PARITY_MIN_COSINE:
-        raise RuntimeError(f"ONNX Runtime output of {path} differs from PyTorch (min cosine {worst:.6f})")
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            raise SkylocError(f"the exported model {path} produces non-finite embeddings (NaN/Inf) on random "
+                              "images: the checkpoint is unusable; export an earlier one")
+        cos = float(cosine_rows(ref, got).min())
+        worst = cos if not cos >= worst else worst  # a NaN cosine must win, never be skipped by min()
+    if not worst >= PARITY_MIN_COSINE:
+        raise SkylocError(f"ONNX Runtime output of {path} differs from PyTorch (min cosine {worst:.6f}); "
+                          "the exporter mistranslated the model — try another --opset")
     return worst
 
 
 def _atomic_save(proto: onnx.ModelProto, out: Path) -> None:
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: str = "full",
@@ -163,6 +189,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: 
     if precision not in ("fp32", "fp16"):
         raise SkylocError(f"precision {precision!r}: export writes fp32 or fp16; INT8 comes from `skyloc calibrate`")
     model, cfg, ckpt = load_model(checkpoint)
+    check_finite_weights(model, checkpoint)
     parts = heads_for_variant(model, variant)
     wrapper = EdgeEmbedder(model, parts).eval()
     size = cfg.image_size
@@ -174,6 +201,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, variant: 
         raw = Path(tmp) / "raw.onnx"
         _torch_export(wrapper, example, raw, opset)
         proto = _check_graph(raw)
+        _warn_trt_lint(proto, out)
         meta = {"skyloc.model_id": ckpt.get("model_id") or compute_model_id(ckpt["model"], cfg),
                 "skyloc.variant": variant}
         onnx.helper.set_model_props(proto, meta)

@@ -3,6 +3,7 @@ large files stream. Split from runtime/maps.py, whose GeoMap interface it implem
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +13,48 @@ from skyloc.runtime import geo
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.maps import _BLOCK, GeoMap, bilinear
 
+def import_rasterio(path: Any = None) -> Any:
+    """rasterio, or a SkylocError naming the extra that brings it (the drone install leaves it out)."""
+    try:
+        import rasterio
+    except ImportError as exc:
+        what = f"map {path}: " if path is not None else ""
+        raise SkylocError(f"{what}GeoTIFF maps need rasterio, which the base install leaves out ({exc}): "
+                          f'pip install "skyloc[maps]" (or pip install rasterio), or convert the map to '
+                          f"PNG/JPEG + a corners CSV") from None
+    return rasterio
+
+
 class GeoTiffMap(GeoMap):
     """A GeoTIFF read window by window (large files stream); any CRS, the dataset mask is no-data."""
 
     def __init__(self, path: Path) -> None:
-        import rasterio  # heavy; only GeoTIFF users pay for it
+        rasterio = import_rasterio(path)  # heavy; only GeoTIFF users pay for it
         from rasterio.warp import transform_bounds
 
         try:
-            self._ds = rasterio.open(path)
+            with warnings.catch_warnings():  # no geotransform: refused below with our own message
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._ds = rasterio.open(path)
         except Exception as exc:  # rasterio raises its own RasterioIOError / CPLE_* types
             raise SkylocError(f"map {path}: cannot open as GeoTIFF ({exc}); check the file") from None
         ds = self._ds
         if ds.crs is None:
             raise SkylocError(f"map {path}: the GeoTIFF has no CRS; georeference it (e.g. gdal_translate -a_srs)")
+        if ds.transform.is_identity or not all(math.isfinite(v) for v in tuple(ds.transform)[:6]) \
+                or abs(ds.transform.determinant) == 0:
+            # GDAL reports the identity when the file has no geotransform: every pixel would be
+            # placed at (0, 0) degrees / metres of the CRS, i.e. tiles at Null Island.
+            raise SkylocError(f"map {path}: the GeoTIFF has a CRS but no geotransform (pixel -> map coordinates); "
+                              f"georeference it (e.g. gdal_translate -a_ullr / gdalwarp with GCPs)")
         self.source, self.name = str(path), Path(path).stem
         self._bands = [1, 2, 3] if ds.count >= 3 else [1]
         self._inv = ~ds.transform
         lon_min, lat_min, lon_max, lat_max = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
         self._bounds = (lat_min, lon_min, lat_max, lon_max)
+        from skyloc.runtime.maps import check_corners
+
+        check_corners(lat_max, lon_min, lat_min, lon_max, f"map {path} (bounds in WGS84)")
         # Native resolution: ground distance between neighbouring pixels at the image centre.
         cx, cy = ds.width / 2, ds.height / 2
         la, lo = self._pixel_to_latlon(np.array([cx, cx + 1, cx]), np.array([cy, cy, cy + 1]))

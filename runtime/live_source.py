@@ -21,7 +21,7 @@ import numpy as np
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy
 
-log = logging.getLogger("skyloc.runtime.sources")
+log = logging.getLogger(__name__)
 
 
 def _has_gstreamer() -> bool:
@@ -45,7 +45,7 @@ class LiveSource(FrameSource):
                               "GStreamer; on Jetson use the JetPack OpenCV (python3-opencv), or give a "
                               "camera index / video file instead")
         self._cond = threading.Condition()
-        self._latest: tuple[int, float, int] | None = None  # (seq, time, pool slot)
+        self._latest: tuple[int, float, int, float] | None = None  # (seq, time, pool slot, wall clock)
         self._held = -1  # pool slot the consumer is using
         self._pool: list[np.ndarray | None] = [None, None, None]
         self._reuse = reuse_buffers
@@ -98,9 +98,12 @@ class LiveSource(FrameSource):
                         attempts = 0
                         seq += 1
                         self.stats.grabbed += 1
+                        wall = time.time()
                         with self._cond:
+                            # the buffer may come back another size (a camera reopened at another
+                            # resolution): nothing here assumes the first frame's size
                             self._pool[slot] = img
-                            self._latest = (seq, time.monotonic() - self._t0, slot)
+                            self._latest = (seq, time.monotonic() - self._t0, slot, wall)
                             self._cond.notify_all()
                             # next slot: neither the one just published nor the consumer's
                             slot = next(s for s in range(3) if s != slot and s != self._held)
@@ -123,6 +126,9 @@ class LiveSource(FrameSource):
                     self.stats.reopen_failures += 1
                 else:
                     log.info("source %s reopened", self.name)
+        except Exception as exc:  # a bug here must end the stream loudly, never silently
+            log.exception("source %s: grab thread failed", self.name)
+            self.stats.error = f"{type(exc).__name__}: {exc}"
         finally:
             with self._cond:
                 self._ended = True
@@ -141,13 +147,15 @@ class LiveSource(FrameSource):
                     self._cond.wait(0.1)
                 if self._stop.is_set() or self._latest is None or self._latest[0] == last:
                     return
-                seq, t, slot = self._latest
+                seq, t, slot, wall = self._latest
                 self.stats.dropped += seq - last - 1
                 last = seq
                 self._held = slot
                 img = self._pool[slot]
             self.stats.frames += 1
-            yield Frame(index, t, img, self.name)
+            yield Frame(index, t, img, self.name, None,
+                        {"source": self.name, "kind": self.kind, "time_from": "clock",
+                         "reopens": self.stats.reopens}, wall)
             index += 1
 
     def close(self) -> None:

@@ -1,17 +1,16 @@
-"""The onboard loop: frame -> preprocess -> embed -> search -> filter -> outputs.
+"""The onboard loop: source -> pose source -> Localizer.step -> outputs.
 
-One JSON record per frame (skipped frames included, with the reason), latency per stage, and
-a RunStats at the end. Nothing but a signal (or the source ending, or --max-frames) stops it:
-a bad frame is skipped and counted, an exception inside one frame is logged and counted.
-SIGINT / SIGTERM set a flag; the loop leaves at the next frame and the outputs are closed
-(flushed) in `finally`.
+    for frame in source:
+        pose = poses.pose_for(frame)          # flags / telemetry CSV / MAVLink / EXIF
+        fix = localizer.step(frame, pose)     # quality -> rectify -> embed -> retrieve -> register -> filter
+        for out in outputs: out.write(record(fix))
 
-Record fields: frame, time_s, source, latency_ms {grab, preprocess, infer, search, filter,
-total} (stages that ran); then either skipped (reason: corrupt, empty, grayscale, too-small,
-wrong-size, nan, no-match, error [+ error text]) or lat/lon (filtered when accepted, else the
-raw match), raw_lat/raw_lon, score, confidence (margin to the best distinct place), accepted,
-reason (init / reinit / speed / low-confidence / null), tile, speed_mps, and when known
-aircraft_lat/aircraft_lon, north_up_deg, window_m, truth_error_m.
+One JSON record per frame (skipped frames included, with the reason; schema in
+runtime/fix_schema.py), and a RunStats at the end. Nothing but a signal (SIGINT, SIGTERM, SIGHUP),
+the source ending or --max-frames stops it: a bad frame is skipped and counted, an exception
+inside one frame is logged and counted, a failing output is counted (and turns the exit code
+non-zero, run_cli.EXIT_OUTPUT_ERRORS). Every input is opened and checked before any output is
+opened, so a startup error never touches an output file.
 """
 from __future__ import annotations
 
@@ -20,63 +19,96 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import cv2
-import numpy as np
+from typing import Any, Callable, Iterator, Sequence
 
 from skyloc.runtime.backends import Backend, open_backend
-from skyloc.runtime.filter import FixCandidate, TemporalFilter, place_margin, refine_position
 from skyloc.runtime.geo import haversine_m
-from skyloc.runtime.matcher import SearchWindow, make_matcher
-from skyloc.runtime.outputs import MavlinkOutput, Output
-from skyloc.runtime.pose import PoseInputs, TelemetryLog
-from skyloc.runtime.preprocess import check_frame, to_model_input
-from skyloc.runtime.run_stats import STAGES, RunStats, load_truth
+from skyloc.runtime.localizer import Fix, Localizer, LocalizerOptions
+from skyloc.runtime.options import check_options, opt
+from skyloc.runtime.outputs import Output
+from skyloc.runtime.run_stats import RunStats, load_truth
 from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
 from skyloc.runtime.tileset import TileSet
 
 log = logging.getLogger(__name__)
 
+SCHEMA = "skyloc.fix/2"
+try:  # the versioned record schema, when present
+    from skyloc.runtime.fix_schema import SCHEMA_VERSION as SCHEMA  # noqa: F811
+except ImportError:  # pragma: no cover
+    pass
+
+
 @dataclass
-class RunOptions:
-    backend: str = "auto"
-    backend_conf: dict[str, Any] | None = None
-    index: str = "auto"  # matcher kind: auto | exact | flat | hnsw | ivfpq
-    k: int = 10  # hits per query (confidence needs more than one)
-    window_m: float | None = None  # prefer tiles near the last accepted fix (+ max_speed * elapsed)
-    window_margin: float = 0.02  # ... unless a tile outside scores this much higher
-    max_speed_mps: float = 30.0
-    alpha: float = 0.5  # filter smoothing (1 = none)
-    beta: float = 0.1
-    max_rejections: int = 5
-    noise_m: float | None = None  # retrieval position noise allowed by the speed gate; None: tile size
-    distinct_m: float | None = None  # "another place" = tile centre farther than this; None: tile size
-    min_confidence: float | None = None
-    refine_m: float | None = None  # weighted centre of hits this close to the best; None: 1.5 x stride, 0: off
-    max_frames: int | None = None
-    fps: float | None = None  # image folders / videos without a frame rate
-    live: bool | None = None  # force a video file to behave as a live source
-    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
-    pose: PoseInputs = field(default_factory=PoseInputs)
-    telemetry: str | Path | None = None  # CSV log of attitude / altitude per frame (runtime.pose.TelemetryLog)
-    north_up: bool = True  # rotate each frame north-up when the heading is known (tiles are north-up)
-    truth: str | Path | None = None  # truth.csv from `skyloc synth flight`
-    handle_signals: bool = True  # only effective in the main thread
+class RunOptions(LocalizerOptions):
+    """Everything `skyloc run` takes besides --model/--tiles/--source: the only place its defaults
+    and checks live; the flags, `--config FILE.toml` and the resolved config come from it."""
+
+    out: str = opt("-", "JSON lines file of one record per frame, '-' for stdout")
+    overwrite: bool = opt(False, "replace an existing --out / --stats-json / resolved config (refused otherwise)")
+    udp: str | None = opt(None, "also send each record as a JSON datagram", metavar="HOST:PORT")
+    mavlink: str | None = opt(None, "send GPS_INPUT: udpout:HOST:PORT, udpin:HOST:PORT, tcp:HOST:PORT, "
+                                    "/dev/ttyX:BAUD, file:PATH", metavar="URL")
+    fix_type: int = opt(3, "GPS_INPUT fix_type of a verified, accepted fix", ge=2, le=3)
+    rejected_fix_type: int | None = opt(None, "also send every other fix with this fix_type (0 or 1: no fix) "
+                                              "[send nothing]", ge=0, le=1)
+    satellites: int = opt(10, "GPS_INPUT satellites_visible of a verified fix", ge=0, le=255)
+    gps_id: int = opt(0, "GPS_INPUT gps_id (instance)", ge=0, le=255)
+    mavlink_sysid: int = opt(1, "our MAVLink system id", ge=1, le=255)
+    mavlink_compid: int = opt(191, "our MAVLink component id (191 = onboard computer)", ge=1, le=255)
+    backend: str = opt("auto", "inference backend", choices=("auto", "onnxruntime", "tensorrt"))
+    providers: str | None = opt(None, "onnxruntime execution providers, e.g. cuda,cpu")
+    camera: str | None = opt(None, "camera file: JSON fx/fy/cx/cy/width/height[/dist], OpenCV calibration "
+                                   "YAML, or a synthetic flight's flight.json", metavar="FILE")
+    hfov: float | None = opt(None, "horizontal field of view, degrees (ideal camera; instead of --camera)",
+                             gt=0, lt=180, metavar="DEG")
+    imagery: str | None = opt(None, "map imagery for registration [the imagery the tile set records]",
+                              metavar="PATH")
+    altitude: float | None = opt(None, "altitude above ground, metres (fixed)", gt=0, le=20000, metavar="M")
+    roll: float | None = opt(None, "roll, degrees, right wing down positive (fixed)", ge=-90, le=90)
+    pitch: float | None = opt(None, "pitch, degrees, nose up positive (fixed)", ge=-90, le=90)
+    yaw: float | None = opt(None, "heading, degrees clockwise from north (fixed)", ge=-360, le=360)
+    camera_tilt: float = opt(0.0, "camera tilt forward from nadir, degrees", ge=0, lt=90)
+    gsd: float | None = opt(None, "ground sampling distance, metres per pixel (images without altitude)",
+                            gt=0, le=100, metavar="M_PER_PX")
+    telemetry: str | None = opt(None, "per-frame pose CSV: frame or time_s + any of altitude_m, roll_deg, "
+                                      "pitch_deg, yaw_deg, tilt_deg (a synthetic flight's truth.csv works; "
+                                      "its positions are ignored)", metavar="CSV")
+    fps: float | None = opt(None, "time step of image folders [1] / videos without a frame rate", gt=0, le=1000)
+    live: bool = opt(False, "treat a video file as a live camera (latest frame, reopened when it ends)")
+    reopen_initial: float = opt(0.5, "first reopen back-off of a live source, s", gt=0, le=3600)
+    reopen_max: float = opt(10.0, "longest back-off, s", gt=0, le=3600)
+    reopen_attempts: int = opt(0, "give up after N failed reopens (0 = never)", ge=0)
+    max_frames: int | None = opt(None, "stop after this many frames", ge=0)
+    truth: str | None = opt(None, "truth.csv of a synthetic flight: report the error against it", metavar="CSV")
+    stats_json: str | None = opt(None, "also write the final statistics as JSON here", metavar="FILE")
+    log_level: str = opt("WARNING", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    handle_signals: bool = opt(True, cli=False)
+
+    @property
+    def reconnect(self) -> ReconnectPolicy:
+        return ReconnectPolicy(initial_s=self.reopen_initial, max_s=self.reopen_max,
+                               max_attempts=self.reopen_attempts or None)
+
+    @property
+    def backend_conf(self) -> dict[str, Any] | None:
+        return {"providers": self.providers} if self.providers else None
 
 
 class _Stop:
-    """Signal handlers that ask the loop (and a waiting live source) to stop."""
+    """Signal handlers (SIGINT, SIGTERM, SIGHUP) that ask the loop and a waiting live source to stop."""
 
     def __init__(self, source: FrameSource, enable: bool) -> None:
         self.reason: str | None = None
         self._source = source
         self._old: dict[int, Any] = {}
         if enable and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.reason = signal.Signals(signum).name
@@ -87,44 +119,55 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def north_up(image: np.ndarray, yaw_deg: float, height: int, width: int) -> np.ndarray:
-    """The centre square of a frame whose top points along `yaw_deg`, turned north-up, at HxW.
-
-    The square's side is min(frame H, W) / sqrt(2): the largest that stays inside the frame at
-    every heading, so the ground the model sees has the same size whatever the yaw (size the
-    tile set for it) and no corner is ever filled from outside the picture. The frame is
-    area-shrunk first so the rotation interpolates at about twice the model size; the final area
-    resize averages the interpolation away.
-    """
-    h, w = image.shape[:2]
-    side = min(h, w) / math.sqrt(2.0)
-    work = int(min(round(side), 2 * max(height, width)))
-    f = min(1.0, 1.5 * work / side)
-    small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) \
-        if f < 1.0 else image
-    sh, sw = small.shape[:2]
-    # image up = heading; turning the picture clockwise by the heading puts north up
-    m = cv2.getRotationMatrix2D(((sw - 1) / 2.0, (sh - 1) / 2.0), -float(yaw_deg), work / (side * sw / w))
-    m[0, 2] += (work - sw) / 2.0
-    m[1, 2] += (work - sh) / 2.0
-    rot = cv2.warpAffine(small, m, (work, work), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(rot, (width, height), interpolation=cv2.INTER_AREA) if (work, work) != (height, width) else rot
-
-
-def _r(x: float, nd: int = 7) -> float:
+def _num(x: float | None, nd: int = 7) -> float | None:
+    """JSON-safe number: None for missing or non-finite (records never carry NaN)."""
+    if x is None or not math.isfinite(x):
+        return None
     return round(float(x), nd)
 
 
+def fix_record(fix: Fix) -> dict[str, Any]:
+    """The JSON record of one frame (fields: runtime/fix_schema.py)."""
+    rec: dict[str, Any] = {"schema": SCHEMA, "frame": fix.frame, "time_s": _num(fix.time_s, 4),
+                           "source": fix.source, "latency_ms": dict(fix.latency_ms)}
+    if fix.skipped is not None:
+        rec["skipped"] = fix.skipped
+        if fix.error:
+            rec["error"] = fix.error
+        for k in ("scale_level", "coverage_m"):
+            if getattr(fix, k) is not None:
+                rec[k] = _num(getattr(fix, k), 3)
+        return rec
+    rec.update(lat=_num(fix.lat), lon=_num(fix.lon), raw_lat=_num(fix.raw_lat), raw_lon=_num(fix.raw_lon),
+               ground_lat=_num(fix.ground_lat), ground_lon=_num(fix.ground_lon),
+               accepted=fix.accepted, verified=fix.verified, send_3d=fix.send_3d, reason=fix.reason,
+               accuracy_m=_num(fix.accuracy_m, 2), raw_accuracy_m=_num(fix.raw_accuracy_m, 2),
+               heading_deg=_num(fix.heading_deg, 2), heading_source=fix.heading_source,
+               score=_num(fix.score, 5), confidence=_num(fix.confidence, 5), tile=fix.tile,
+               scale_level=_num(fix.scale_level, 4), scale_source=fix.scale_source)
+    for k, nd in (("coverage_m", 2), ("speed_mps", 2), ("vn_mps", 3), ("ve_mps", 3), ("window_m", 1)):
+        v = getattr(fix, k)
+        if v is not None:
+            rec[k] = _num(v, nd)
+    if fix.registration is not None:
+        rec["registration"] = {k: (_num(v, 4) if isinstance(v, float) else v) for k, v in fix.registration.items()}
+    return rec
+
+
 def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | FrameSource,
-        outputs: Sequence[Output], options: RunOptions | None = None) -> RunStats:
+        outputs: Sequence[Output] | Callable[[], Sequence[Output]], options: RunOptions | None = None,
+        stats: RunStats | None = None, poses: Any = None, camera: Any = None, imagery: Any = None) -> RunStats:
     """Localize every frame of `source` against `tiles`; write one record per frame to `outputs`.
 
-    Paths are opened here (backend per options.backend, tile set checked against the model's
-    sidecar); objects passed in are used as they are and left open (outputs are always closed).
+    Every input (model, tile set, source, camera, pose source, imagery) is opened and checked
+    first; `outputs` may be a callable that opens them, called only then. Objects passed in are
+    used as they are and left open (outputs are always closed). Pass `stats` to keep the counts
+    even when this raises.
     """
     opt = options or RunOptions()
-    stats = RunStats()
+    stats = stats if stats is not None else RunStats()
     opened: list[Any] = []
+    outs: Sequence[Output] = []
     try:
         backend = model if isinstance(model, Backend) else open_backend(model, opt.backend, opt.backend_conf)
         if not isinstance(model, Backend):
@@ -134,21 +177,30 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
             ts = tiles
         else:
             ts = TileSet.load(tiles, expect_model=backend.sidecar)
-        matcher = make_matcher(ts, opt.index)
+        cam = camera if camera is not None else _camera(opt)
+        img = imagery if imagery is not None else (_imagery(ts, opt) if opt.register else None)
+        pose_src = poses if poses is not None else _pose_source(opt, source)
+        truth = load_truth(opt.truth) if opt.truth else None
+        localizer = Localizer(backend, ts, opt, camera=cam, imagery=img)
         src = source if isinstance(source, FrameSource) else open_source(
-            str(source), live=opt.live, fps=opt.fps, reconnect=opt.reconnect, reuse_buffers=True)
+            str(source), live=opt.live or None, fps=opt.fps, reconnect=opt.reconnect, reuse_buffers=True)
         if not isinstance(source, FrameSource):
             opened.append(src)
+        outs = outputs() if callable(outputs) else outputs  # inputs are good: now open the outputs
+        if hasattr(pose_src, "attach"):
+            pose_src.attach(outs)
     except BaseException:
-        for o in [*opened, *outputs]:
+        for o in [*opened, *(outputs if not callable(outputs) else [])]:
             o.close()
         raise
     stats.backend = getattr(backend, "description", backend.name)
-    log.info("run: %s, %d tiles, source %s", stats.backend, len(ts), src.name)
+    stats.registration = "off" if img is None else f"{localizer.registrar!r}"
+    log.info("run: %s, %d tiles, source %s, %s", stats.backend, len(ts), src.name,
+             "retrieval only (no map imagery): fixes unverified" if img is None else "registration on")
     stop = _Stop(src, opt.handle_signals)
     it = iter(src)
     try:
-        _loop(backend, ts, matcher, it, src, outputs, opt, stats, stop)
+        _loop(localizer, pose_src, it, src, outs, opt, stats, stop, truth)
     finally:
         close_it = getattr(it, "close", None)
         if close_it is not None:
@@ -156,35 +208,20 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
         stop.restore()
         stats.reopens = src.stats.reopens
         stats.dropped = src.stats.dropped
-        for o in [*outputs, *opened]:
+        for o in [*outs, *opened]:
             try:
                 o.close()
             except Exception as exc:  # closing must not hide the run's own result
+                stats.output_errors += o in outs
                 log.warning("closing %s failed: %s", type(o).__name__, exc)
+        stats.output_errors += sum(int(getattr(o, "errors", 0) or 0) for o in outs)
     return stats
 
 
-def _loop(backend: Backend, ts: TileSet, matcher: Any, it: Iterator[Frame], src: FrameSource,
-          outputs: Sequence[Output],
-          opt: RunOptions, stats: RunStats, stop: _Stop) -> None:
-    tile_m = float(ts.meta.get("tile_m") or 100.0)
-    flt = TemporalFilter(opt.max_speed_mps, opt.alpha, opt.beta,
-                         noise_m=tile_m if opt.noise_m is None else opt.noise_m,
-                         max_rejections=opt.max_rejections, min_confidence=opt.min_confidence)
-    distinct_m = tile_m if opt.distinct_m is None else opt.distinct_m
-    # 1.5 strides reaches the 8 grid neighbours of the best tile
-    refine_m = 1.5 * float(ts.meta.get("stride_m") or tile_m) if opt.refine_m is None else opt.refine_m
-    k = max(1, min(opt.k, len(ts)))
-    centers = ts.centers
-    contract = backend.sidecar.input
-    truth = load_truth(opt.truth) if opt.truth else None
-    telemetry = TelemetryLog(opt.telemetry) if opt.telemetry else None
-    mav = [o for o in outputs if isinstance(o, MavlinkOutput)]
-    pose = opt.pose
-    lat_ms = stats.latency_ms
-    lat_lists = [lat_ms[s] for s in STAGES]
-    first_shape: tuple[int, int] | None = None
+def _loop(localizer: Localizer, poses: Any, it: Iterator[Frame], src: FrameSource, outputs: Sequence[Output],
+          opt: RunOptions, stats: RunStats, stop: _Stop, truth: dict | None) -> None:
     clock = time.perf_counter
+    exif_camera = localizer.camera is None and hasattr(poses, "camera_for")
     while stop.reason is None:
         if opt.max_frames is not None and stats.frames >= opt.max_frames:
             stats.stopped_by = "max-frames"
@@ -197,104 +234,34 @@ def _loop(backend: Backend, ts: TileSet, matcher: Any, it: Iterator[Frame], src:
         except Exception as exc:  # a source that raises has ended; say why
             log.error("source %s failed: %s", src.name, exc)
             stats.errors += 1
+            stats.source_failed = True
             break
         if stop.reason is not None:
             break
         t1 = clock()
         stats.frames += 1
-        rec: dict[str, Any] = {"frame": frame.index, "time_s": round(frame.time_s, 4), "source": frame.source_name}
-        times: list[float | None] = [t1 - t0, None, None, None, None]  # stages not run stay None
         try:
-            reason = frame.error or check_frame(frame.image)
-            if reason is None:
-                shape = frame.image.shape[:2]  # type: ignore[union-attr]
-                if first_shape is None:
-                    first_shape = shape
-                elif shape != first_shape:
-                    reason = "wrong-size"
-            if reason is None:
-                if telemetry is not None:
-                    telemetry.apply(pose, frame.index, frame.time_s)
-                for m in mav:
-                    m.poll(pose)
-                image = frame.image
-                if opt.north_up and pose.yaw_deg is not None:
-                    image = north_up(image, pose.yaw_deg, contract.height, contract.width)  # type: ignore[arg-type]
-                    rec["north_up_deg"] = round(pose.yaw_deg, 2)
-                batch = to_model_input([image], contract)  # type: ignore[list-item]
-                t2 = clock()
-                emb = backend.embed(batch)
-                t3 = clock()
-                times[1], times[2] = t2 - t1, t3 - t2
-                if not np.isfinite(emb).all():
-                    reason = "nan"
-            if reason is not None:
-                stats.skipped[reason] += 1
-                rec["skipped"] = reason
-            else:
-                window = None
-                if opt.window_m is not None:
-                    radius = flt.search_radius_m(frame.time_s, opt.window_m)
-                    if radius is not None:
-                        window = SearchWindow(flt.last[0], flt.last[1], radius)  # type: ignore[index]
-                scores, idx = matcher.search(emb, k, None)
-                if window is not None:
-                    # Prefer the best place near the track, unless a far one is clearly better:
-                    # then the filter sees the far one, so a track locked on a wrong place still
-                    # collects the rejections that re-initialise it.
-                    ws, wi = matcher.search(emb, k, window)
-                    if wi[0, 0] >= 0 and scores[0, 0] - ws[0, 0] <= opt.window_margin:
-                        scores, idx = ws, wi
-                        rec["window_m"] = round(window.radius_m, 1)
-                t4 = clock()
-                times[3] = t4 - t3
-                s, ix = scores[0], idx[0]
-                if ix[0] < 0:
-                    stats.skipped["no-match"] += 1
-                    rec["skipped"] = "no-match"
-                else:
-                    best = int(ix[0])
-                    conf = place_margin(s, ix, centers, distinct_m)
-                    lat, lon = refine_position(s, ix, centers, refine_m)
-                    cand = FixCandidate(lat, lon, float(s[0]), conf, best)
-                    fix = flt.update(cand, frame.time_s)
-                    aircraft = pose.aircraft(fix.lat, fix.lon)
-                    times[4] = clock() - t4
-                    stats.fixes += 1
-                    if fix.accepted:
-                        stats.accepted += 1
-                    else:
-                        stats.rejected[fix.reason or "?"] += 1
-                    rec.update(lat=_r(fix.lat), lon=_r(fix.lon), raw_lat=_r(fix.raw_lat), raw_lon=_r(fix.raw_lon),
-                               score=_r(cand.score, 5), confidence=_r(conf, 5), accepted=fix.accepted,
-                               reason=fix.reason, tile=best)
-                    if fix.speed_mps is not None:
-                        rec["speed_mps"] = _r(fix.speed_mps, 2)
-                    if aircraft is not None:
-                        rec["aircraft_lat"], rec["aircraft_lon"] = _r(aircraft[0]), _r(aircraft[1])
-                    if truth is not None and frame.index in truth:
-                        tl, tn, al, an = truth[frame.index]
-                        err = haversine_m(tl, tn, fix.raw_lat, fix.raw_lon)
-                        stats.truth_errors_m.append(err)
-                        rec["truth_error_m"] = _r(err, 2)
-                        if fix.accepted:
-                            stats.truth_accepted_errors_m.append(haversine_m(tl, tn, fix.lat, fix.lon))
-                        if aircraft is not None and al is not None and an is not None:
-                            stats.truth_aircraft_errors_m.append(haversine_m(al, an, aircraft[0], aircraft[1]))
+            pose = poses.pose_for(frame.time_s, {"index": frame.index, **(frame.meta or {})})
+            cam = poses.camera_for(frame) if exif_camera else None
+            t2 = clock()
+            fix = localizer.step(frame, pose, cam)
+            fix.latency_ms = {"grab": round((t1 - t0) * 1000.0, 3), "pose": round((t2 - t1) * 1000.0, 3),
+                              **fix.latency_ms}
         except Exception as exc:  # one bad frame never ends the run
             stats.errors += 1
-            stats.skipped["error"] += 1
-            rec["skipped"] = "error"
-            rec["error"] = f"{type(exc).__name__}: {exc}"
+            fix = Fix(frame.index, float(frame.time_s), frame.source_name, skipped="error",
+                      error=f"{type(exc).__name__}: {exc}")
+            fix.latency_ms = {"grab": round((t1 - t0) * 1000.0, 3)}
             if stats.errors <= 5 or stats.errors % 100 == 0:
-                log.warning("frame %d: %s (%d errors so far)", frame.index, rec["error"], stats.errors,
+                log.warning("frame %d: %s (%d errors so far)", frame.index, fix.error, stats.errors,
                             exc_info=stats.errors <= 5)
-        total = clock() - t0
-        times.append(total)
-        rec["latency_ms"] = {s: round(v * 1000.0, 3) for s, v in zip(STAGES, times) if v is not None}
-        for lst, v in zip(lat_lists, times):
-            if v is not None:
-                lst.append(v * 1000.0)
+        fix.latency_ms["total"] = round((clock() - t0) * 1000.0, 3)
+        rec = fix_record(fix)
+        if frame.unix_s is not None and math.isfinite(frame.unix_s):
+            rec["capture_unix_s"] = round(frame.unix_s, 6)
+        if truth is not None and fix.skipped is None and frame.index in truth:
+            _truth(rec, fix, truth[frame.index])
+        stats.add(fix, rec)
         for o in outputs:
             try:
                 o.write(rec)
@@ -305,3 +272,95 @@ def _loop(backend: Backend, ts: TileSet, matcher: Any, it: Iterator[Frame], src:
     if stop.reason is not None:
         stats.stopped_by = stop.reason
 
+
+def _truth(rec: dict[str, Any], fix: Fix, t: tuple[float, float, float | None, float | None]) -> None:
+    clat, clon, alat, alon = t
+    if alat is None or alon is None:  # a truth file without aircraft positions: the ground point
+        alat, alon = clat, clon
+    if fix.raw_lat is not None and fix.raw_lon is not None:
+        rec["truth_error_m"] = _num(float(haversine_m(alat, alon, fix.raw_lat, fix.raw_lon)), 2)
+    if fix.lat is not None and fix.lon is not None:
+        rec["truth_filtered_error_m"] = _num(float(haversine_m(alat, alon, fix.lat, fix.lon)), 2)
+    if fix.ground_lat is not None and fix.ground_lon is not None:
+        rec["truth_ground_error_m"] = _num(float(haversine_m(clat, clon, fix.ground_lat, fix.ground_lon)), 2)
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+def _camera(opt: RunOptions) -> Any:
+    from skyloc.runtime.camera import CameraModel, load_camera
+
+    if opt.camera is not None:
+        return load_camera(opt.camera)
+    if opt.hfov is not None:
+        return _HfovCamera(opt.hfov, CameraModel)
+    return None
+
+
+class _HfovCamera:
+    """--hfov without a resolution: the ideal camera for whatever size the frames have."""
+
+    def __init__(self, hfov_deg: float, cls: Any) -> None:
+        self.hfov_deg, self._cls = hfov_deg, cls
+        cls.from_hfov(hfov_deg, 640, 480)  # validates the angle now, before any output opens
+
+    def scaled_to(self, width: int, height: int) -> Any:
+        return self._cls.from_hfov(self.hfov_deg, width, height)
+
+
+def _imagery(ts: TileSet, opt: RunOptions) -> Any:
+    """--imagery, else the imagery the tile set records (checksum-checked); None: retrieval only."""
+    from skyloc.runtime.imagery import MapImagery
+
+    if opt.imagery:
+        return MapImagery(opt.imagery)
+    return MapImagery.for_tileset(ts.path, ts.meta)
+
+
+class Poses:
+    """The run's pose source: each field from the first source that has it: --telemetry CSV (joined
+    on time), MAVLink telemetry (when --mavlink), the image files' EXIF/DJI XMP (image folders),
+    then the fixed flags; --no-heading drops every heading. Also the camera from EXIF when no
+    --camera / --hfov is given."""
+
+    def __init__(self, opt: RunOptions, source_kind: str) -> None:
+        from skyloc.runtime import pose_sources as ps
+
+        chain: list[Any] = []
+        if opt.telemetry:
+            chain.append(ps.TelemetryCsvPose(opt.telemetry))
+        self.mavlink = ps.MavlinkPoseListener() if opt.mavlink else None
+        if self.mavlink is not None:
+            chain.append(self.mavlink)
+        self.exif = ps.ExifPose() if source_kind in ("folder", "image") else None
+        if self.exif is not None:
+            chain.append(self.exif)
+        chain.append(ps.FlagPose(opt.altitude, opt.roll, opt.pitch, opt.yaw,
+                                 opt.camera_tilt if opt.camera_tilt else None, opt.gsd))
+        self.chain = ps.ChainPose(chain, no_heading=not opt.use_heading)
+
+    def pose_for(self, frame_time_s: float, frame_meta: dict[str, Any]) -> Any:
+        return self.chain.pose_for(frame_time_s, frame_meta)
+
+    def camera_for(self, frame: Frame) -> Any:
+        if self.exif is None or frame.image is None or not frame.meta.get("path"):
+            return None
+        h, w = frame.image.shape[:2]
+        return self.exif.camera_for(frame.meta, w, h)
+
+    def attach(self, outputs: Sequence[Output]) -> None:
+        """MAVLink outputs own the link: they hand every received message to our listener."""
+        if self.mavlink is None:
+            return
+        for o in outputs:
+            if hasattr(o, "add_listener"):
+                o.add_listener(self.mavlink.feed)
+
+
+def _pose_source(opt: RunOptions, source: str | FrameSource) -> Poses:
+    from skyloc.runtime.sources import source_kind
+
+    kind = "stream" if isinstance(source, FrameSource) else source_kind(str(source))
+    if isinstance(source, FrameSource) and type(source).__name__ == "ImageFolderSource":
+        kind = "folder"
+    return Poses(opt, kind)

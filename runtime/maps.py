@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from skyloc.runtime import geo
+from skyloc.runtime.atomic import atomic_open
 from skyloc.runtime.errors import SkylocError
 
 CSV_HEADER = ["Filename", " Top_left_lat", "Top_left_lon", "Bottom_right_lat", "Bottom_right_long"]
@@ -204,12 +206,15 @@ class TiledMap(GeoMap):
     """Mosaic of north-up image tiles georeferenced by their corners; decoded lazily, LRU-cached."""
 
     def __init__(self, tiles: Sequence[Tile], source: str, name: str, missing: Sequence[str] = (),
-                 cache_mb: float = 768.0) -> None:
+                 cache_mb: float = 768.0, missing_share: float = 0.0) -> None:
         if not tiles:
-            raise SkylocError(f"map {source}: none of its tile images exist ({len(missing)} missing); "
-                              "check the file names in the CSV (paths are relative to the CSV)")
+            raise SkylocError(f"map {source}: none of its tile images exist ({len(missing)} missing, 100% of "
+                              "its area); check the file names in the CSV (paths are relative to the CSV)")
+        for t in tiles:
+            check_corners(t.tl_lat, t.tl_lon, t.br_lat, t.br_lon, f"map {source} tile {t.filename}")
         self.tiles = list(tiles)
         self.missing = list(missing)
+        self.missing_share = float(missing_share)  # fraction of the listed area whose image is absent
         self.source, self.name = source, name
         self._cache: OrderedDict[int, list[tuple[np.ndarray, np.ndarray | None]]] = OrderedDict()
         self._arrays: dict[int, np.ndarray] = {}
@@ -234,7 +239,8 @@ class TiledMap(GeoMap):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(type="tiles", tiles=[t.filename for t in self.tiles], missing=self.missing)
+        d.update(type="tiles", tiles=[t.filename for t in self.tiles], missing=self.missing,
+                 missing_share=round(self.missing_share, 6))
         return d
 
     def _to_native(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,18 +347,44 @@ def read_corners_csv(path: Path) -> list[tuple[str, float, float, float, float]]
                     raise ValueError
             except ValueError:
                 raise SkylocError(f"{path} line {n}: expected 'filename, tl_lat, tl_lon, br_lat, br_lon', got {rec}") from None
-            if not (vals[0] > vals[2] and vals[3] > vals[1]):
-                raise SkylocError(f"{path} line {n}: top-left must be north-west of bottom-right ({vals})")
+            check_corners(*vals, f"{path} line {n}")
             rows.append((name, *vals))
     if not rows:
         raise SkylocError(f"{path}: no tile rows; expected the corners CSV format of turku-satellite/map.csv")
     return rows
 
 
+def check_corners(tl_lat: float, tl_lon: float, br_lat: float, br_lon: float, where: str) -> None:
+    """Refuse corners that are not finite, out of range or not a north-west / south-east pair."""
+    vals = (tl_lat, tl_lon, br_lat, br_lon)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        raise SkylocError(f"{where}: corners {vals} must be finite numbers")
+    if max(abs(tl_lat), abs(br_lat)) > 90 or max(abs(tl_lon), abs(br_lon)) > 180:
+        raise SkylocError(f"{where}: corners {vals} out of range (|lat| <= 90, |lon| <= 180); "
+                          "check the column order: filename, tl_lat, tl_lon, br_lat, br_lon")
+    if not (tl_lat > br_lat and br_lon > tl_lon):
+        raise SkylocError(f"{where}: top-left must be north-west of bottom-right ({vals})")
+
+
+def _inside_folder(name: str, csv_path: Path) -> Path:
+    """The tile image a CSV row names, refused when the name leaves the CSV's folder (absolute,
+    `..`): a map file must not make the program read arbitrary files."""
+    norm = os.path.normpath(name.replace("\\", "/"))
+    if os.path.isabs(norm) or Path(name).is_absolute() or norm == ".." or norm.startswith("../") or name[1:2] == ":":
+        raise SkylocError(f"{csv_path}: tile {name!r} is outside the CSV's folder; tile names must be "
+                          f"relative paths below {csv_path.parent}")
+    return csv_path.parent / norm
+
+
+def _area(tl_lat: float, tl_lon: float, br_lat: float, br_lon: float) -> float:
+    """Area of a corners box in square degrees of longitude at the equator (ratios only)."""
+    return (tl_lat - br_lat) * (br_lon - tl_lon) * math.cos(math.radians(0.5 * (tl_lat + br_lat)))
+
+
 def write_corners_csv(path: Path | str, rows: Sequence[tuple[str, float, float, float, float]]) -> Path:
     """Write a corners CSV in the turku-satellite/map.csv format."""
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         f.write(",".join(CSV_HEADER) + "\n")
         for name, a, b, c, d in rows:
             f.write(f'"{name}", {a:.9f}, {b:.9f}, {c:.9f}, {d:.9f}\n')
@@ -366,16 +398,19 @@ def _open_tiles(csv_path: Path, image: Path | None = None) -> TiledMap:
         if not rows:
             raise SkylocError(f"{csv_path}: has several rows and none for {image.name}")
         rows = [(image.name, *rows[0][1:])]
-    tiles, missing = [], []
+    tiles, missing, missing_area = [], [], 0.0
     for name, a, b, c, d in rows:
-        p = csv_path.parent / name
+        p = _inside_folder(name, csv_path)
         if not p.is_file():
             missing.append(name)
+            missing_area += _area(a, b, c, d)
             continue
         w, h = image_size(p)
         tiles.append(Tile(name, a, b, c, d, p, w, h))
     name = csv_path.parent.name if csv_path.name == "map.csv" else csv_path.stem
-    return TiledMap(tiles, source=str(csv_path), name=name, missing=missing)
+    total = sum(_area(*r[1:]) for r in rows)
+    return TiledMap(tiles, source=str(csv_path), name=name, missing=missing,
+                    missing_share=missing_area / total if total > 0 else 0.0)
 
 
 def open_map(path: Path | str) -> GeoMap:

@@ -25,12 +25,15 @@ from typing import Any
 import numpy as np
 
 from skyloc.runtime import geo
+from skyloc.runtime.atomic import atomic_path, write_json_atomic
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.sidecar import sha256_file
 from skyloc.runtime.tileset import TileSet
 
-log = logging.getLogger("skyloc.matcher")
+log = logging.getLogger(__name__)
 
 EXACT_MAX_TILES = 100_000  # `auto` uses the exact matcher up to this many tiles
+SPOT_CHECKS = 8  # stored vectors re-searched against exact search when a saved index is loaded
 KINDS = ("exact", "flat", "hnsw", "ivfpq")
 
 
@@ -207,26 +210,81 @@ class FaissMatcher(Matcher):
         if {k: rec.get(k) for k in want} != want:
             log.info("faiss index %s is stale (tile set or settings changed): rebuilding", self.index_path)
             return None
+        recorded = rec.get("index_sha256")
+        if not recorded:
+            log.warning("faiss index %s has no recorded checksum (written by an older version): rebuilding",
+                        self.index_path)
+            return None
+        actual = sha256_file(self.index_path)
+        if actual != recorded:
+            log.warning("faiss index %s does not match the checksum recorded in %s (sha256 %s... != %s...): "
+                        "modified or damaged; rebuilding", self.index_path, jp.name, actual[:12], str(recorded)[:12])
+            return None
         try:
             index = self._faiss.read_index(str(self.index_path))
         except RuntimeError as exc:
             log.warning("faiss index %s unreadable (%s): rebuilding", self.index_path, exc)
             return None
         if index.ntotal != len(self) or index.d != self.tileset.dim:
+            log.warning("faiss index %s holds %d x %d vectors, the tile set %d x %d: rebuilding",
+                        self.index_path, index.ntotal, index.d, len(self), self.tileset.dim)
+            return None
+        problem = self._spot_check(index)
+        if problem:
+            log.warning("faiss index %s fails the spot check against exact search (%s): rebuilding",
+                        self.index_path, problem)
             return None
         self.reused = True
         return index
 
+    def _spot_check(self, index: Any, count: int = SPOT_CHECKS) -> str | None:
+        """Search a few random stored vectors in `index` and by exact search: the best tile the
+        index finds (rescored exactly) must score as well as the exact best. Flat / HNSW also
+        give back every stored vector, which must equal the tile set's (IVF-PQ codes are lossy:
+        only the search check applies)."""
+        n = len(self)
+        if n == 0:
+            return None
+        rng = np.random.default_rng()
+        ids = rng.choice(n, min(count, n), replace=False)
+        q = self.emb[ids]
+        if self.kind in ("flat", "hnsw"):
+            # These keep the vectors verbatim: compare all of them, block by block (the file was
+            # just read whole for its checksum, so this costs about as much again).
+            step = max(1, (1 << 22) // (4 * self.tileset.dim))
+            for i0 in range(0, n, step):
+                m = min(step, n - i0)
+                try:
+                    stored = index.reconstruct_n(i0, m)
+                except RuntimeError as exc:
+                    return f"cannot read back its vectors ({exc})"
+                diff = np.nonzero(~np.isclose(stored, self.emb[i0:i0 + m], atol=1e-5).all(axis=1))[0]
+                if diff.size:
+                    return f"stored vectors of {diff.size} tile(s) (first: {i0 + int(diff[0])}) differ from the tile set's"
+        if self.kind == "ivfpq":
+            index.nprobe = int(index.nlist)  # exhaustive for the check; _tune sets the search value
+        elif self.kind == "hnsw":
+            index.hnsw.efSearch = max(int(self.params["ef_search"]), 64)
+        kk = min(n, 64 if self.kind == "ivfpq" else 8)
+        _, lab = index.search(np.ascontiguousarray(q), kk)
+        exact_best = (q @ self.emb.T).max(axis=1)
+        for r, i in enumerate(ids):
+            cand = lab[r][lab[r] >= 0]
+            if cand.size == 0 or cand.max() >= n:
+                return f"tile {i}: the index returns ids {lab[r][:4].tolist()} outside 0..{n - 1}"
+            got = float((self.emb[cand] @ q[r]).max())
+            if got < float(exact_best[r]) - 1e-4:
+                return f"tile {i}: best found scores {got:.4f}, exact search {float(exact_best[r]):.4f}"
+        return None
+
     def _save(self) -> None:
         assert self.index_path is not None
         self.index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.index_path.with_name(self.index_path.name + ".tmp")
-        self._faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, self.index_path)
-        rec = {**self._record(), "faiss": getattr(self._faiss, "__version__", "?")}
-        jtmp = self._json_path().with_name(self._json_path().name + ".tmp")
-        jtmp.write_text(json.dumps(rec, indent=2) + "\n")
-        os.replace(jtmp, self._json_path())  # written last: it marks the index as complete
+        with atomic_path(self.index_path) as tmp:
+            self._faiss.write_index(self.index, str(tmp))
+            digest = sha256_file(tmp)
+        rec = {**self._record(), "faiss": getattr(self._faiss, "__version__", "?"), "index_sha256": digest}
+        write_json_atomic(self._json_path(), rec)  # written last: it marks the index as complete
 
     def _build(self) -> Any:
         faiss, d, p = self._faiss, self.tileset.dim, self.params

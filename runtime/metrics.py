@@ -1,7 +1,9 @@
 """Retrieval metrics of the University-1652 protocol (DESIGN.md section 3), pure numpy.
 
 Score = dot product of L2-normalised features, ranked descending (ties keep gallery order).
-R@K = 1 when the first true match is within the top K. AP is the trapezoidal AP of the
+R@K = 1 when the first true match is within the top K. R@top1% is the reference's
+`CMC[round(0.01 * G)]` (0-based index into the CMC curve), i.e. a hit within the top
+round(0.01 G) + 1 (Python's round: 513.55 -> 514, 1.5 -> 2, 2.5 -> 2). AP is the trapezoidal AP of the
 University-1652 reference evaluation: for the i-th true match (0-based) at 0-based rank r_i,
 p = (i+1)/(r_i+1), p_prev = i/r_i (1.0 when r_i = 0), AP = sum((p_prev + p) / 2) / n_true.
 Queries with no true match in the gallery count as 0 in every mean (the reference code divides
@@ -19,8 +21,9 @@ _CHUNK = 512  # queries ranked at once: keeps the (chunk x gallery) matrices sma
 
 
 def top1pct_k(num_gallery: int) -> int:
-    """K of R@top1%: round(1% of the gallery), at least 1 (Python rounding, as the reference)."""
-    return max(1, int(round(num_gallery * 0.01)))
+    """K of R@top1%: round(0.01 G) + 1, because the University-1652 reference reads the 0-based
+    CMC[round(0.01 G)] (Python rounding, as the reference): 51355 -> 515, 951 -> 11, 50 -> 1."""
+    return int(round(num_gallery * 0.01)) + 1
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

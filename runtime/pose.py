@@ -13,6 +13,10 @@ forward by `camera_tilt_deg` (0 = nadir, 90 = looking at the horizon straight ah
 stabilised gimbal that holds the camera level is described by pitch = roll = 0 and its own
 tilt.
 
+`FramePose` is the validated per-frame pose the localizer consumes (runtime.pose_sources makes
+them); `camera_to_ned` turns it into the camera's orientation. Camera axes (OpenCV): x = image
+right, y = image down, z = optical axis; mounted so that at tilt 0 the image top faces the nose.
+
 `PoseInputs` holds the latest altitude / attitude, from flags, MAVLink telemetry
 (runtime.outputs.MavlinkOutput.poll) or a per-frame CSV log (`TelemetryLog`).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,95 @@ from skyloc.runtime.geo import offset_latlon
 # Beyond this angle from nadir the ray meets the ground so far away (or not at all) that the
 # flat-ground assumption is meaningless; such frames get no aircraft position.
 MAX_OFF_NADIR_DEG = 75.0
+
+
+MAX_TILT_DEG = 75.0
+
+
+def _finite(name: str, v: object, source: str) -> float:
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or isinstance(v, bool):
+        raise SkylocError(f"pose{source}: {name} = {v!r} is not a finite number")
+    return x
+
+
+@dataclass
+class FramePose:
+    """Altitude above ground and attitude of one frame; validated on construction (SkylocError).
+
+    altitude_m: height above the ground under the aircraft (> 0) or None (unknown: then gsd_m,
+    or a scale search). roll / pitch: airframe attitude, |.| < 90 (aerospace convention, see
+    module doc). yaw_deg: heading clockwise from true north, normalised to [0, 360), None =
+    unknown (compass failure, --no-heading). camera_tilt_deg: camera pitched forward from nadir
+    in [0, 75] (gimbal or fixed mount). gsd_m: metres per pixel across the image at its centre
+    (for a nadir camera altitude / fx), used when the altitude is unknown. time_s: the frame time
+    the pose belongs to. source: which source(s) gave the values, for the record.
+    """
+
+    altitude_m: float | None = None
+    roll_deg: float = 0.0
+    pitch_deg: float = 0.0
+    yaw_deg: float | None = None
+    camera_tilt_deg: float = 0.0
+    gsd_m: float | None = None
+    time_s: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        src = f" ({self.source})" if self.source else ""
+        if self.altitude_m is not None:
+            self.altitude_m = _finite("altitude_m", self.altitude_m, src)
+            if self.altitude_m <= 0:
+                raise SkylocError(f"pose{src}: altitude above ground {self.altitude_m} m must be > 0")
+        for name in ("roll_deg", "pitch_deg"):
+            v = _finite(name, getattr(self, name), src)
+            if abs(v) >= 90.0:
+                raise SkylocError(f"pose{src}: {name} = {v} must be within (-90, 90) degrees")
+            setattr(self, name, v)
+        if self.yaw_deg is not None:
+            self.yaw_deg = _finite("yaw_deg", self.yaw_deg, src) % 360.0
+            if self.yaw_deg >= 360.0:  # -1e-18 % 360 rounds to 360.0
+                self.yaw_deg = 0.0
+        self.camera_tilt_deg = _finite("camera_tilt_deg", self.camera_tilt_deg, src)
+        if not 0.0 <= self.camera_tilt_deg <= MAX_TILT_DEG:
+            raise SkylocError(f"pose{src}: camera tilt {self.camera_tilt_deg} deg must be in [0, {MAX_TILT_DEG:g}] "
+                              "(0 = nadir, positive = pitched forward)")
+        if self.gsd_m is not None:
+            self.gsd_m = _finite("gsd_m", self.gsd_m, src)
+            if self.gsd_m <= 0:
+                raise SkylocError(f"pose{src}: gsd {self.gsd_m} m/px must be > 0")
+        if self.time_s is not None:
+            self.time_s = _finite("time_s", self.time_s, src)
+
+    @classmethod
+    def checked(cls, **kw: object) -> "FramePose":
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def with_(self, **kw: object) -> "FramePose":
+        """A validated copy with some fields replaced."""
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+    def attitude(self, yaw_deg: float | None = None) -> "Attitude":
+        """Attitude with yaw_deg (default: this pose's yaw, 0 when unknown)."""
+        y = yaw_deg if yaw_deg is not None else (self.yaw_deg or 0.0)
+        return Attitude(self.roll_deg, self.pitch_deg, y)
+
+
+def camera_to_ned(pose: FramePose, yaw_deg: float | None = None) -> np.ndarray:
+    """3x3 rotation taking camera-frame vectors (x right, y down, z optical axis) to NED.
+
+    yaw_deg overrides the pose's yaw (None: the pose's, or 0 when unknown: then "north" is the
+    aircraft's heading). At tilt 0 the camera looks along body +z with the image top at the nose.
+    """
+    t = math.radians(pose.camera_tilt_deg)
+    # columns: camera x, y, z in body axes (x forward, y right, z down)
+    cam_in_body = np.array([[0.0, -math.cos(t), math.sin(t)],
+                            [1.0, 0.0, 0.0],
+                            [0.0, math.sin(t), math.cos(t)]])
+    return body_to_ned(pose.attitude(yaw_deg)) @ cam_in_body
 
 
 @dataclass

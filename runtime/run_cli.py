@@ -1,95 +1,111 @@
 """`skyloc run`: localize frames from a camera, stream, video or image folder against a tile set.
 
-The model's sidecar supplies the input contract and the tile set is checked against it, so the
-only things typed here are where frames come from and where fixes go.
+The flags are derived from `RunOptions` (runtime/loop.py), the one place their defaults and checks
+live; `--config FILE.toml` sets any of them (flags typed on the command line win), and the options
+the run actually used are written beside the fixes: `--out fixes.jsonl` -> `fixes.config.json`
+(with `--out -`: beside `--stats-json`, else not written); `--config` reads that file back.
+
+Exit codes: 0 the run ended normally (source ended, --max-frames, or SIGINT/SIGTERM/SIGHUP) and
+every record was written; 2 a startup error (bad input or option: nothing was written);
+3 the run finished but an output failed (disk full, broken pipe, MAVLink link error: records
+were lost, see `output_errors`); 4 the source failed mid-run (see the log). A summary is always
+printed to stderr once the run has started, and --stats-json written.
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
+from pathlib import Path
 
 from skyloc.runtime.errors import SkylocError
 
+EXIT_OK, EXIT_STARTUP, EXIT_OUTPUT_ERRORS, EXIT_SOURCE_FAILED = 0, 2, 3, 4
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from skyloc.runtime.loop import RunOptions
+    from skyloc.runtime.options import add_options
+
+    p.epilog = ("Exit codes: 0 ok; 2 startup error (nothing written); 3 an output failed (records lost); "
+                "4 the source failed. Only verified, accepted fixes are ever sent as a 3D fix.")
     p.add_argument("--model", required=True, help="exported model.onnx (sidecar beside it) or a built .engine")
     p.add_argument("--tiles", required=True, help="tile set made by this model (`skyloc tiles`)")
     p.add_argument("--source", required=True,
                    help="camera index (0), /dev/videoN, video file, rtsp://..., GStreamer pipeline "
                         "(elements joined by '!'), or an image folder")
-    g = p.add_argument_group("outputs")
-    g.add_argument("--out", default="-", help="JSON lines file, '-' for stdout")
-    g.add_argument("--udp", metavar="HOST:PORT", help="also send each record as a JSON datagram")
-    g.add_argument("--mavlink", metavar="URL",
-                   help="send GPS_INPUT: udpout:HOST:PORT, udpin:HOST:PORT, tcp:HOST:PORT, /dev/ttyX:BAUD, file:PATH")
-    g.add_argument("--fix-type", type=int, default=3, help="GPS_INPUT fix_type for accepted fixes (3 = 3D)")
-    g.add_argument("--rejected-fix-type", type=int, default=None,
-                   help="also send rejected frames with this fix_type (e.g. 0 = no fix); default: send nothing")
-    g.add_argument("--satellites", type=int, default=0, help="GPS_INPUT satellites_visible")
-    g.add_argument("--gps-id", type=int, default=0, help="GPS_INPUT gps_id (instance)")
-    g.add_argument("--horiz-accuracy", type=float, default=None, metavar="M",
-                   help="GPS_INPUT horiz_accuracy in metres (default: flagged as not provided)")
-    g.add_argument("--mavlink-sysid", type=int, default=1)
-    g.add_argument("--mavlink-compid", type=int, default=191, help="191 = MAV_COMP_ID_ONBOARD_COMPUTER")
-    g = p.add_argument_group("inference and search")
-    g.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt")
-    g.add_argument("--providers", default=None, help="onnxruntime execution providers, e.g. cuda,cpu")
-    g.add_argument("--index", default="auto", choices=["auto", "exact", "flat", "hnsw", "ivfpq"])
-    g.add_argument("--k", type=int, default=10, help="hits per frame (confidence uses them)")
-    g.add_argument("--window-m", type=float, default=None,
-                   help="prefer tiles within this radius (+ max speed x elapsed) of the last accepted fix")
-    g.add_argument("--window-margin", type=float, default=0.02,
-                   help="...unless a tile outside the window scores higher by more than this")
-    g.add_argument("--refine-m", type=float, default=None,
-                   help="fix = score-weighted centre of the hits this close to the best tile "
-                        "(default 1.5 x the tile stride; 0 = the best tile's centre)")
-    g = p.add_argument_group("temporal filter")
-    g.add_argument("--max-speed", type=float, default=30.0, help="m/s; faster implied jumps are rejected")
-    g.add_argument("--smoothing", type=float, default=0.5, help="alpha of the alpha-beta filter (1 = none)")
-    g.add_argument("--max-rejections", type=int, default=5, help="re-initialise after this many in a row")
-    g.add_argument("--noise-m", type=float, default=None, help="position noise the speed gate allows (default: tile size)")
-    g.add_argument("--distinct-m", type=float, default=None,
-                   help="confidence: margin to the best tile farther than this (default: tile size)")
-    g.add_argument("--min-confidence", type=float, default=None, help="reject fixes below this margin")
-    g = p.add_argument_group("aircraft position (fixes are the ground point at the image centre)")
-    g.add_argument("--altitude", type=float, default=None, help="metres above ground")
-    g.add_argument("--pitch", type=float, default=None, help="degrees, nose up positive")
-    g.add_argument("--roll", type=float, default=None, help="degrees, right wing down positive")
-    g.add_argument("--yaw", type=float, default=None,
-                   help="heading, degrees clockwise from north (frames are turned north-up before matching)")
-    g.add_argument("--camera-tilt", type=float, default=0.0, help="camera tilt forward from nadir, degrees")
-    g.add_argument("--telemetry", default=None, metavar="CSV",
-                   help="per-frame attitude log: frame or time_s + any of altitude_m, roll_deg, pitch_deg, "
-                        "yaw_deg, tilt_deg (a synthetic flight's truth.csv works; its positions are ignored)")
-    g.add_argument("--no-north-up", dest="north_up", action="store_false",
-                   help="do not rotate frames north-up even when the heading is known")
-    g = p.add_argument_group("source")
-    g.add_argument("--fps", type=float, default=None, help="time step for image folders (default 1) / videos without one")
-    g.add_argument("--live", action="store_true", help="treat a video file as a live camera (latest frame, reopen)")
-    g.add_argument("--reopen-initial", type=float, default=0.5, help="first reopen back-off, s")
-    g.add_argument("--reopen-max", type=float, default=10.0, help="longest back-off, s")
-    g.add_argument("--reopen-attempts", type=int, default=0, help="give up after N failed reopens (0 = never)")
-    g = p.add_argument_group("run")
-    g.add_argument("--max-frames", type=int, default=None)
-    g.add_argument("--truth", default=None, help="truth.csv of a synthetic flight: report error vs truth")
-    g.add_argument("--stats-json", default=None, help="also write the final statistics as JSON here")
-    g.add_argument("--log-level", default="WARNING", help="DEBUG | INFO | WARNING | ERROR")
+    add_options(p, RunOptions)
 
 
-def _outputs(args: argparse.Namespace) -> list:
+def config_path_for(out: str, stats_json: str | None) -> Path | None:
+    """Where the resolved config goes: beside --out (fixes.jsonl -> fixes.config.json), else beside
+    --stats-json, else nowhere (stdout run without stats)."""
+    base = Path(out) if out not in ("-", "") else (Path(stats_json) if stats_json else None)
+    if base is None:
+        return None
+    return base.with_name(base.name.split(".")[0] + ".config.json")
+
+
+def _same(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def check_paths(args: argparse.Namespace, opt: object) -> list[Path]:
+    """Refuse an output that is an input, two outputs on one file, or an existing output without
+    --overwrite. Returns the output files. Runs before anything is opened."""
+    model = Path(args.model)
+    inputs = {"--model": model, "model sidecar": model.with_suffix(".json"), "--tiles": Path(args.tiles),
+              "--source": Path(args.source)}
+    for name in ("telemetry", "truth", "camera", "imagery", "config"):
+        v = getattr(opt, name, None) if name != "config" else getattr(args, "config", None)
+        if v:
+            inputs[f"--{name}"] = Path(v)
+    outputs: dict[str, Path] = {}
+    if opt.out not in ("-", ""):
+        outputs["--out"] = Path(opt.out)
+    if opt.stats_json:
+        outputs["--stats-json"] = Path(opt.stats_json)
+    if opt.mavlink and str(opt.mavlink).startswith("file:"):
+        outputs["--mavlink file"] = Path(str(opt.mavlink)[5:])
+    cfg = config_path_for(opt.out, opt.stats_json)
+    if cfg is not None:
+        outputs["resolved config"] = cfg
+    for oname, o in outputs.items():
+        for iname, i in inputs.items():
+            if _same(o, i):
+                raise SkylocError(f"{oname} {o} is the same file as {iname} {i}: refusing to overwrite an "
+                                  f"input; choose another {oname.split()[0]}")
+    names = list(outputs.items())
+    for j, (a, pa) in enumerate(names):
+        for b, pb in names[j + 1:]:
+            if _same(pa, pb):
+                raise SkylocError(f"{a} and {b} are the same file {pa}: give them different paths")
+    if not opt.overwrite:
+        for oname, o in outputs.items():
+            if o.exists() and (oname != "--mavlink file"):
+                raise SkylocError(f"{oname} {o} already exists: pass --overwrite to replace it, or choose "
+                                  f"another path (an existing output is never truncated silently)")
+    return list(outputs.values())
+
+
+def _open_outputs(opt: object) -> list:
     from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, parse_host_port
 
     outs: list = []
     try:
-        outs.append(JsonLinesOutput(args.out))
-        if args.udp:
-            outs.append(UdpOutput(*parse_host_port(args.udp)))
-        if args.mavlink:
-            outs.append(MavlinkOutput(args.mavlink, fix_type=args.fix_type, satellites=args.satellites,
-                                      gps_id=args.gps_id, horiz_accuracy_m=args.horiz_accuracy,
-                                      rejected_fix_type=args.rejected_fix_type,
-                                      source_system=args.mavlink_sysid, source_component=args.mavlink_compid))
+        outs.append(JsonLinesOutput(opt.out, overwrite=opt.overwrite))  # existing files: checked above
+        if opt.udp:
+            outs.append(UdpOutput(*parse_host_port(opt.udp)))
+        if opt.mavlink:
+            outs.append(MavlinkOutput(opt.mavlink, fix_type=opt.fix_type, satellites=opt.satellites,
+                                      gps_id=opt.gps_id, rejected_fix_type=opt.rejected_fix_type,
+                                      source_system=opt.mavlink_sysid, source_component=opt.mavlink_compid))
     except BaseException:
         for o in outs:
             o.close()
@@ -99,32 +115,34 @@ def _outputs(args: argparse.Namespace) -> list:
 
 def main(args: argparse.Namespace) -> int:
     from skyloc.runtime.loop import RunOptions, run
-    from skyloc.runtime.pose import PoseInputs
-    from skyloc.runtime.sources import ReconnectPolicy
+    from skyloc.runtime.options import options_from_args, write_resolved_config
+    from skyloc.runtime.run_stats import RunStats
 
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.max_speed <= 0:
-        raise SkylocError(f"--max-speed {args.max_speed} must be > 0 (m/s)")
-    if not 0 < args.smoothing <= 1:
-        raise SkylocError(f"--smoothing {args.smoothing} must be in (0, 1]")
-    opts = RunOptions(
-        backend=args.backend,
-        backend_conf={"providers": args.providers} if args.providers else None,
-        index=args.index, k=args.k, window_m=args.window_m, window_margin=args.window_margin, max_speed_mps=args.max_speed,
-        alpha=args.smoothing, max_rejections=args.max_rejections, noise_m=args.noise_m,
-        distinct_m=args.distinct_m, refine_m=args.refine_m, min_confidence=args.min_confidence, max_frames=args.max_frames,
-        fps=args.fps, live=True if args.live else None,
-        reconnect=ReconnectPolicy(initial_s=args.reopen_initial, max_s=args.reopen_max,
-                                  max_attempts=args.reopen_attempts or None),
-        pose=PoseInputs(altitude_m=args.altitude, roll_deg=args.roll, pitch_deg=args.pitch,
-                        yaw_deg=args.yaw, camera_tilt_deg=args.camera_tilt),
-        telemetry=args.telemetry, north_up=args.north_up, truth=args.truth,
-    )
-    stats = run(args.model, args.tiles, args.source, _outputs(args), opts)
-    print("skyloc run: " + stats.summary(), file=sys.stderr)
-    if args.stats_json:
-        from skyloc.runtime.sidecar import write_json_atomic
+    opt = options_from_args(RunOptions, args, section="run")
+    check_paths(args, opt)
+    cfg_path = config_path_for(opt.out, opt.stats_json)
 
-        write_json_atomic(args.stats_json, stats.to_dict())
-    return 0
+    def outputs() -> list:  # called by run() once every input has been opened and checked
+        outs = _open_outputs(opt)
+        if cfg_path is not None:
+            write_resolved_config(opt, cfg_path, model=str(args.model), tiles=str(args.tiles), source=str(args.source))
+        return outs
+
+    stats = RunStats()
+    started = False
+    try:
+        stats = run(args.model, args.tiles, args.source, outputs, opt, stats=stats)
+        started = True
+    finally:
+        started = started or bool(stats.backend)
+        if started:
+            print("skyloc run: " + stats.summary(), file=sys.stderr)
+            if opt.stats_json:
+                from skyloc.runtime.atomic import write_json_atomic
+
+                write_json_atomic(opt.stats_json, stats.to_dict())
+            if stats.output_errors and opt.out in ("-", ""):
+                # stdout is gone (broken pipe): do not let the interpreter's final flush fail again
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+    return stats.exit_code

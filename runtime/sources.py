@@ -2,28 +2,27 @@
 files and image folders, behind one iterator of `Frame`s.
 
 Two behaviours on purpose:
-- files (video, image folder) are read in order and never drop a frame; a reader thread
-  decodes a couple of frames ahead so decoding overlaps inference;
+- files (video, image folder; runtime/file_sources.py) are read in order and never drop a
+  frame; a reader thread decodes a couple of frames ahead so decoding overlaps inference;
 - live sources (camera, network stream, GStreamer, or a file forced live) have a grab thread
   that keeps only the *latest* frame, so a slow model never works on stale images, and that
   reopens a source that drops, with bounded exponential back-off (runtime/live_source.py).
 
-Images are BGR uint8 as OpenCV gives them. Image files are decoded with IMREAD_ANYCOLOR,
-which applies the EXIF orientation (phone / drone JPEGs) and keeps a grayscale file 2-D so
-the loop can skip it as "grayscale" instead of silently converting it.
+Images are BGR uint8 as OpenCV gives them (a grayscale file stays 2-D). The frame size may
+change from frame to frame (a thumbnail in a folder, a camera reopened at another resolution):
+nothing here keeps the first frame's size.
 """
 from __future__ import annotations
 
-import os
+import math
 import queue
 import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-import cv2
 import numpy as np
 
 from skyloc.runtime.errors import SkylocError
@@ -34,11 +33,27 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"
 
 @dataclass
 class Frame:
-    index: int  # position in this run's stream (0, 1, 2...; files: no gaps)
-    time_s: float  # files: index / fps; live: seconds since the source opened
+    """One frame and when it was taken.
+
+    `time_s` is the capture time on the source's own clock, so telemetry and truth join on time,
+    not on list position: image folders use the EXIF DateTimeOriginal(+SubSec) when the first
+    image has one (seconds since 1970 on the camera clock), else the frame number / fps; videos
+    the container timestamp; live sources the seconds since the source opened. `unix_s` is the
+    absolute UTC capture time when it is known (live: the wall clock at grab; EXIF with an
+    OffsetTimeOriginal), else None. `index` is the frame number: the digits of the file name when
+    every file has them (a missing file leaves a gap, it does not shift later frames), the frame
+    slot in a video (undecodable slots keep their number), else the position.
+    `meta`: file (name), path, exif (named tags, see runtime.exif), time_from
+    ("exif" | "name" | "position" | "container" | "clock"), for pose sources.
+    """
+
+    index: int
+    time_s: float
     image: np.ndarray | None  # BGR uint8, or None when it could not be decoded (see `error`)
     source_name: str  # file name for folders, else the source spec
-    error: str | None = None  # "empty" | "corrupt" | "unreadable" when image is None
+    error: str | None = None  # "empty" | "corrupt" | "unreadable" | "no-time" when not usable
+    meta: dict[str, Any] = field(default_factory=dict)
+    unix_s: float | None = None
 
 
 @dataclass
@@ -53,8 +68,26 @@ class ReconnectPolicy:
     open_timeout_s: float = 5.0  # network streams: connect / read timeouts so a stall becomes a drop
     read_timeout_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        for name in ("initial_s", "max_s", "open_timeout_s", "read_timeout_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise SkylocError(f"reconnect {name}={v!r} must be a finite number > 0 (seconds)")
+        if not isinstance(self.factor, (int, float)) or not math.isfinite(self.factor) or self.factor < 1:
+            raise SkylocError(f"reconnect factor={self.factor!r} must be a finite number >= 1")
+        if self.max_s < self.initial_s:
+            raise SkylocError(f"reconnect max_s={self.max_s} is below initial_s={self.initial_s}")
+        if self.max_attempts is not None and (not isinstance(self.max_attempts, int) or self.max_attempts < 1):
+            raise SkylocError(f"reconnect max_attempts={self.max_attempts!r} must be >= 1 or None (never give up)")
+
     def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
+        # in logs, so a long outage (attempt 10**6) never overflows a float power
+        k = max(0, int(attempt) - 1)
+        if self.factor == 1.0 or k == 0:
+            return min(self.max_s, self.initial_s)
+        if math.log(self.initial_s) + k * math.log(self.factor) >= math.log(self.max_s):
+            return self.max_s
+        return min(self.max_s, self.initial_s * self.factor ** k)
 
 
 @dataclass
@@ -66,6 +99,7 @@ class SourceStats:
     reopens: int = 0  # live: reopen attempts
     reopen_failures: int = 0
     backoff_s: list[float] = field(default_factory=list)  # delays slept before reopen attempts (last 100)
+    error: str | None = None  # live: why the grab thread died, when it did (the stream then ends)
 
 
 class FrameSource(ABC):
@@ -148,90 +182,6 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def decode_image(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(BGR or 2-D gray image, None) or (None, reason). EXIF orientation applied."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None, "unreadable"
-    if data.size == 0:
-        return None, "empty"
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
-    except cv2.error:
-        img = None
-    return (None, "corrupt") if img is None else (img, None)
-
-
-class ImageFolderSource(FrameSource):
-    def __init__(self, path: str | os.PathLike, fps: float = 1.0, prefetch: int = 2,
-                 files: list[Path] | None = None) -> None:
-        super().__init__(str(path))
-        root = Path(path)
-        if files is None:
-            files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
-            files.sort(key=lambda p: natural_key(p.name))
-        if not files:
-            raise SkylocError(f"image folder {root} has no images ({', '.join(IMAGE_EXTS)})")
-        self.files = files
-        self.fps = fps if fps and fps > 0 else 1.0
-        self.prefetch = prefetch
-
-    def _read(self) -> Iterator[Frame]:
-        for i, p in enumerate(self.files):
-            if self._stop.is_set():
-                return
-            img, err = decode_image(p)
-            yield Frame(i, i / self.fps, img, p.name, err)
-
-    def __iter__(self) -> Iterator[Frame]:
-        for frame in _prefetch(self._read(), self.prefetch, self._stop):
-            self.stats.frames += 1
-            yield frame
-
-
-class VideoFileSource(FrameSource):
-    """A video file read frame by frame; buffers are recycled when `reuse_buffers` (then an
-    image is valid only until the next frame is asked for)."""
-
-    def __init__(self, path: str | os.PathLike, fps: float | None = None, prefetch: int = 2,
-                 reuse_buffers: bool = False) -> None:
-        super().__init__(str(path))
-        self.cap = cv2.VideoCapture(str(path))
-        if not self.cap.isOpened():
-            raise SkylocError(f"video {path} cannot be opened by OpenCV (not a video, or a codec "
-                              "this OpenCV lacks); convert it to H.264 MP4 or extract frames to a folder")
-        native = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and fps > 0 else (native if native and native > 0 else 30.0)
-        self.prefetch = prefetch
-        self._pool: list[np.ndarray | None] = [None] * (prefetch + 2) if reuse_buffers else []
-        self._threads: list[threading.Thread] = []
-
-    def _read(self) -> Iterator[Frame]:
-        name = Path(self.name).name
-        i = 0
-        while not self._stop.is_set():
-            slot = i % len(self._pool) if self._pool else -1
-            ok, img = self.cap.read(self._pool[slot]) if slot >= 0 and self._pool[slot] is not None else self.cap.read()
-            if not ok or img is None:
-                return
-            if slot >= 0:
-                self._pool[slot] = img
-            yield Frame(i, i / self.fps, img, name)
-            i += 1
-
-    def __iter__(self) -> Iterator[Frame]:
-        for frame in _prefetch(self._read(), self.prefetch, self._stop, self._threads):
-            self.stats.frames += 1
-            yield frame
-
-    def close(self) -> None:
-        super().close()
-        for t in self._threads:  # never release the capture under a reader still using it
-            t.join(timeout=5.0)
-        self.cap.release()
-
-
 def source_kind(spec: str) -> str:
     """What `open_source` would open: camera, v4l2, network, gstreamer, folder, image, video."""
     s = spec.strip()
@@ -263,7 +213,8 @@ def open_source(spec: str, *, live: bool | None = None, fps: float | None = None
     (default 1 s) and of videos whose header has no frame rate. With `reuse_buffers` an
     image is valid only until the next frame is requested (the run loop uses this).
     """
-    from skyloc.runtime.live_source import LiveSource  # it builds on the classes above
+    from skyloc.runtime.file_sources import ImageFolderSource, VideoFileSource, check_fps  # build on the classes above
+    from skyloc.runtime.live_source import LiveSource
 
     kind = source_kind(spec)
     if kind in ("camera", "v4l2", "network", "gstreamer"):
@@ -271,10 +222,21 @@ def open_source(spec: str, *, live: bool | None = None, fps: float | None = None
     if kind == "folder":
         if live:
             raise SkylocError(f"source {spec!r} is an image folder; it cannot be opened as a live source")
-        return ImageFolderSource(spec, fps=fps or 1.0, prefetch=prefetch)
+        return ImageFolderSource(spec, fps=check_fps(fps, 1.0), prefetch=prefetch)
     if kind == "image":
-        return ImageFolderSource(spec, fps=fps or 1.0, prefetch=prefetch, files=[Path(spec)])
+        return ImageFolderSource(spec, fps=check_fps(fps, 1.0), prefetch=prefetch, files=[Path(spec)])
     if live:
         return LiveSource(spec, "file", reconnect, reuse_buffers)
     return VideoFileSource(spec, fps=fps, prefetch=prefetch, reuse_buffers=reuse_buffers)
 
+
+
+_FILE_NAMES = ("ImageFolderSource", "VideoFileSource", "check_fps", "decode_image", "read_frame_file", "name_indices")
+
+
+def __getattr__(name: str) -> Any:  # the file sources live in runtime/file_sources.py (they import this module)
+    if name in _FILE_NAMES:
+        from skyloc.runtime import file_sources
+
+        return getattr(file_sources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,49 +7,65 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.options import (HelpFormatter, add_options, check_options, opt, options_from_args,
+                                    write_resolved_config)
+
+LOG_LEVEL = "INFO"  # skyloc/cli.py's default for this command: the build reports its progress
+INDEX_KINDS = ("none", "flat", "hnsw", "ivfpq")
+
+
+@dataclass
+class TilesOptions:
+    """`skyloc tiles` options: the one place of their defaults, help and checks (flags derive from it)."""
+
+    model: str | None = opt(None, "exported model.onnx or built model.engine (with its .json sidecar)")
+    map: str | None = opt(None, "GeoTIFF, corners CSV, folder with map.csv, or PNG/JPG with <stem>.csv")
+    out: str | None = opt(None, "tile set to write (.npz)")
+    tile_m: float = opt(150.0, "tile side on the ground, metres", gt=0)
+    stride_m: float = opt(30.0, "distance between tile centres, metres", gt=0)
+    scales: tuple[float, ...] = opt((1.0,), "comma-separated tile size multipliers, e.g. 1.0,1.5", gt=0)
+    min_valid: float = opt(1.0, "minimum fraction of map data in a tile", gt=0, le=1)
+    batch: int = opt(32, "tiles per inference batch", ge=1)
+    backend: str = opt("auto", "inference backend", choices=("auto", "onnxruntime", "tensorrt"))
+    providers: str | None = opt(None, "onnxruntime execution providers to force, e.g. cpu or cuda,cpu")
+    shard: str = opt("0/1", "K/N: embed only part K of N of the grid")
+    progress: bool = opt(True, "show a progress bar")
+    index: str = opt("none", "also build a faiss index beside the tile set (reused by `skyloc run`)",
+                     choices=INDEX_KINDS)
+    overwrite: bool = opt(False, "replace an existing --out (only once the new tile set is complete)")
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(self.scales)
+        check_options(self)
+        if not self.scales:
+            raise SkylocError("tiles: --scales needs at least one positive multiplier, e.g. 1.0")
+
+
+def resolved_config_path(out: str | Path) -> Path:
+    """Where `skyloc tiles` records the options it used: `<out stem>.config.json` beside the tile set."""
+    out = Path(out)
+    return out.with_name(out.stem + ".config.json")
 
 
 def _add_index(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index", choices=["none", "flat", "hnsw", "ivfpq"], default="none",
+    p.add_argument("--index", choices=INDEX_KINDS, default="none",
                    help="also build a faiss index beside the tile set (reused by `skyloc run`)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="exported model.onnx or built model.engine (with its .json sidecar)")
-    parser.add_argument("--map", help="GeoTIFF, corners CSV, folder with map.csv, or PNG/JPG with <stem>.csv")
-    parser.add_argument("--out", help="tile set to write (.npz)")
-    parser.add_argument("--tile-m", type=float, default=150.0, help="tile side on the ground, metres")
-    parser.add_argument("--stride-m", type=float, default=30.0, help="distance between tile centres, metres")
-    parser.add_argument("--scales", default="1.0", help="comma-separated tile size multipliers, e.g. 1.0,1.5")
-    parser.add_argument("--min-valid", type=float, default=1.0, help="minimum fraction of map data in a tile")
-    parser.add_argument("--batch", type=int, default=32, help="tiles per inference batch")
-    parser.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
-    parser.add_argument("--providers", default=None,
-                        help="onnxruntime execution providers to force, e.g. cpu or cuda,cpu")
-    parser.add_argument("--shard", default="0/1", help="K/N: embed only part K of N of the grid")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_index(parser)
+    add_options(parser, TilesOptions)
     sub = parser.add_subparsers(dest="tiles_cmd", metavar="{merge}")
     m = sub.add_parser("merge", help="join shards 0/N..N-1/N into one tile set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     m.add_argument("parts", nargs="+", help="the shard files")
     m.add_argument("--out", required=True, help="merged tile set to write")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_index(m)
-
-
-def _parse_scales(text: str) -> list[float]:
-    try:
-        scales = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise SkylocError(f"--scales {text!r}: expected comma-separated numbers, e.g. 1.0,1.5") from None
-    if not scales or min(scales) <= 0:
-        raise SkylocError(f"--scales {text!r}: need at least one positive multiplier")
-    return scales
 
 
 def _build_index(out: Path, kind: str) -> None:
@@ -65,22 +81,26 @@ def _build_index(out: Path, kind: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from skyloc.runtime.tileset import TileSet, build_tileset, merge_tilesets
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tiles_cmd == "merge":
-        out = merge_tilesets(args.parts, args.out)
+        out = merge_tilesets(args.parts, args.out, overwrite=args.overwrite)
+        index = args.index
     else:
-        missing = [f"--{n}" for n in ("model", "map", "out") if not getattr(args, n)]
+        opts = options_from_args(TilesOptions, args, section="tiles")
+        missing = [f"--{n}" for n in ("model", "map", "out") if not getattr(opts, n)]
         if missing:
             raise SkylocError(f"missing {', '.join(missing)} (or use `skyloc tiles merge PARTS... --out OUT`)")
-        conf = {"providers": args.providers} if args.providers else None
+        conf = {"providers": opts.providers} if opts.providers else None
         out = build_tileset(
-            args.model, args.map, args.out, tile_m=args.tile_m, stride_m=args.stride_m,
-            scales=_parse_scales(args.scales), batch=args.batch, backend=args.backend,
-            shard=args.shard, progress=not args.no_progress, min_valid=args.min_valid, conf=conf,
+            opts.model, opts.map, opts.out, tile_m=opts.tile_m, stride_m=opts.stride_m,
+            scales=list(opts.scales), batch=opts.batch, backend=opts.backend,
+            shard=opts.shard, progress=opts.progress, min_valid=opts.min_valid, conf=conf,
+            overwrite=opts.overwrite,
         )
+        write_resolved_config(opts, resolved_config_path(out))
+        index = opts.index
     ts = TileSet.load(out)
     m = ts.meta
     print(f"wrote {out}: {len(ts)} tiles, {ts.dim}-d, model {ts.model_id[:12]} ({ts.variant}, "
           f"{m.get('precision')}), shard {m.get('shard')}, via {m.get('backend', 'merge')}", file=sys.stderr)
-    _build_index(out, args.index)
+    _build_index(out, index)
     return 0

@@ -14,8 +14,10 @@ parts are joined by `merge_tilesets`, which checks they belong together.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +29,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from skyloc.runtime import geo
+from skyloc.runtime.atomic import atomic_open, clean_stale_scratch, exit_on_signals, no_space_error, scratch_path
 from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import EngineSidecar, ModelSidecar
+from skyloc.runtime.sidecar import EngineSidecar, ModelSidecar, model_sidecar_path
 
 FORMAT = "skyloc-tiles/1"
 ARRAYS = {"embeddings": "<f4", "centers": "<f8", "footprints": "<f8", "scale": "<f4"}
@@ -110,9 +113,22 @@ class TileSet:
             raise SkylocError(f"{bad}: checksum {actual[:12]}… does not match the recorded "
                               f"{str(meta.get('checksum'))[:12]}… (modified after it was written); "
                               f"{_rebuild_hint(meta, path)}")
+        ts._validate_values(str(path))
         if expect_model is not None:
             ts.check_model(expect_model)
         return ts
+
+    def _validate_values(self, where: str) -> None:
+        """Written before NaN checks existed, or by another tool: refuse non-finite content."""
+        for name in ARRAYS:
+            if (row := first_non_finite(getattr(self, name))) is not None:
+                raise SkylocError(f"tile set {where}: {name} row {row} is not finite (NaN/Inf); such a tile "
+                                  f"matches nothing or everything: {_rebuild_hint(self.meta, where)}")
+        for key in ("tile_m", "stride_m"):
+            v = self.meta.get(key)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SkylocError(f"tile set {where}: meta {key}={v!r} is not a positive finite number: "
+                                  f"{_rebuild_hint(self.meta, where)}")
 
     def _validate_shapes(self, where: str) -> None:
         n = self.embeddings.shape[0] if self.embeddings.ndim == 2 else -1
@@ -148,26 +164,33 @@ def tileset_checksum(ts: TileSet) -> str:
     return h.hexdigest()
 
 
+def first_non_finite(a: np.ndarray) -> int | None:
+    """Index of the first row of `a` holding NaN / Inf (block by block: `a` may be memory-mapped)."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return None
+    rows = max(1, _HASH_BLOCK // max(1, a[:1].nbytes))
+    for i in range(0, a.shape[0], rows):
+        ok = np.isfinite(a[i:i + rows]).reshape(len(a[i:i + rows]), -1).all(axis=1)
+        if not ok.all():
+            return i + int(np.argmin(ok))
+    return None
+
+
 def save_tileset(ts: TileSet, path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename); fills in count and checksum."""
+    """Write atomically (temp file + rename); fills in count and checksum. Non-finite content is
+    refused: it is never written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ts._validate_values(str(path))
     ts.meta["format"] = FORMAT
     ts.meta["count"] = len(ts)
     ts.meta["embedding_dim"] = ts.dim
     ts.meta["checksum"] = tileset_checksum(ts)
     meta = np.array(json.dumps(ts.meta, sort_keys=True, default=str))
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            # np.savez writes each array in chunks when the target is a zip member, so a
-            # memory-mapped embeddings array is streamed, not copied into memory.
-            np.savez(f, meta=meta, **{k: getattr(ts, k) for k in ARRAYS})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        # np.savez writes each array in chunks when the target is a zip member, so a
+        # memory-mapped embeddings array is streamed, not copied into memory.
+        np.savez(f, meta=meta, **{k: getattr(ts, k) for k in ARRAYS})
     ts.path = path
     return path
 
@@ -216,26 +239,54 @@ def _crops(gmap: Any, centers: np.ndarray, sides: np.ndarray, px: int, batch: in
                for (la, lo), s in zip(centers[i:i + batch], sides[i:i + batch])]
 
 
+def _scratch_memmap(path: Path, shape: tuple[int, int], out: Path) -> np.ndarray:
+    """A memory-mapped scratch array whose blocks are allocated up front: on a full disk this fails
+    here with a clear error instead of a SIGBUS when a page of the sparse file is first written."""
+    try:
+        emb = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            with open(path, "r+b") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise  # a filesystem without fallocate keeps the sparse file
+        return emb
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        err = no_space_error(out, exc)
+        if err is None:
+            raise SkylocError(f"cannot create the scratch file {path} for {out} ({exc}); check the folder") from None
+        raise err from None
+
+
 def build_tileset(
     model: Any, map_path: Any, out: str | os.PathLike, tile_m: float = 150, stride_m: float = 30,
     scales: Sequence[float] = (1.0,), batch: int = 32, backend: str = "auto",
     shard: tuple[int, int] | str = (0, 1), progress: bool = True, min_valid: float = 1.0,
-    conf: dict[str, Any] | None = None,
+    conf: dict[str, Any] | None = None, overwrite: bool = True,
 ) -> Path:
     """Embed the map's valid area into a tile set at `out`. `model`: a path or an open Backend;
-    `map_path`: anything runtime.maps.open_map takes, or an open GeoMap."""
+    `map_path`: anything runtime.maps.open_map takes, or an open GeoMap. Everything is checked
+    before anything is written; `overwrite=False` refuses an existing `out` (the CLI's default)."""
+    from skyloc.runtime import tileset_checks as chk
     from skyloc.runtime.backends import Backend, open_backend
     from skyloc.runtime.maps import GeoMap, open_map
     from skyloc.runtime.preprocess import to_model_input
 
-    if tile_m <= 0 or stride_m <= 0 or batch < 1 or not scales or min(scales) <= 0:
-        raise SkylocError(f"tiles: need tile_m, stride_m, scales > 0 and batch >= 1 "
-                          f"(got {tile_m}, {stride_m}, {list(scales)}, {batch})")
+    scales = chk.check_settings(tile_m, stride_m, scales, batch, min_valid)
     k, n = parse_shard(shard)
     out = Path(out)
+    given = [("model", model), ("map", map_path)]
+    given = [(w, Path(p)) for w, p in given if isinstance(p, (str, os.PathLike))]
+    chk.check_out(out, given + [("model's sidecar", model_sidecar_path(p)) for w, p in given if w == "model"],
+                  overwrite)
     be = model if isinstance(model, Backend) else open_backend(model, backend, conf)
     gmap = map_path if isinstance(map_path, GeoMap) else open_map(map_path)
-    scales = [float(s) for s in scales]
+    model_file = getattr(be, "model_path", None)
+    chk.check_out(out, chk.map_inputs(gmap) + ([("model", Path(model_file))] if model_file else []), overwrite)
+    chk.check_size(gmap, tile_m, stride_m, scales, int(be.sidecar.embedding_dim), n, out)
+    chk.report_missing(gmap)
     centers, scale = tile_grid(gmap, tile_m, stride_m, scales, min_valid)
     total = len(centers)
     if total == 0:
@@ -248,13 +299,15 @@ def build_tileset(
     px = max(int(c.height), int(c.width))
     dim = int(be.sidecar.embedding_dim)
 
-    scratch = out.with_name(f".{out.name}.emb-{os.getpid()}.npy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if len(centers):
-        emb = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(centers), dim))
-    else:  # an empty shard of a small grid: nothing to map
-        emb = np.zeros((0, dim), np.float32)
+    clean_stale_scratch(out.parent)  # left by killed writers (their process is gone)
+    scratch = scratch_path(out, ".npy")
+    guard = exit_on_signals()  # SIGTERM / SIGHUP run the `finally` below: no scratch file is left
+    guard.__enter__()
+    emb = np.zeros((0, dim), np.float32)  # an empty shard of a small grid: nothing to map
     try:
+        if len(centers):
+            emb = _scratch_memmap(scratch, (len(centers), dim), out)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -266,7 +319,13 @@ def build_tileset(
             i = 0
             while (images := pending.result()) is not None:
                 pending = pool.submit(next, it, None)
-                emb[i:i + len(images)] = be.embed(to_model_input(images, c, bgr=False))
+                vec = be.embed(to_model_input(images, c, bgr=False))
+                if (bad := first_non_finite(np.asarray(vec))) is not None:
+                    la, lo = centers[i + bad]
+                    raise SkylocError(f"model {getattr(be, 'model_path', be.description)} gave a non-finite "
+                                      f"embedding for tile {start + i + bad} at {la:.6f}, {lo:.6f}: its weights or "
+                                      f"input are broken (NaN/Inf); nothing was written; re-export the model")
+                emb[i:i + len(images)] = vec
                 i += len(images)
                 if bar is not None:
                     bar.update(len(images))
@@ -287,6 +346,7 @@ def build_tileset(
     finally:
         del emb
         scratch.unlink(missing_ok=True)
+        guard.__exit__(None, None, None)
 
 
 # Metadata every part of one tile set shares (checked by merge).
@@ -298,10 +358,13 @@ def _map_identity(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (meta.get("map") or {}).items() if k != "source"}
 
 
-def merge_tilesets(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+def merge_tilesets(paths: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = True) -> Path:
     """Join the shards 0/N .. N-1/N of one tile set (any order) into one file."""
+    from skyloc.runtime.tileset_checks import check_out
+
     if not paths:
         raise SkylocError("tiles merge: no parts given")
+    check_out(Path(out), [("part", Path(p)) for p in paths], overwrite)
     parts = [TileSet.load(p) for p in paths]
     ref = parts[0]
     by_k: dict[int, TileSet] = {}
@@ -327,10 +390,14 @@ def merge_tilesets(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
                           f"build them with `skyloc tiles ... --shard K/{n}`")
     ordered = [by_k[k] for k in range(n)]
     pos = 0
+    grid = ref.meta.get("grid_count")
     for k, p in enumerate(ordered):
         lo, hi = p.meta.get("shard_range", [pos, pos + len(p)])
-        if lo != pos or hi - lo != len(p):
-            raise SkylocError(f"tiles merge: {p.path} covers grid rows {lo}..{hi} but {pos}.. was expected")
+        want = shard_range(grid, k, n) if isinstance(grid, int) else (lo, hi)
+        if lo != pos or hi - lo != len(p) or (lo, hi) != tuple(want):
+            raise SkylocError(f"tiles merge: {p.path} (shard {k}/{n}) covers grid rows {lo}..{hi} with {len(p)} "
+                              f"tiles but rows {want[0]}..{want[1]} were expected: the parts do not add up; "
+                              f"rebuild that shard")
         pos = hi
     if pos != ref.meta.get("grid_count", pos):
         raise SkylocError(f"tiles merge: parts cover {pos} tiles of a {ref.meta.get('grid_count')}-tile grid")

@@ -87,3 +87,26 @@ def make_map(folder: Path, width_px: int = 480, height_px: int = 400, m_per_px: 
     tl_lat, tl_lon, br_lat, br_lon = geo.corners_for_centre(lat0, lon0, width_px * m_per_px, height_px * m_per_px)
     write_corners_csv(folder / "map.csv", [("map.png", tl_lat, tl_lon, br_lat, br_lon)])
     return png
+
+
+def make_flight_case(folder: Path, seconds: float = 10.0, fps: float = 2.0, tile_m: float = 50.0,
+                     stride_m: float = 20.0, seed: int = 0, world_m: float = 700.0,
+                     world_seed: int = 1) -> dict[str, Path]:
+    """A CI-sized localization case without torch: the procedural world, the tiny ONNX model, a tile
+    set of the world made by it, and a simulated flight over the same world with the altitude
+    wandering 100-140 m, the camera tilted up to 10 deg, the airframe rolling / pitching up to 3 deg
+    and the heading random-walking (the run is told none of it but the altitude and attitude).
+    Returns the paths: model, tiles, map (corners CSV), video, truth, camera (flight.json)."""
+    from skyloc.runtime.synth.flight import FlightConfig, make_flight
+    from skyloc.runtime.synth.world import make_world
+    from skyloc.runtime.tileset import build_tileset
+
+    folder = Path(folder)
+    world = make_world(folder / "world", seed=world_seed, size_m=world_m, mpp=1.0)
+    model = make_tiny_model(folder / "tiny.onnx", size=64, dim=32, model_id="tiny-flight")
+    tiles = build_tileset(model, world, folder / "tiles.npz", tile_m=tile_m, stride_m=stride_m, progress=False)
+    cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=8.0, altitude_range_m=(100.0, 140.0), tilt_max_deg=10.0,
+                       attitude_deg=3.0, yaw_mode="random-walk", seed=seed, overwrite=True)
+    video = make_flight(world, folder / "flight", cfg)
+    return {"model": model, "tiles": tiles, "map": world, "video": video, "truth": video.parent / "truth.csv",
+            "camera": video.parent / "flight.json", "dir": folder}

@@ -1,6 +1,7 @@
 """Calibration: deterministic stratified selection + manifest, preprocessing per the contract,
-one calibration -> U8S8 and S8S8 QDQ models close to FP32, the TensorRT rule checker, and the
-accuracy report (cosine and retrieval vs FP32)."""
+one calibration -> U8S8 and S8S8 QDQ models close to FP32, the S8S8 model's Q/DQ placement and
+TensorRT lint, and the accuracy report (cosine and retrieval vs FP32). The lint's rules on
+hand-built graphs: test_trt_lint.py."""
 from __future__ import annotations
 
 import hashlib
@@ -12,10 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from skyloc.calibration.select import allocate, load_batch, select_images
-from skyloc.calibration.trt_rules import check_trt_rules
+from skyloc.calibration.trt_lint import errors, lint_model
 from export_helpers import cosine, make_tiny_checkpoint, structured_image, structured_images
 from skyloc.cli import main as skyloc
 from skyloc.runtime.errors import SkylocError
@@ -136,7 +137,7 @@ def test_u8s8_layout(setup) -> None:
 
 def test_s8s8_follows_tensorrt_rules(setup) -> None:
     path = setup["int8-trt"]
-    assert check_trt_rules(path) == []
+    assert lint_model(path) == []  # no error and no fusion warning
     m, c = _consts(path)
     qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     for n in qdq:  # direct look, independent of the checker
@@ -146,8 +147,36 @@ def test_s8s8_follows_tensorrt_rules(setup) -> None:
         if n.op_type == "DequantizeLinear" and n.input[0] in c:
             w = c[n.input[0]]
             assert w.dtype == np.int8 and w.min() >= -127, n.name
-    assert skyloc(["calibrate", "--check-trt", str(path)]) == 0
-    assert skyloc(["calibrate", "--check-trt", str(setup["int8-ort"])]) == 1  # U8S8 is not for TensorRT
+    assert skyloc(["check", str(path)]) == 0
+    assert skyloc(["check", str(setup["int8-ort"])]) == 1  # U8S8 is not for TensorRT
+    rules = {f.rule for f in errors(lint_model(setup["int8-ort"]))}
+    assert {"uint8", "int32-bias"} <= rules
+
+
+def test_s8s8_qdq_placement_lets_tensorrt_fuse(setup) -> None:
+    """Q/DQ on the inputs of every Conv, never between a Conv and its ReLU; each residual Add has
+    one Conv-side input float (TensorRT fuses that Conv with the Add) and exactly one input through
+    a Q/DQ pair (in downsampling blocks that is the 1x1 downsample Conv's output)."""
+    m = onnx.load(str(setup["int8-trt"]))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    adds = [n for n in m.graph.node if n.op_type == "Add" and any(
+        producer.get(t) is not None and producer[t].op_type in ("Conv", "DequantizeLinear") for t in n.input)]
+    assert convs and len(adds) >= 8  # resnet18: 8 residual blocks
+    for c in convs:
+        assert [producer[t].op_type for t in c.input[:2]] == ["DequantizeLinear", "DequantizeLinear"], c.name
+        for q in (u for u in consumers.get(c.output[0], []) if u.op_type == "QuantizeLinear"):
+            readers = [r for dq in consumers[q.output[0]] for r in consumers[dq.output[0]]]
+            assert readers and all(r.op_type == "Add" for r in readers), (c.name, [r.op_type for r in readers])
+    for a in adds:
+        kinds = sorted(producer[t].op_type for t in a.input)
+        assert kinds == ["Conv", "DequantizeLinear"], (a.name, kinds)
+    relus = [n for n in m.graph.node if n.op_type == "Relu"]
+    assert relus and all(producer[n.input[0]].op_type in ("Conv", "Add") for n in relus)
 
 
 def test_both_models_come_from_one_calibration(setup) -> None:
@@ -179,7 +208,7 @@ def test_other_methods(setup, tmp_path: Path) -> None:
     paths = quantize_pair(setup["model"], x, tmp_path, method="percentile", progress=False)
     assert read_model_sidecar(paths["int8-trt"]).extra["calibration_method"] == "percentile"
     assert "Percentile" in json.loads(paths["ranges"].read_text())["calibration_method"]["value"]
-    assert check_trt_rules(paths["int8-trt"]) == []
+    assert errors(lint_model(paths["int8-trt"])) == []
     with pytest.raises(SkylocError, match="method"):
         quantize_pair(setup["model"], x, tmp_path, method="kl")
     with pytest.raises(SkylocError, match="uint8"):
@@ -223,68 +252,3 @@ def test_calibrate_cli_errors(setup, capsys) -> None:
     assert skyloc(["calibrate", "--model", str(setup["int8-trt"]), "--images", str(setup["dir"] / "heldout"),
                    "--out", str(setup["dir"] / "o2"), "--no-progress"]) == 2
     assert "FP32" in capsys.readouterr().err
-
-
-# --- TensorRT rule checker on hand-built graphs ------------------------------------------------
-
-def _graph(q_zp=np.int8(0), w=None, w_axis=0, bias_int32=False, scale=0.02, act_scale=None, drop_zp=False):
-    """x -> Q -> DQ -> Conv(W from DQ of int8 weights [, bias]) -> y, with knobs to break rules."""
-    w = np.array(np.arange(-8, 8).reshape(2, 2, 2, 2), np.int8) if w is None else w
-    inits = [
-        numpy_helper.from_array(np.array(scale if act_scale is None else act_scale, np.float32), "x_scale"),
-        numpy_helper.from_array(np.array(q_zp), "x_zp"),
-        numpy_helper.from_array(w, "w_q"),
-        numpy_helper.from_array(np.full(w.shape[w_axis], 0.01, np.float32), "w_scale"),
-        numpy_helper.from_array(np.zeros(w.shape[w_axis], np.int8), "w_zp"),
-    ]
-    qin = ["x", "x_scale"] if drop_zp else ["x", "x_scale", "x_zp"]
-    nodes = [
-        helper.make_node("QuantizeLinear", qin, ["xq"], name="q_input"),
-        helper.make_node("DequantizeLinear", ["xq", "x_scale"] + ([] if drop_zp else ["x_zp"]), ["xd"], name="dq_input"),
-        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_weight", axis=w_axis),
-    ]
-    conv_in = ["xd", "w"]
-    if bias_int32:
-        inits += [numpy_helper.from_array(np.array([5, -3], np.int32), "b_q"),
-                  numpy_helper.from_array(np.array([2e-4, 2e-4], np.float32), "b_scale"),
-                  numpy_helper.from_array(np.array([0, 0], np.int32), "b_zp")]
-        nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zp"], ["b"], name="dq_bias", axis=0))
-        conv_in.append("b")
-    nodes.append(helper.make_node("Conv", conv_in, ["y"], name="conv"))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _rules(model) -> set[tuple[str, str]]:
-    return {(v.node, v.rule) for v in check_trt_rules(model)}
-
-
-def test_checker_passes_a_symmetric_graph() -> None:
-    model = _graph()
-    onnx.checker.check_model(model)
-    assert check_trt_rules(model) == []
-
-
-def test_checker_names_each_violation(tmp_path: Path, capsys) -> None:
-    assert ("q_input", "zero-point") in _rules(_graph(q_zp=np.int8(3)))
-    assert ("dq_input", "zero-point") in _rules(_graph(q_zp=np.int8(3)))
-    assert ("dq_bias", "int32-bias") in _rules(_graph(bias_int32=True))
-    assert ("q_input", "type") in _rules(_graph(q_zp=np.uint8(128)))  # uint8 activations
-    assert ("q_input", "type") in _rules(_graph(drop_zp=True))  # default zero point = uint8
-    w = np.array(np.arange(-8, 8).reshape(2, 2, 2, 2), np.int8)
-    w[0, 0, 0, 0] = -128
-    assert ("dq_weight", "weight-128") in _rules(_graph(w=w))
-    assert ("dq_weight", "axis") in _rules(_graph(w_axis=1))  # Conv weights need axis 0
-    assert ("q_input", "scale") in _rules(_graph(scale=0.0))
-    assert ("q_input", "axis") in _rules(_graph(act_scale=[0.1, 0.2]))  # per-channel activation
-    # Non-constant scale: feed the scale as a graph input.
-    m = _graph()
-    m.graph.input.append(helper.make_tensor_value_info("s_in", TensorProto.FLOAT, []))
-    m.graph.node[0].input[1] = "s_in"
-    assert ("q_input", "scale") in _rules(m)
-
-    bad = tmp_path / "bad.onnx"
-    onnx.save(_graph(bias_int32=True), str(bad))
-    assert skyloc(["calibrate", "--check-trt", str(bad)]) == 1
-    assert "dq_bias" in capsys.readouterr().out

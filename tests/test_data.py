@@ -164,6 +164,14 @@ def test_unreadable_image_names_its_path(tree, tmp_path):
         assert str(path) in str(exc.value)
     with pytest.raises(SkylocError, match="not found"):
         read_rgb(tmp_path / "nope.png")
+    # A JPEG cut short decodes to a grey-filled picture in most decoders: refused instead.
+    jpg = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpg, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) * 2 // 3])
+    assert read_rgb(jpg).shape == (64, 64, 3)
+    with pytest.raises(SkylocError, match="cut.jpg"):
+        read_rgb(cut)
 
 
 def test_read_rgb_matches_opencv_and_honours_exif(tmp_path):
@@ -204,10 +212,9 @@ def test_read_rgb_real_imagery():
 
 def test_eval_transform_shift_right_reference():
     rng = np.random.default_rng(6)
-    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    pil = Image.fromarray(img)  # already at the eval size: resize leaves it unchanged
-    x0 = eval_transform(64)(pil).numpy()
-    x10 = eval_transform(64, shift_px=10)(pil).numpy()
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)  # already at the eval size: no resize
+    x0 = eval_transform(64)(img).numpy()
+    x10 = eval_transform(64, shift_px=10)(img).numpy()
     unnorm = lambda x: (x.transpose(1, 2, 0) * STD + MEAN) * 255  # noqa: E731
     assert np.allclose(unnorm(x0), img, atol=1e-3)
     # Reference: the picture moves right by 10 px, the left column repeats into the gap.
@@ -217,7 +224,7 @@ def test_eval_transform_shift_right_reference():
 
 def test_train_transform_shapes_and_randomness():
     rng = np.random.default_rng(7)
-    pil = Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    pil = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)  # transforms take the decoded RGB array
     for sat in (False, True):
         tf = train_transform(48, pad=10, satellite=sat, rotation=90.0)
         assert any(type(t).__name__ == "RandomAffine" for t in tf.transforms) == sat

@@ -85,7 +85,7 @@ def cli_run(setup):
     npz = base / "feats.npz"
     vis = base / "vis"
     rc = skyloc(["eval", "--data", str(data), "--checkpoint", str(ckpt), "--json", str(out),
-                 "--parts", "table7", "--parts", "0,6", "--shift", "0,10", "--groups", "--size", "64,48",
+                 "--parts", "table7", "--parts", "0,6", "--shift", "0,10", "--groups", "--test-size", "64,48",
                  "--save-features", str(npz), "--visualize", str(vis), "--vis-queries", "3",
                  "--workers", "0", "--batch-size", "16", "--quiet"])
     assert rc == 0
@@ -225,3 +225,46 @@ def test_missing_test_folder_and_bad_options(setup, tmp_path, capsys):
     rc = skyloc(["eval", "--data", str(data), "--checkpoint", str(ckpt), "--json", str(tmp_path / "r.json"),
                  "--parts", "9", "--quiet", "--workers", "0"])
     assert rc == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_eval_path_equals_the_runtime_onnx_path(tmp_path):
+    """One preprocessing: an image scored by `skyloc eval` (PIL-free decode, centre square,
+    INTER_AREA, torch model) gives the embedding the runtime gets for it (its frame reader,
+    runtime.preprocess.to_model_input, ONNX Runtime on the exported model)."""
+    import cv2
+
+    from export_helpers import make_tiny_checkpoint, structured_image
+    from skyloc.export.onnx_export import export_onnx
+    from skyloc.runtime.backends import open_backend
+    from skyloc.runtime.preprocess import to_model_input
+    from skyloc.runtime.sources import ImageFolderSource
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    onnx_path = export_onnx(ckpt, tmp_path / "model.onnx")
+    model, cfg, _ = load_model(ckpt)
+    folder_dir = tmp_path / "test" / "query_drone" / "0001"
+    folder_dir.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    # Landscape, portrait, exact size, and a large frame shrunk ~3x; JPEG and PNG.
+    for i, (h, w, ext) in enumerate([(70, 90, ".jpg"), (90, 70, ".png"), (64, 64, ".png"), (150, 200, ".jpg")]):
+        cv2.imwrite(str(folder_dir / f"image-{i + 1:02d}{ext}"), structured_image(rng, h, w)[:, :, ::-1])
+    folder = U1652Folder(tmp_path / "test", "query_drone", eval_transform(cfg.image_size))
+    eval_feats, _, paths = extract_features(model, folder, batch_size=4, flip=False, progress=False)
+
+    be = open_backend(onnx_path, "onnxruntime")
+    assert be.contract.resize == "center-crop-square+area" and be.contract.height == cfg.image_size
+    frames = list(ImageFolderSource(folder_dir, fps=1.0))
+    assert [f.meta["path"] for f in frames] == paths
+    batch = to_model_input([f.image for f in frames], be.contract)  # BGR camera-style frames
+    # The bytes both paths feed the network are identical, not merely close.
+    prepare = folder.transform.transforms[0]
+    from skyloc.runtime.preprocess import read_image
+
+    eval_bytes = np.stack([prepare(read_image(p)) for p in paths])
+    np.testing.assert_array_equal(eval_bytes, batch)
+    ort_feats = be.embed(batch)
+    assert eval_feats.shape == ort_feats.shape
+    np.testing.assert_allclose(eval_feats, ort_feats, atol=2e-5)
+    # Sanity of the comparison: the old eval path (PIL bicubic squash) fed different pixels.
+    old = np.asarray(Image.open(paths[0]).convert("RGB").resize((cfg.image_size,) * 2, Image.Resampling.BICUBIC))
+    assert np.abs(old.astype(int) - batch[0].astype(int)).mean() > 5

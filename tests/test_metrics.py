@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from naive_retrieval import naive_metrics
+from naive_retrieval import naive_from_rankings, naive_metrics
 from skyloc.runtime import metrics
 
 
@@ -26,7 +26,7 @@ def test_random_features_match_naive_reference():
         assert got[k] == pytest.approx(ref[k], abs=1e-9), k
     assert got["num_queries"] == nq and got["num_gallery"] == ng
     assert got["queries_without_match"] == int((ql == 12).sum()) > 0
-    assert got["top1%_k"] == 2  # round(1.5) = 2
+    assert got["top1%_k"] == 3  # CMC[round(1.5)] = CMC[2]: a hit within the top 3
     assert 0 < ref["R@1"] < ref["R@5"] < ref["R@10"] < 100
 
 
@@ -93,10 +93,63 @@ def test_average_precision_matrix_form():
     assert list(metrics.recall_at_k(good, 4)) == [1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("n, k", [(51355, 514), (951, 10), (701, 7), (150, 2), (50, 1), (5, 1)])
+@pytest.mark.parametrize("n, k", [(51355, 515), (951, 11), (701, 8), (250, 3), (150, 3), (149, 2), (50, 1), (5, 1)])
 def test_top1pct_k(n, k):
-    # Hand values: round(n / 100), at least 1 (51355 -> 513.55 -> 514; 50 -> 0.5 -> 0 -> 1).
+    # Hand values: the reference reads CMC[round(n / 100)] (0-based), so K = round(n / 100) + 1
+    # with Python's rounding: 513.55 -> 514 -> 515; 2.5 -> 2 -> 3; 1.5 -> 2 -> 3; 0.5 -> 0 -> 1.
     assert metrics.top1pct_k(n) == k
+
+
+def _gallery_for_ranking(first_match_rank: int, n: int, label: str = "q"):
+    """Features and labels of an n-item gallery whose ranking against the query (1, 0) is g0..g(n-1)
+    with the only true match at `first_match_rank`, stored shuffled."""
+    ranked = _features_for_ranking(n)
+    labels = ["x"] * n
+    labels[first_match_rank] = label
+    perm = np.random.default_rng(first_match_rank + n).permutation(n)
+    return ranked[perm], [labels[i] for i in perm]
+
+
+@pytest.mark.parametrize("n", [149, 150, 250, 251, 351, 449, 450])
+def test_top1pct_boundary_on_hand_made_rankings(n):
+    # One true match at 0-based rank r. The reference counts a hit iff CMC[round(0.01 n)] = 1,
+    # i.e. r <= round(0.01 n): n = 150 -> r <= 2 hits (round(1.5) = 2), n = 250 -> r <= 2 hits
+    # (round(2.5) = 2, banker's rounding), n = 251 -> r <= 3 hits, n = 149 -> r <= 1.
+    edge = round(0.01 * n)
+    q = np.array([[1.0, 0.0]])
+    for r, hit in ((edge, 100.0), (edge + 1, 0.0)):
+        gf, gl = _gallery_for_ranking(r, n)
+        got = metrics.evaluate_retrieval(q, ["q"], gf, gl)
+        assert got["R@top1%"] == hit, (n, r)
+        ranked = [gl[j] for j in metrics.ranking(q, gf)[0]]
+        assert naive_from_rankings([ranked], ["q"], n)["R@top1%"] == hit  # the reference agrees
+
+
+def test_hand_made_rankings_against_reference_definition():
+    # Queries whose ranked gallery labels are written out by hand; features are built to give
+    # exactly that ranking, so the vectorised code is checked against the reference definition.
+    n = 250  # round(2.5) = 2: hits within the top 3
+    rows = [
+        ["a", "x", "a"] + ["x"] * (n - 3),  # first match rank 0
+        ["x", "x", "b"] + ["x"] * (n - 3),  # rank 2: in top1% (CMC[2]) but not R@1
+        ["x"] * 3 + ["c"] + ["x"] * (n - 4),  # rank 3: outside top1% (the old count-round(G) rule said the same)
+        ["x"] * 4 + ["d", "d"] + ["x"] * (n - 6),  # rank 4: R@5
+        ["x"] * n,  # no match: 0 everywhere
+    ]
+    labels = ["a", "b", "c", "d", "e"]
+    ranked = _features_for_ranking(n)
+    perm = np.random.default_rng(5).permutation(n)
+    for row, lab in zip(rows, labels):
+        got = metrics.evaluate_retrieval(np.array([[1.0, 0.0]]), [lab], ranked[perm], [row[i] for i in perm])
+        ref = naive_from_rankings([row], [lab], n)
+        for k in metrics.METRIC_KEYS:
+            assert got[k] == pytest.approx(ref[k], abs=1e-12), (lab, k)
+    # Hand values for the second row: R@1 0, top1% 1 (rank 2 <= round(2.5) = 2), R@5 1,
+    # AP = (0/2 + 1/3)/2 = 1/6 (p_prev = i/r = 0/2).
+    ref_b = naive_from_rankings([rows[1]], ["b"], n)
+    assert (ref_b["R@1"], ref_b["R@top1%"], ref_b["R@5"]) == (0.0, 100.0, 100.0)
+    assert ref_b["AP"] == pytest.approx(100 / 6)
+    assert naive_from_rankings([rows[2]], ["c"], n)["R@top1%"] == 0.0
 
 
 def test_summarize_subset_and_empty():

@@ -53,7 +53,7 @@ def test_block_masks_16_explicit_slices() -> None:
 def test_pooled_values_equal_numpy_mean(size: int) -> None:
     torch.manual_seed(0)
     f = torch.randn(2, 5, size, size)
-    z = pool_blocks(f, 4, True).numpy()
+    z = pool_blocks(f, 4, True, "mean").numpy()
     masks = hand_masks(size)
     fn = f.numpy()
     for b in range(2):
@@ -66,11 +66,98 @@ def test_pooled_values_equal_numpy_mean(size: int) -> None:
 def test_small_maps_are_resized_up_before_partition() -> None:
     # 64 px input -> 4x4 layer4 map: rings would be 0 px wide, so the map is resized to 8x8.
     f = torch.randn(1, 3, 4, 4)
-    z = pool_blocks(f, 4, True)
+    z = pool_blocks(f, 4, True, "mean")
     up = torch.nn.functional.interpolate(f, size=(8, 8), mode="bilinear", align_corners=False)
     masks = hand_masks(8)
     ref = np.einsum("bchw,nhw->bcn", up.numpy(), masks / masks.sum(axis=(1, 2), keepdims=True))
     np.testing.assert_allclose(z.numpy(), ref, atol=1e-5)
+
+
+def lpn_part_pool(x: np.ndarray, block: int = 4) -> np.ndarray:
+    """LPN's `get_part_pool(pool='avg', no_overlap=True)` re-implemented with slices and zero
+    padding (even maps): ring i = mean over the square of half-size i*per of (x minus the inner
+    square padded with zeros back to that size); the last ring uses the whole map."""
+    b, c, h, w = x.shape
+    ch, cw = h // 2, w // 2
+    ph, pw = h // (2 * block), w // (2 * block)
+    out = []
+    for i in range(1, block + 1):
+        cur = x if i == block else x[:, :, ch - i * ph:ch + i * ph, cw - i * pw:cw + i * pw]
+        if i > 1:
+            pre = x[:, :, ch - (i - 1) * ph:ch + (i - 1) * ph, cw - (i - 1) * pw:cw + (i - 1) * pw]
+            top, left = (cur.shape[2] - pre.shape[2]) // 2, (cur.shape[3] - pre.shape[3]) // 2
+            pad = np.zeros_like(cur)
+            pad[:, :, top:top + pre.shape[2], left:left + pre.shape[3]] = pre
+            cur = cur - pad
+        out.append(cur.mean(axis=(2, 3)))  # AdaptiveAvgPool2d((1, 1)) over the enclosing square
+    return np.stack(out, axis=2)
+
+
+@pytest.mark.parametrize("size", [16, 12, 8])
+def test_lpn_pooling_equals_lpn_reference(size: int) -> None:
+    torch.manual_seed(1)
+    f = torch.randn(2, 3, size, size)
+    z = pool_blocks(f, 4, True, "lpn").numpy()
+    ref = lpn_part_pool(f.numpy().astype(np.float64))
+    np.testing.assert_allclose(z[:, :, :4], ref, atol=1e-5)
+    # The multiscale centre squares are full squares: their plain mean under both conventions.
+    masks = hand_masks(size)
+    for n in (4, 5):
+        np.testing.assert_allclose(z[:, :, n], np.einsum("bchw,hw->bc", f.numpy(), masks[n]) / masks[n].sum(), atol=1e-5)
+
+
+def test_lpn_and_mean_differ_by_the_ring_area_factors() -> None:
+    # At 16x16 the rings are 4x4, 8x8 - 4x4, 12x12 - 8x8, 16x16 - 12x12: LPN's value is the mean
+    # times (ring pixels / enclosing square) = 1, 48/64, 80/144, 112/256.
+    f = torch.randn(1, 2, 16, 16)
+    ratio = (pool_blocks(f, 4, False, "lpn") / pool_blocks(f, 4, False, "mean")).numpy()
+    np.testing.assert_allclose(ratio[0, 0], [1.0, 0.75, 80 / 144, 0.4375], rtol=1e-5)
+    with pytest.raises(ValueError):
+        pool_blocks(f, 4, False, "max")
+
+
+def test_ring_pooling_switch_changes_the_block_attention_model() -> None:
+    # With block attention the two conventions are different functions of the same weights.
+    torch.manual_seed(0)
+    a = _tiny(ring_pooling="lpn")
+    b = _tiny(ring_pooling="mean")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ea, eb = a.embed(x, parts=[0, 1, 2, 3]), b.embed(x, parts=[0, 1, 2, 3])
+    assert not torch.allclose(ea, eb, atol=1e-3)
+
+
+def test_paper_presets_use_lpn_pooling_and_old_checkpoints_load_as_mean(tmp_path) -> None:
+    from skyloc.training.checkpoint import load_model, model_id, save_checkpoint
+
+    for name in ABLATION_ORDER + ["msba-384", "small", "tiny"]:
+        assert preset(name)[0].ring_pooling == "lpn", name
+    with pytest.raises(Exception, match="ring_pooling"):
+        ModelConfig(ring_pooling="max")
+    # An old checkpoint: model_config without the key, trained with the true mean.
+    cfg, _ = preset("tiny", num_classes=3, ring_pooling="mean")
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "old.pt", net, cfg)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["model_config"]["ring_pooling"] == "mean"  # recorded in new checkpoints
+    del ckpt["model_config"]["ring_pooling"]
+    torch.save(ckpt, path)
+    model, loaded, _ = load_model(path)
+    assert loaded.ring_pooling == "mean"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), net.embed(x))
+    # Its fingerprint is the one computed before the field existed.
+    import hashlib
+    import json
+    legacy = {k: v for k, v in cfg.to_dict().items() if k not in ("pretrained", "ring_pooling")}
+    h = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
+    for k in sorted(ckpt["model"]):
+        t = ckpt["model"][k]
+        h.update(k.encode()); h.update(str(t.dtype).encode()); h.update(t.numpy().tobytes())
+    assert model_id(ckpt["model"], loaded) == h.hexdigest()[:16]
 
 
 def test_block_attention_is_softmax_over_blocks_times_input() -> None:
@@ -187,12 +274,12 @@ def test_eager_calls_work_after_torch_export_traced_the_masks() -> None:
 
     class Pool(torch.nn.Module):
         def forward(self, f: torch.Tensor) -> torch.Tensor:
-            return pool_blocks(f, 4, True)
+            return pool_blocks(f, 4, True, "mean")
 
     f = torch.randn(1, 2, 16, 16)
     torch.export.export(Pool(), (f,))
     ref = np.einsum("bchw,nhw->bcn", f.numpy(), hand_masks(16) / hand_masks(16).sum(axis=(1, 2), keepdims=True))
-    np.testing.assert_allclose(pool_blocks(f, 4, True).numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(pool_blocks(f, 4, True, "mean").numpy(), ref, atol=1e-5)
 
 
 def test_reweight_override_applies_to_a_model_trained_without_it() -> None:

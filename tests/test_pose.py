@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from skyloc.runtime.geo import EARTH_RADIUS_M
-from skyloc.runtime.pose import Attitude, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned, ground_offset_m
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.pose import (Attitude, FramePose, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned,
+                                 camera_to_ned, ground_offset_m)
 
 LAT, LON = 45.07, 7.68
 
@@ -98,3 +100,39 @@ def test_telemetry_log_by_frame_and_by_time(tmp_path):
     bad.write_text("frame,lat,lon\n0,1,2\n")
     with pytest.raises(SkylocError, match="none of the columns"):
         TelemetryLog(bad)
+
+
+# --- FramePose / camera_to_ned -------------------------------------------------------------------
+
+def test_frame_pose_normalises_yaw_and_keeps_unknowns():
+    p = FramePose(altitude_m=120, roll_deg=-3, yaw_deg=-90.0, camera_tilt_deg=10)
+    assert p.yaw_deg == 270.0 and p.altitude_m == 120.0 and isinstance(p.altitude_m, float)
+    assert FramePose(yaw_deg=720.5).yaw_deg == pytest.approx(0.5)
+    assert FramePose().yaw_deg is None and FramePose().altitude_m is None
+    assert FramePose(altitude_m=50.0).with_(yaw_deg=-1e-18).yaw_deg == 0.0
+
+
+@pytest.mark.parametrize("kw", [dict(altitude_m=0.0), dict(altitude_m=-5.0), dict(altitude_m=float("nan")),
+                                dict(altitude_m=float("inf")), dict(roll_deg=90.0), dict(pitch_deg=-95.0),
+                                dict(roll_deg=float("nan")), dict(yaw_deg=float("inf")), dict(yaw_deg=float("nan")),
+                                dict(camera_tilt_deg=-1.0), dict(camera_tilt_deg=76.0),
+                                dict(camera_tilt_deg=float("nan")), dict(gsd_m=0.0), dict(gsd_m=float("nan")),
+                                dict(time_s=float("inf")), dict(altitude_m="high"), dict(roll_deg=True)])
+def test_frame_pose_rejects_bad_values(kw):
+    with pytest.raises(SkylocError):
+        FramePose(**kw)
+    with pytest.raises(SkylocError):
+        FramePose(altitude_m=100.0).with_(**kw)
+
+
+def test_camera_to_ned_agrees_with_the_optical_axis_and_is_a_rotation():
+    for roll, pitch, yaw, tilt in [(0, 0, 0, 0), (10, -5, 123, 20), (-20, 15, 300, 0), (5, 5, 45, 60)]:
+        pose = FramePose(altitude_m=100.0, roll_deg=roll, pitch_deg=pitch, yaw_deg=yaw, camera_tilt_deg=tilt)
+        R = camera_to_ned(pose)
+        assert np.allclose(R @ R.T, np.eye(3)) and np.linalg.det(R) == pytest.approx(1.0)
+        assert np.allclose(R[:, 2], camera_axis_ned(Attitude(roll, pitch, yaw), tilt))
+    # level nadir camera heading east: image top (-y) points east, image right (+x) points south
+    R = camera_to_ned(FramePose(altitude_m=10.0, yaw_deg=90.0))
+    assert np.allclose(R @ [0, -1, 0], [0, 1, 0]) and np.allclose(R @ [1, 0, 0], [-1, 0, 0])
+    # unknown heading: computed as if yaw were 0
+    assert np.allclose(camera_to_ned(FramePose(altitude_m=10.0)), camera_to_ned(FramePose(altitude_m=10.0, yaw_deg=0)))

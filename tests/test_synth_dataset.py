@@ -233,3 +233,86 @@ def test_turku_locations_never_come_from_a_hole(tmp_path):
             assert hit.all()
         la, lo = geo.local_m_to_latlon(e, n, lat, lon)
         assert in_present_tile(la, lo).all(), r["file"]
+
+
+# --- onboard-like nadir views with a pose per image -----------------------------------------------------
+
+def nadir_cfg(**kw) -> SynthDatasetConfig:
+    from skyloc.runtime.synth.nadir import NadirViewConfig
+    from skyloc.runtime.synth.photometric import PhotometricConfig
+
+    base = dict(views="nadir", image_px=96, world_mpp=0.5, world_size_m=420.0, locations=4, distractors=0,
+                drone_photometric=PhotometricConfig(strength=0.0),
+                nadir=NadirViewConfig(altitude_range_m=(40.0, 60.0), tilt_max_deg=15.0, attitude_deg=4.0))
+    base.update(kw)
+    return small_cfg(**base)
+
+
+@pytest.fixture(scope="module")
+def nadir_ds(tmp_path_factory) -> Path:
+    return make_dataset(None, tmp_path_factory.mktemp("nd") / "d", nadir_cfg())
+
+
+def read_poses(root: Path) -> list[dict[str, str]]:
+    with open(root / "poses.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_nadir_views_rectify_onto_the_map_with_their_pose(nadir_ds):
+    """Each drone image + its poses.csv row -> runtime.rectify -> the map crop at the location (the
+    optical-axis ground point) within a pixel; the poses span the configured ranges."""
+    from skyloc.runtime.camera import CameraModel
+    from skyloc.runtime.pose import FramePose
+    from skyloc.runtime.rectify import rectify
+
+    m = open_map(nadir_ds / "map")
+    loc = {r["location_id"]: r for r in read_rows(nadir_ds) if r["view"] == "satellite"}
+    poses = read_poses(nadir_ds)
+    assert len(poses) == 4 * K and {p["kind"] for p in poses} == {"nadir"}
+    alt = np.array([float(p["altitude_m"]) for p in poses])
+    tilt = np.array([float(p["tilt_deg"]) for p in poses])
+    yaw = np.array([float(p["yaw_deg"]) for p in poses])
+    assert alt.min() >= 40 and alt.max() <= 60 and tilt.min() >= 0 and tilt.max() <= 15 and np.ptp(yaw) > 90
+    mpp, side = 0.5, 48
+    for p in poses:
+        assert float(p["ground_lat"]) == pytest.approx(float(loc[p["location_id"]]["lat"]), abs=1e-7)
+        assert float(p["ground_lon"]) == pytest.approx(float(loc[p["location_id"]]["lon"]), abs=1e-7)
+        cam = CameraModel(*(float(p[k]) for k in ("fx", "fy", "cx", "cy")), int(p["width"]), int(p["height"]))
+        pose = FramePose(altitude_m=float(p["altitude_m"]), roll_deg=float(p["roll_deg"]),
+                         pitch_deg=float(p["pitch_deg"]), yaw_deg=float(p["yaw_deg"]),
+                         camera_tilt_deg=float(p["tilt_deg"]))
+        img = cv2.cvtColor(cv2.imread(str(nadir_ds / p["file"])), cv2.COLOR_BGR2RGB)
+        patch = rectify(img, cam, pose, mpp, side)
+        crop, valid = m.read_crop(float(p["ground_lat"]), float(p["ground_lon"]), side * mpp, side)
+        assert valid.all() and patch.valid.all()
+        a = cv2.cvtColor(patch.image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        b = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        (dx, dy), resp = cv2.phaseCorrelate(a, b, cv2.createHanningWindow((side, side), cv2.CV_64F))
+        assert math.hypot(dx, dy) <= 1.0 and resp > 0.1, (p["file"], dx, dy, resp)
+
+
+def test_mixed_views_spiral_first_then_nadir(tmp_path, nadir_ds):
+    root = make_dataset(nadir_ds / "map", tmp_path / "mixed", nadir_cfg(views="mixed", locations=2))
+    poses = read_poses(root)
+    by_loc: dict[str, list[str]] = {}
+    for p in poses:
+        by_loc.setdefault(p["location_id"], []).append(p["kind"])
+    assert all(k == ["spiral"] * (K - K // 2) + ["nadir"] * (K // 2) for k in by_loc.values())
+    # spiral views get a pose too: level airframe, tilt = 90 - depression
+    rows = {r["file"]: r for r in read_rows(root) if r["view"] == "drone"}
+    for p in poses:
+        if p["kind"] == "spiral":
+            assert float(p["tilt_deg"]) == pytest.approx(90 - float(rows[p["file"]]["cam_pitch_deg"]), abs=1e-3)
+            assert float(p["roll_deg"]) == 0.0
+
+
+def test_nadir_same_seed_same_bytes(nadir_ds, tmp_path):
+    twin = make_dataset(None, tmp_path / "twin", nadir_cfg())
+    for name in ("poses.csv", "locations.csv", read_poses(twin)[0]["file"], read_poses(twin)[-1]["file"]):
+        assert (twin / name).read_bytes() == (nadir_ds / name).read_bytes(), name
+
+
+def test_bad_views_setting(tmp_path):
+    with pytest.raises(SkylocError, match="--views"):
+        make_dataset(None, tmp_path / "x", small_cfg(views="orbit"))
+    assert not (tmp_path / "x").exists()

@@ -174,3 +174,96 @@ def test_flight_errors_and_cli(tmp_path):
     assert skyloc_main(args) == 0
     assert len(truth(tmp_path / "c" / "flight.mp4")) == 4
     assert skyloc_main(args) == 2
+
+
+# --- wandering altitude / tilt / attitude / heading ---------------------------------------------------
+
+WANDER = dict(seconds=3.0, width=160, height=120, altitude_range_m=(60.0, 80.0), tilt_deg=2.0, tilt_max_deg=15.0,
+              attitude_deg=4.0, yaw_mode="random-walk", yaw_rate_max_dps=20.0, world_size_m=500.0, world_mpp=0.5,
+              write_frames=True)
+
+
+@pytest.fixture(scope="module")
+def wander(tmp_path_factory) -> Path:
+    from skyloc.runtime.synth.photometric import PhotometricConfig
+
+    cfg = small_cfg(**WANDER, photometric=PhotometricConfig(strength=0.0, jpeg_quality=(95, 95)))
+    return make_flight(None, tmp_path_factory.mktemp("wander") / "f", cfg)
+
+
+def test_wandering_truth_stays_in_its_ranges(wander):
+    rows = truth(wander)
+    alt = np.array([float(r["altitude_m"]) for r in rows])
+    tilt = np.array([float(r["tilt_deg"]) for r in rows])
+    roll = np.array([float(r["roll_deg"]) for r in rows])
+    pitch = np.array([float(r["pitch_deg"]) for r in rows])
+    yaw = np.array([float(r["yaw_deg"]) for r in rows])
+    assert alt.min() >= 60.0 - 1e-3 and alt.max() <= 80.0 + 1e-3 and np.ptp(alt) > 0.1
+    assert tilt.min() >= 2.0 - 1e-3 and tilt.max() <= 15.0 + 1e-3 and np.ptp(tilt) > 0.05
+    assert np.abs(roll).max() <= 4.0 + 1e-3 and np.abs(pitch).max() <= 4.0 + 1e-3 and np.ptp(roll) > 0.01
+    rate = np.abs((np.diff(yaw) + 180) % 360 - 180) * FPS
+    assert rate.max() <= 20.0 + 1e-3
+    # the heading is not the track direction (random-walk): the frames' yaw drifts from it
+    e = np.array([float(r["east_m"]) for r in rows])
+    n = np.array([float(r["north_m"]) for r in rows])
+    track = np.degrees(np.arctan2(np.diff(e), np.diff(n))) % 360
+    assert np.abs((yaw[:-1] - track + 180) % 360 - 180).max() > 5.0
+    meta = json.loads(wander.with_name("flight.json").read_text())
+    assert meta["yaw_mode"] == "random-walk" and meta["altitude_range_m"] == [60.0, 80.0]
+
+
+def test_wandering_frames_rectify_onto_the_map_at_the_truth(wander):
+    """Frames + truth pose + flight.json camera -> rectify -> the map crop at the truth's optical-axis
+    ground point, to within a pixel (whole-patch phase correlation); the aircraft position follows
+    from ref_offset_m."""
+    from skyloc.runtime.camera import load_camera
+    from skyloc.runtime.pose import FramePose
+    from skyloc.runtime.rectify import ground_coverage_m, rectify
+
+    cam = load_camera(wander.with_name("flight.json"))
+    m = open_map(wander.parent / "map")
+    rows = truth(wander)
+    mpp, side = 0.5, 64
+    for i in (0, len(rows) // 2, len(rows) - 1):
+        r = rows[i]
+        pose = FramePose(altitude_m=float(r["altitude_m"]), roll_deg=float(r["roll_deg"]),
+                         pitch_deg=float(r["pitch_deg"]), yaw_deg=float(r["yaw_deg"]),
+                         camera_tilt_deg=float(r["tilt_deg"]))
+        assert ground_coverage_m(cam, pose) >= side * mpp
+        frame = cv2.cvtColor(cv2.imread(str(wander.parent / "frames" / f"{i:06d}.jpg")), cv2.COLOR_BGR2RGB)
+        patch = rectify(frame, cam, pose, mpp, side)
+        crop, valid = m.read_crop(float(r["center_lat"]), float(r["center_lon"]), side * mpp, side)
+        assert valid.all() and patch.valid.all()
+        a = cv2.cvtColor(patch.image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        b = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        (dx, dy), resp = cv2.phaseCorrelate(a, b, cv2.createHanningWindow((side, side), cv2.CV_64F))
+        assert math.hypot(dx, dy) <= 1.0 and resp > 0.1, (i, dx, dy, resp)
+        # aircraft = axis ground point - ref_offset (north-up patch)
+        n_off, e_off = patch.ref_offset_m
+        lat, lon = geo.offset_latlon(float(r["center_lat"]), float(r["center_lon"]), -e_off, -n_off)
+        assert geo.haversine_m(lat, lon, float(r["lat"]), float(r["lon"])) < 0.05
+
+
+def test_fixed_yaw_mode(tmp_path, flight):
+    video = make_flight(flight.parent / "map", tmp_path / "fixed", small_cfg(seconds=2.0, yaw_mode="fixed"))
+    yaw = np.array([float(r["yaw_deg"]) for r in truth(video)])
+    assert np.all(yaw == yaw[0])
+    e = np.array([float(r["east_m"]) for r in truth(video)])
+    assert np.ptp(e) > 1.0  # it still flies
+
+
+def test_wandering_same_seed_same_bytes(wander, tmp_path):
+    from skyloc.runtime.synth.photometric import PhotometricConfig
+
+    cfg = small_cfg(**WANDER, photometric=PhotometricConfig(strength=0.0, jpeg_quality=(95, 95)))
+    twin = make_flight(None, tmp_path / "twin", cfg)
+    for name in ("flight.mp4", "truth.csv", "flight.json", "frames/000007.jpg"):
+        assert (twin.parent / name).read_bytes() == (wander.parent / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(altitude_range_m=(80.0, 60.0)), "MIN must not exceed"),
+                                    (dict(tilt_max_deg=80.0), "tilt"), (dict(yaw_mode="spin"), "yaw-mode"),
+                                    (dict(attitude_deg=float("nan")), "finite")])
+def test_flight_rejects_bad_settings(tmp_path, kw, msg):
+    with pytest.raises(SkylocError, match=msg):
+        make_flight(None, tmp_path / "bad", small_cfg(**kw))

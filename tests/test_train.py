@@ -1,6 +1,7 @@
 """`skyloc train`: loss goes down, SIGKILL + --resume equals an uninterrupted run, a crash during
 a checkpoint write never replaces a good one, torchrun (2 x gloo on CPU) writes one checkpoint,
-local ImageNet weights load (and a corrupt file fails clearly), --eval-every picks best.pt by R@1.
+local ImageNet weights load (and a corrupt file fails clearly), best.pt never depends on the test
+split, and bad numbers / a diverged loss stop training cleanly.
 
 The data is a tiny University-1652 tree of 64 px images: each location is its own random 4x4
 colour-block pattern; its drone images are shifted, noisy copies of it.
@@ -148,7 +149,7 @@ def test_tiny_run_lowers_loss_and_logs_everything(reference: Path):
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * (N_LOC * 4 // 8) and len(ckpt["rng"]) == 1
     assert {"torch", "numpy", "python", "loader"} <= set(ckpt["rng"][0])
     assert ckpt["model_config"]["num_classes"] == N_LOC and ckpt["classes"] == [f"{i:04d}" for i in range(N_LOC)]
-    assert ckpt["best"]["epoch"] == 2  # lowest epoch loss without evaluation
+    assert ckpt["best"]["epoch"] == 2  # the last epoch (no model selection by default)
     assert _same_weights(load_checkpoint(reference / "best.pt")["model"], ckpt["model"])
     model, mcfg, _ = load_model(reference / "best.pt")
     assert mcfg.num_classes == N_LOC and model.embed(torch.zeros(2, 3, 64, 64)).shape == (2, 512 * mcfg.num_heads)
@@ -300,27 +301,102 @@ def test_pretrained_file_is_loaded_and_corrupt_file_is_rejected(data: Path, tmp_
     assert not (tmp_path / "bad_run" / "last.pt").exists()
 
 
-def test_eval_every_logs_recall_and_picks_best_by_r1(tmp_path: Path):
-    data = make_dataset(tmp_path / "data", with_test=True)
-    proc = _skyloc_train(["--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny", "--epochs", "2",
-                          "--eval-every", "1", "--drones-per-location", "2", "--seed", "3", "--no-progress",
-                          "--device", "cpu"], tmp_path, "eval")
-    assert proc.returncode == 0, proc.stderr_text[-3000:]
-    best = tmp_path / "run" / "best.pt"
-    rows = _metrics(tmp_path / "run")
-    r1 = [r["eval"]["drone->satellite"]["R@1"] for r in rows]
-    assert len(r1) == 2 and all(0.0 <= v <= 100.0 for v in r1)
-    assert all("AP" in r["eval"]["satellite->drone"] for r in rows)
-    expected_best = 1 + int(np.argmax(r1))  # first epoch with the highest R@1
-    ckpt = load_checkpoint(best)
-    assert ckpt["epoch"] == expected_best
-    assert ckpt["best"]["criterion"].startswith("R@1") and ckpt["best"]["score"] == pytest.approx(max(r1))
+def _permute_test_labels(data: Path) -> None:
+    """Rename the test query folders cyclically: every test query now carries a wrong label."""
+    for view in ("query_drone", "query_satellite"):
+        root = data / "test" / view
+        locs = sorted(d.name for d in root.iterdir())
+        for loc in locs:
+            (root / loc).rename(root / f"tmp-{loc}")
+        for i, loc in enumerate(locs):
+            (root / f"tmp-{loc}").rename(root / locs[(i + 1) % len(locs)])
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
-    acc.Reload()
-    assert [e.value for e in acc.Scalars("eval/drone_to_satellite/R1")] == pytest.approx(r1)
+def test_best_pt_never_depends_on_test_labels(tmp_path: Path):
+    # Three runs of the same seed with validation locations held out: test evaluation with the
+    # true labels, with permuted labels, and none. best.pt must be the same bytes of weights.
+    args = ["--preset", "tiny", "--epochs", "2", "--drones-per-location", "2", "--seed", "3", "--no-progress",
+            "--device", "cpu", "--selection", "val", "--val-locations", "2"]
+    runs = {}
+    for name, test_labels in (("true", "true"), ("permuted", "permuted"), ("no-eval", None)):
+        data = make_dataset(tmp_path / f"data-{name}", with_test=True)
+        if test_labels == "permuted":
+            _permute_test_labels(data)
+        extra = ["--eval-every", "1"] if test_labels else []
+        proc = _skyloc_train(["--data", str(data), "--out", str(tmp_path / name), *args, *extra], tmp_path, name)
+        assert proc.returncode == 0, proc.stderr_text[-3000:]
+        runs[name] = tmp_path / name
+    rows = {k: _metrics(v) for k, v in runs.items()}
+    ev = lambda r: [x["eval"]["drone->satellite"] for x in r]  # noqa: E731
+    assert ev(rows["true"]) != ev(rows["permuted"])  # the test metrics did see the labels...
+    best = {k: load_checkpoint(v / "best.pt") for k, v in runs.items()}
+    for k in ("permuted", "no-eval"):  # ...best.pt did not
+        assert _same_weights(best[k]["model"], best["true"]["model"]), k
+        assert best[k]["epoch"] == best["true"]["epoch"]
+        assert [x["val"] for x in rows[k]] == [x["val"] for x in rows["true"]]
+    assert "eval" not in rows["no-eval"][0]
+    # Selection by validation R@1 on held-out training locations, recorded in the run.
+    val_r1 = [x["val"]["R@1"] for x in rows["true"]]
+    assert best["true"]["epoch"] == 1 + int(np.argmax(val_r1))
+    assert best["true"]["best"]["criterion"] == "val R@1 drone->satellite"
+    cfg = json.loads((runs["true"] / "config.json").read_text())
+    held = cfg["validation_locations"]
+    assert len(held) == 2 and not set(held) & set(cfg["classes"]) and len(cfg["classes"]) == N_LOC - 2
+    assert "held out" in cfg["selection"] and cfg["train"]["selection"] == "val"
+    assert rows["true"][0]["val"]["num_queries"] == 2 * N_DRONE and rows["true"][0]["val"]["num_gallery"] == 2
+    assert all(x["selection"] == "val" for x in rows["true"])
+
+
+def test_last_epoch_selection_is_the_default(reference: Path):
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["train"]["selection"] == "last" and "last epoch" in cfg["selection"]
+    assert cfg["validation_locations"] == []
+    last, best = load_checkpoint(reference / "last.pt"), load_checkpoint(reference / "best.pt")
+    assert best["epoch"] == last["epoch"] == 2 and _same_weights(best["model"], last["model"])
+
+
+@pytest.mark.parametrize("flag, value, word", [("--lr", "nan", "lr"), ("--lr", "inf", "lr"), ("--lr", "0", "lr"),
+                                               ("--lr", "-1e-3", "lr"), ("--epochs", "0", "epochs"),
+                                               ("--batch-size", "0", "batch_size"), ("--size", "8", "image_size"),
+                                               ("--seed", "-1", "seed"), ("--val-locations", "-2", "val_locations"),
+                                               ("--drones-per-location", "0", "drones_per_location"),
+                                               ("--lr-steps", "0", "lr_step_epochs")])
+def test_out_of_range_numbers_are_refused(data: Path, tmp_path: Path, flag: str, value: str, word: str):
+    import argparse
+
+    from skyloc.training import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    out = tmp_path / "run"
+    with pytest.raises(SkylocError, match=word):
+        train_cli.main(parser.parse_args(["--data", str(data), "--out", str(out), *RUN_ARGS, f"{flag}={value}"]))
+    assert not out.exists()
+
+
+def test_diverging_run_stops_and_checkpoints_no_non_finite_state(data: Path, tmp_path: Path):
+    # A real divergence: lr 10 on the heads and 100 on the backbone blows the weights up within
+    # a few epochs. Training must stop with a clear error; what is on disk is the last good epoch.
+    from skyloc.training.train import train
+
+    mcfg, tcfg = preset("tiny", epochs=4, lr=10.0, backbone_lr_mult=10.0, weight_decay=0.0, drones_per_location=4)
+    run = tmp_path / "run"
+    with pytest.raises(SkylocError, match="diverged|loss became") as exc:
+        train(data, run, mcfg, tcfg, progress=False, device="cpu")
+    assert "--lr" in str(exc.value)
+    if (run / "last.pt").exists():
+        ckpt = load_checkpoint(run / "last.pt")
+        assert ckpt["epoch"] < 4
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+        assert all(np.isfinite(r["loss"]["total"]) for r in _metrics(run))
+    assert not (run / "best.pt").exists()  # selection "last": best.pt only for a finished run
+
+
+def test_small_preset_decays_inside_its_epochs():
+    for name, (_, t) in PRESETS.items():
+        _, tcfg = preset(name)
+        assert all(1 <= e < tcfg.epochs for e in tcfg.lr_step_epochs), (name, tcfg.lr_step_epochs, tcfg.epochs)
+    assert preset("small")[1].lr_step_epochs == [12]
 
 
 def test_cli_guards(data: Path, reference: Path, tmp_path: Path):

@@ -1,9 +1,16 @@
 """Square-ring block partition of a feature map (LPN rings + MSBA multiscale centre squares).
 
-Pure tensor code, no parameters. Each block is average-pooled over its own pixels (a true
-mean). LPN instead averages a ring over its enclosing square with the centre zeroed; that only
-scales each ring by a constant that the following BatchNorm absorbs, so the two are equivalent
-after the head.
+Pure tensor code, no parameters. Two pooling conventions (ModelConfig.ring_pooling):
+
+- "lpn": as LPN's code (`get_part_pool`), each ring is averaged over its whole enclosing square
+  with the inner square zeroed, i.e. the ring's pixel sum divided by the enclosing square's area
+  (the outer ring's square is the whole map). MSBA was built on that code; paper presets use it.
+- "mean": the true mean over the block's own pixels.
+
+They differ by a constant per ring (1, 0.75, 0.556, 0.4375 for 4 rings on a 16x16 map). Without
+block attention the following BatchNorm absorbs such a factor, but block attention's softmax over
+the blocks sits between pooling and BatchNorm, so with it the two conventions train different
+models. Centre squares (rings 1, and the multiscale blocks) are the same under both.
 """
 from __future__ import annotations
 
@@ -65,14 +72,32 @@ def _block_masks_np(h: int, w: int, num_rings: int, multiscale: bool) -> np.ndar
     return out
 
 
-def pool_blocks(f: torch.Tensor, num_rings: int, multiscale: bool) -> torch.Tensor:
-    """Average-pool each block of f (B, C, H, W) -> Z (B, C, N)."""
+RING_POOLING = ("lpn", "mean")
+
+
+def block_divisors(h: int, w: int, num_rings: int, multiscale: bool, ring_pooling: str) -> np.ndarray:
+    """What each block's pixel sum is divided by: its pixel count ("mean") or the area of the
+    square that encloses it ("lpn"; the outer ring's is the whole map)."""
+    masks = _block_masks_np(h, w, num_rings, multiscale)
+    if ring_pooling == "mean":
+        return masks.sum(axis=(1, 2)).astype(np.float64)
+    if ring_pooling != "lpn":
+        raise ValueError(f"ring_pooling {ring_pooling!r} is not one of {RING_POOLING}")
+    rh, rw = ring_width(h, num_rings), ring_width(w, num_rings)
+    rings = [float(h * w) if i == num_rings else float(4 * i * rh * i * rw) for i in range(1, num_rings + 1)]
+    squares = [float(masks[j].sum()) for j in range(num_rings, len(masks))]  # multiscale: full squares
+    return np.array(rings + squares, dtype=np.float64)
+
+
+def pool_blocks(f: torch.Tensor, num_rings: int, multiscale: bool, ring_pooling: str = "lpn") -> torch.Tensor:
+    """Pool each block of f (B, C, H, W) -> Z (B, C, N) under `ring_pooling` ("lpn" or "mean")."""
     h, w = f.shape[-2:]
     wh, ww = working_size(int(h), int(w), num_rings)
     if (wh, ww) != (h, w):
         f = F.interpolate(f, size=(wh, ww), mode="bilinear", align_corners=False)
-    m = block_masks(wh, ww, num_rings, multiscale).to(device=f.device, dtype=f.dtype)
-    m = m / m.sum(dim=(1, 2), keepdim=True)
+    div = block_divisors(wh, ww, num_rings, multiscale, ring_pooling)
+    m = torch.from_numpy(_block_masks_np(wh, ww, num_rings, multiscale) / div[:, None, None])
+    m = m.to(device=f.device, dtype=f.dtype)
     # (B, C, HW) @ (HW, N): a MatMul, which ONNX / TensorRT run well.
     return torch.matmul(f.flatten(2), m.flatten(1).t())
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from skyloc.runtime.atomic import atomic_open
 from skyloc.runtime.errors import SkylocError
-from skyloc.training.config import ModelConfig, TrainConfig
+from skyloc.training.config import LEGACY_RING_POOLING, ModelConfig, TrainConfig
 from skyloc.training.model import MSBA, build_model
 
 CHECKPOINT_FORMAT = "skyloc-checkpoint/1"
@@ -22,6 +23,8 @@ def model_id(state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> str:
     """Fingerprint of the weights and the architecture; tile sets and engines carry it."""
     h = hashlib.sha256()
     arch = {k: v for k, v in cfg.to_dict().items() if k != "pretrained"}
+    if arch.get("ring_pooling") == LEGACY_RING_POOLING:
+        del arch["ring_pooling"]  # a checkpoint from before the switch keeps the id it was given
     h.update(json.dumps(arch, sort_keys=True).encode())
     for k in sorted(state_dict):
         t = state_dict[k].detach().cpu().contiguous()
@@ -47,12 +50,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_cfg: 
         "model_id": model_id(weights, model_cfg),
         **state,
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

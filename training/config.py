@@ -6,12 +6,29 @@ repeated flags. Every Table-3 ablation of the paper is a switch of `ModelConfig`
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 from skyloc.runtime.errors import SkylocError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+RING_POOLING = ("lpn", "mean")  # see training.blocks
+SELECTIONS = ("last", "val")  # how best.pt is chosen (see TrainConfig.selection)
+# Checkpoints written before `ring_pooling` existed were trained with the true per-ring mean.
+LEGACY_RING_POOLING = "mean"
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+                  integer: bool = False) -> None:
+    """Refuse non-numbers, NaN/inf and values outside [lo, hi] (or (lo, hi] with lo_open)."""
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
+    if isinstance(value, bool) or not ok_type:
+        raise SkylocError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo:g}"
+        raise SkylocError(f"{name} must be a finite number {rng}, got {value!r}")
 
 
 @dataclass
@@ -29,8 +46,18 @@ class ModelConfig:
     bottleneck: int = 512
     dropout: float = 0.75
     pretrained: str = ""  # local ImageNet weights file (torchvision state dict or safetensors)
+    # "lpn": ring sum / enclosing-square area, as LPN's code (the paper's); "mean": true ring mean.
+    # A config dict without this key (an old checkpoint) means "mean": see from_dict.
+    ring_pooling: str = "lpn"
 
     def __post_init__(self) -> None:
+        if self.ring_pooling not in RING_POOLING:
+            raise SkylocError(f"ring_pooling {self.ring_pooling!r} is not one of {RING_POOLING}")
+        _check_number("image_size", self.image_size, 16, integer=True)
+        _check_number("num_classes", self.num_classes, 1, integer=True)
+        _check_number("bottleneck", self.bottleneck, 1, integer=True)
+        _check_number("dropout", self.dropout, 0.0, 0.99)
+        _check_number("global_weight", self.global_weight, 0.0, lo_open=True)
         if self.backbone not in BACKBONES:
             raise SkylocError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         if self.num_rings < 1:
@@ -60,8 +87,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """From a saved dict; one without `ring_pooling` predates it and was trained with "mean"."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"ring_pooling": LEGACY_RING_POOLING, **{k: v for k, v in d.items() if k in known}})
 
 
 @dataclass
@@ -81,7 +109,35 @@ class TrainConfig:
     workers: int = 2
     amp: bool = True  # only on CUDA
     seed: int = 0
-    eval_every: int = 0
+    eval_every: int = 0  # evaluate on DIR/test every N epochs: logged only, never used to pick best.pt
+    # best.pt: "last" = the last epoch (as LPN: no model selection); "val" = the epoch with the best
+    # drone->satellite R@1 on `val_locations` training locations held out from training.
+    selection: str = "last"
+    val_locations: int = 0
+
+    def __post_init__(self) -> None:
+        _check_number("epochs", self.epochs, 1, integer=True)
+        _check_number("batch_size", self.batch_size, 1, integer=True)
+        _check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_number("backbone_lr_mult", self.backbone_lr_mult, 0.0, 100.0)
+        _check_number("momentum", self.momentum, 0.0, 0.999)
+        _check_number("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_number("lr_gamma", self.lr_gamma, 0.0, 1.0, lo_open=True)
+        _check_number("pad", self.pad, 0, 4096, integer=True)
+        _check_number("sat_rotation", self.sat_rotation, 0.0, 180.0)
+        _check_number("drones_per_location", self.drones_per_location, 1, integer=True)
+        _check_number("workers", self.workers, 0, integer=True)
+        _check_number("seed", self.seed, 0, 2**63 - 1, integer=True)
+        _check_number("eval_every", self.eval_every, 0, integer=True)
+        _check_number("val_locations", self.val_locations, 0, integer=True)
+        for e in self.lr_step_epochs:
+            _check_number("lr_step_epochs", e, 1, integer=True)
+        if self.selection not in SELECTIONS:
+            raise SkylocError(f"selection {self.selection!r} is not one of {SELECTIONS}")
+        if self.selection == "val" and self.val_locations < 2:
+            raise SkylocError("selection 'val' needs val_locations >= 2 training locations held out for validation")
+        if self.selection == "last" and self.val_locations:
+            raise SkylocError("val_locations is only used with selection 'val'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +169,9 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 # Full MSBA at the paper's 384 px (Table 2, s384).
 PRESETS["msba-384"] = (dict(backbone="resnet50", image_size=384, **_TABLE3["msba"]), {})
 # Small model for laptops and the demo: still the full method.
-PRESETS["small"] = (dict(backbone="resnet18", image_size=128, **_TABLE3["msba"]), dict(epochs=20, batch_size=16, lr=1e-2))
+# Its lr decays at 60 % of its epochs, as the paper's 80 of 140.
+PRESETS["small"] = (dict(backbone="resnet18", image_size=128, **_TABLE3["msba"]),
+                    dict(epochs=20, batch_size=16, lr=1e-2, lr_step_epochs=[12]))
 # Tests and CPU smoke runs.
 PRESETS["tiny"] = (
     dict(backbone="resnet18", image_size=64, dropout=0.5, **_TABLE3["msba"]),

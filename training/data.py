@@ -15,16 +15,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.preprocess import prepare_image, read_image
+from skyloc.runtime.sidecar import InputContract
 from skyloc.training.config import TrainConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_VIEWS = ("drone", "satellite", "street", "google")
 TEST_VIEWS = ("query_drone", "gallery_satellite", "query_satellite", "gallery_drone")
 GROUPS = ("long", "middle", "short")  # thirds of a location's spiral, farthest first
@@ -38,20 +37,8 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """uint8 HxWx3 RGB, EXIF orientation applied; alpha and palettes dropped. Unreadable or
-    corrupt file -> SkylocError naming it."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated files fail here, not later
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise SkylocError(f"image {path} not found") from None
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
-        raise SkylocError(f"cannot read image {path} ({type(exc).__name__}: {exc}); "
-                          "replace or delete the file") from None
+# One decoder for every stage (runtime.preprocess): OpenCV, EXIF orientation applied, RGB.
+read_rgb = read_image
 
 
 def unwrap_worker_error(exc: BaseException) -> BaseException:
@@ -64,33 +51,57 @@ def unwrap_worker_error(exc: BaseException) -> BaseException:
 
 
 # --------------------------------------------------------------------------- transforms
+# Every transform starts from the decoded full image (uint8 HxWx3 RGB from `read_image`) and
+# first applies the model's input contract (runtime.preprocess.prepare_image: centre square,
+# INTER_AREA to size x size), so the deterministic eval path gives exactly the bytes the
+# exported model gets at run time; the torch part only converts and normalises (as the ONNX graph).
+def input_contract(size: int) -> InputContract:
+    """The input contract of a model trained at `size` px: the one `skyloc export` records."""
+    return InputContract(height=int(size), width=int(size))
+
+
+class ToModelInput:
+    """Full RGB image -> the contract's uint8 size x size RGB (runtime.preprocess.prepare_image)."""
+
+    def __init__(self, size: int):
+        self.contract = input_contract(size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return prepare_image(image, self.contract, bgr=False)
+
+    def __repr__(self) -> str:
+        return f"ToModelInput({self.contract.height}, {self.contract.resize})"
+
+
 class ShiftRight:
-    """Move the picture right by `px` pixels, keeping its size: the left edge column is
-    repeated into the gap and the rightmost `px` columns fall off (paper Table 4)."""
+    """Move the picture (uint8 HxWx3 array) right by `px` pixels, keeping its size: the left edge
+    column is repeated into the gap and the rightmost `px` columns fall off (paper Table 4)."""
 
     def __init__(self, px: int):
         self.px = int(px)
 
-    def __call__(self, im: Image.Image) -> Image.Image:
+    def __call__(self, im: np.ndarray) -> np.ndarray:
         if self.px <= 0:
             return im
-        w, h = im.size
+        w = im.shape[1]
         if self.px >= w:
             raise SkylocError(f"shift of {self.px} px is not smaller than the image width {w}")
-        return T.functional.pad(im, [self.px, 0, 0, 0], padding_mode="edge").crop((0, 0, w, h))
+        return np.concatenate([np.repeat(im[:, :1], self.px, axis=1), im[:, : w - self.px]], axis=1)
 
     def __repr__(self) -> str:
         return f"ShiftRight({self.px})"
 
 
 def _normalize() -> list:
-    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    c = input_contract(1)
+    return [T.ToTensor(), T.Normalize(c.mean, c.std)]
 
 
 def train_transform(size: int, pad: int = 10, satellite: bool = False, rotation: float = 90.0) -> T.Compose:
-    """LPN training augmentation: resize, pad (edge), [satellite: random rotation], random crop
-    back to size, horizontal flip, ImageNet normalisation. Randomness comes from torch's RNG."""
-    ops: list = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
+    """LPN training augmentation after the input contract: pad (edge), [satellite: random
+    rotation], random crop back to size, horizontal flip, ImageNet normalisation. Randomness
+    comes from torch's RNG."""
+    ops: list = [ToModelInput(size), T.ToPILImage()]
     if pad > 0:
         ops.append(T.Pad(pad, padding_mode="edge"))
     if satellite and rotation > 0:
@@ -100,9 +111,9 @@ def train_transform(size: int, pad: int = 10, satellite: bool = False, rotation:
 
 
 def eval_transform(size: int, shift_px: int = 0) -> T.Compose:
-    """Test transform: resize to size x size (bicubic), optional right shift (in pixels of the
-    resized image), ImageNet normalisation."""
-    ops: list = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
+    """Test transform: the input contract (centre square, INTER_AREA to size x size), optional
+    right shift (in pixels of the resized image), ImageNet normalisation."""
+    ops: list = [ToModelInput(size)]
     if shift_px:
         ops.append(ShiftRight(shift_px))
     return T.Compose(ops + _normalize())
@@ -140,11 +151,18 @@ class U1652Folder(Dataset):
     location ids; item i -> (CHW float tensor, index of its location in classes). Without a
     transform the tensor is the RGB image scaled to [0, 1]."""
 
-    def __init__(self, root: str | Path, view: str, transform: Callable | None = None):
+    def __init__(self, root: str | Path, view: str, transform: Callable | None = None,
+                 locations: Sequence[str] | None = None):
         self.root = Path(root)
         self.view = view
         self.dir = self.root / view
         self.samples = _list_images(self.dir)
+        if locations is not None:  # a subset of the locations (e.g. held out for validation)
+            keep = set(locations)
+            missing = sorted(keep - {loc for _, loc in self.samples})
+            if missing:
+                raise SkylocError(f"locations {missing[:5]} have no images in {self.dir}")
+            self.samples = [s for s in self.samples if s[1] in keep]
         self.classes = sorted({loc for _, loc in self.samples}, key=natural_key)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.transform = transform
@@ -152,12 +170,12 @@ class U1652Folder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, i: int) -> Image.Image:
-        return Image.fromarray(read_rgb(self.samples[i][0]))
+    def load(self, i: int) -> np.ndarray:
+        return read_image(self.samples[i][0])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, loc = self.samples[i]
-        im = Image.fromarray(read_rgb(path))
+        im = read_image(path)
         x = self.transform(im) if self.transform is not None else T.functional.to_tensor(im)
         return x, self.class_to_idx[loc]
 
@@ -170,6 +188,14 @@ class U1652Folder(Dataset):
         return [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p, _ in self.samples]
 
 
+def _without(folder: U1652Folder, exclude: Sequence[str]) -> U1652Folder:
+    """The folder minus the `exclude` locations (held out for validation: never trained on)."""
+    if not exclude:
+        return folder
+    drop = set(exclude)
+    return U1652Folder(folder.root, folder.view, folder.transform, [c for c in folder.classes if c not in drop])
+
+
 class PairedTrainSet(Dataset):
     """Rows of (satellite tensor, drone tensor, label) showing the same training location.
 
@@ -177,10 +203,11 @@ class PairedTrainSet(Dataset):
     has several) is drawn with torch's RNG, so a seed / DataLoader generator reproduces an epoch.
     len = num_locations * train_cfg.drones_per_location."""
 
-    def __init__(self, data_dir: str | Path, image_size: int, train_cfg: TrainConfig):
+    def __init__(self, data_dir: str | Path, image_size: int, train_cfg: TrainConfig,
+                 exclude: Sequence[str] = ()):
         sat_dir, drone_dir = view_dir(data_dir, "satellite"), view_dir(data_dir, "drone")
-        self.satellite = U1652Folder(sat_dir.parent, sat_dir.name)
-        self.drone = U1652Folder(drone_dir.parent, drone_dir.name)
+        self.satellite = _without(U1652Folder(sat_dir.parent, sat_dir.name), exclude)
+        self.drone = _without(U1652Folder(drone_dir.parent, drone_dir.name), exclude)
         sat_ids, drone_ids = set(self.satellite.classes), set(self.drone.classes)
         if sat_ids != drone_ids:
             only_s, only_d = sorted(sat_ids - drone_ids)[:5], sorted(drone_ids - sat_ids)[:5]
@@ -218,8 +245,8 @@ class PairedTrainSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         s, d, label = self.pair(i)
-        sat = self.sat_transform(Image.fromarray(read_rgb(s)))
-        drone = self.drone_transform(Image.fromarray(read_rgb(d)))
+        sat = self.sat_transform(read_image(s))
+        drone = self.drone_transform(read_image(d))
         return sat, drone, label
 
 

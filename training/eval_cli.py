@@ -1,11 +1,13 @@
 """`skyloc eval`: University-1652 evaluation of a checkpoint, both directions, plus the paper's
-extra tables (parts: Table 7, shift: Table 4, distance groups: Table 5, input size: Table 6).
+extra tables (parts: Table 7, shift: Table 4, distance groups: Table 5) and test-time input sizes
+(the paper's Table 6 trains at each size: `skyloc bench accuracy --sizes`).
 
 No torch import at module level (the dispatcher imports this module for --help)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Table 4: shift queries right by PX pixels (of the resized input), e.g. 0,10,20,30,40,50")
     p.add_argument("--groups", action="store_true",
                    help="Table 5: drone->satellite by distance group (short / middle / long thirds of the spiral)")
-    p.add_argument("--size", nargs="+", default=[], metavar="PX",
-                   help="Table 6: also evaluate at these input sizes, e.g. 224,256,320")
+    p.add_argument("--test-size", nargs="+", default=[], metavar="PX",
+                   help="test-time input sizes: also evaluate this one checkpoint with its test images resized "
+                        "to PX, e.g. 224,256,320. Not the paper's Table 6, which trains at each size: "
+                        "`skyloc bench accuracy --sizes`")
+    p.add_argument("--size", nargs="+", default=[], metavar="PX", dest="size_deprecated",
+                   help="deprecated alias of --test-size")
     p.add_argument("--save-features", type=Path, default=None, metavar="F.npz",
                    help="write query/gallery features, labels and file names (npz, no pickle)")
     p.add_argument("--visualize", type=Path, default=None, metavar="DIR", help="write top-5 retrieval grids (PNG)")
@@ -80,7 +86,7 @@ def format_report(report: dict[str, Any]) -> str:
 
     lines.append(line("main", report["results"]))
     titles = {"parts": "Table 7: parts", "shift": "Table 4: query shift", "groups": "Table 5: drone distance",
-              "size": "Table 6: input size"}
+              "size": "test-time input size (one checkpoint)"}
     for key, rows in report["tables"].items():
         lines.append(f"-- {titles.get(key, key)}")
         for r in rows:
@@ -108,14 +114,17 @@ def main(args: argparse.Namespace) -> int:
         part_rows=list(args.parts),
         shifts=_int_list(args.shift, "--shift"),
         groups=args.groups,
-        sizes=_int_list(args.size, "--size"),
+        sizes=_int_list(args.test_size, "--test-size") + _int_list(args.size_deprecated, "--size"),
         flip=not args.no_flip,
         batch_size=args.batch_size,
         workers=max(0, args.workers),
         progress=not args.quiet,
     )
+    if args.size_deprecated:
+        print("warning: `skyloc eval --size` is deprecated: use --test-size (test-time resize of one checkpoint)",
+              file=sys.stderr)
     if any(s < 16 for s in opts.sizes):
-        raise SkylocError(f"--size values must be >= 16 px, got {opts.sizes}")
+        raise SkylocError(f"--test-size values must be >= 16 px, got {opts.sizes}")
     path = run_eval(args.checkpoint, args.data, out_json, opts, device=args.device,
                     save_features_to=args.save_features, visualize_dir=args.visualize, vis_queries=args.vis_queries)
     print(format_report(json.loads(path.read_text())))

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from skyloc.runtime.atomic import write_json_atomic
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime import metrics
 from skyloc.training.data import U1652Folder, distance_groups, eval_transform, unwrap_worker_error, view_dir
@@ -111,7 +112,7 @@ class EvalOptions:
     part_rows: list[str] = field(default_factory=list)  # Table 7 specs: "table7", "all", "global", "0,1"
     shifts: list[int] = field(default_factory=list)  # Table 4
     groups: bool = False  # Table 5
-    sizes: list[int] = field(default_factory=list)  # Table 6
+    sizes: list[int] = field(default_factory=list)  # test-time resizes of this checkpoint (not Table 6)
     flip: bool = True
     batch_size: int = 32
     workers: int = 0
@@ -313,7 +314,5 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out_json: str | Path,
         report["visualizations"] = [str(p) for p in save_retrieval_grids(visualize_dir, res["main"]["_data"], vis_queries)]
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(f".{out_json.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out_json)
+    write_json_atomic(out_json, report)
     return out_json

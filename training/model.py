@@ -136,7 +136,7 @@ class MSBA(nn.Module):
         f3, f4 = self.backbone(x)
         out: dict[int, torch.Tensor] = {}
         if any(h < self.cfg.num_blocks for h in heads):
-            z = pool_blocks(f4, self.cfg.num_rings, self.cfg.multiscale)
+            z = pool_blocks(f4, self.cfg.num_rings, self.cfg.multiscale, self.cfg.ring_pooling)
             if self.cfg.block_attention:
                 z = block_attention(z)
             for i in range(self.cfg.num_blocks):

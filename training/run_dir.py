@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+from skyloc.runtime.atomic import clean_stale_scratch, scratch_path, write_json_atomic, write_text_atomic  # noqa: F401
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -29,8 +25,7 @@ def copy_atomic(src: Path, dst: Path) -> None:
     A hard link costs nothing for a multi-hundred-MB checkpoint and stays correct because
     last.pt is only ever replaced by rename (a new inode), never rewritten in place. Filesystems
     without hard links get a real copy."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = scratch_path(dst)
     try:
         os.link(src, tmp)
     except OSError:
@@ -42,8 +37,7 @@ def copy_atomic(src: Path, dst: Path) -> None:
 
 def start_run(out_dir: Path, config: dict[str, Any], world_size: int, resumed_epoch: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".*.tmp*"):  # left by a crash mid-write; never read them
-        stale.unlink(missing_ok=True)
+    clean_stale_scratch(out_dir)  # left by a crash mid-write; never read them
     write_json_atomic(out_dir / "config.json", config)
     argv = getattr(sys, "orig_argv", sys.argv)
     with open(out_dir / "command.txt", "a") as f:
@@ -64,9 +58,7 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
         except (ValueError, KeyError, TypeError):  # a line cut short by the crash
             continue
     write_lines = "".join(ln + "\n" for ln in keep)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(write_lines)
-    os.replace(tmp, path)
+    write_text_atomic(path, write_lines)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -90,6 +82,9 @@ def log_epoch(out_dir: Path, writer: Any, record: dict[str, Any]) -> None:
         for metric, value in metrics.items():
             if (metric.startswith("R@") or metric == "AP") and value is not None:
                 writer.add_scalar(_tb_tag(direction, metric), value, step)
+    for metric, value in record.get("val", {}).items():
+        if (metric.startswith("R@") or metric == "AP") and value is not None:
+            writer.add_scalar(_tb_tag("val-drone->satellite", metric), value, step)
     writer.flush()
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -101,7 +96,10 @@ def summary_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
     parts += [f"lr[{k}] {v:.2e}" for k, v in record["lr"].items()]
     parts.append(f"{record['img_per_s']:.1f} img/s")
     if ev and ev.get("R@1") is not None:
-        parts.append(f"R@1 {ev['R@1']:.2f} AP {ev['AP']:.2f}")
+        parts.append(f"test R@1 {ev['R@1']:.2f} AP {ev['AP']:.2f}")
+    val = record.get("val")
+    if val and val.get("R@1") is not None:
+        parts.append(f"val R@1 {val['R@1']:.2f} AP {val['AP']:.2f}")
     if improved:
         parts.append("*best*")
     return "  ".join(parts)

@@ -1,8 +1,14 @@
 """The MSBA training loop: resumable, logged, single process or torchrun (DDP).
 
-RUN_DIR gets: config.json (resolved model + train config, data dir), command.txt (one line per
-invocation), metrics.jsonl (one line per epoch), tb/ (TensorBoard scalars), last.pt (every
-epoch) and best.pt (eval R@1 drone->satellite when evaluating, else lowest epoch loss).
+RUN_DIR gets: config.json (resolved model + train config, data dir, how best.pt is selected and
+the held-out validation locations), command.txt (one line per invocation), metrics.jsonl (one
+line per epoch), tb/ (TensorBoard scalars), last.pt (every epoch) and best.pt.
+
+best.pt never looks at the test split. `selection="last"` (default, as LPN) makes it the last
+epoch; `selection="val"` holds `val_locations` training locations out of training (chosen by the
+seed) and keeps the epoch with the best drone->satellite R@1 on them. `--eval-every N` evaluates
+on DIR/test for the log only. A non-finite loss or weight stops training with an error and no
+checkpoint of that state.
 Checkpoints carry optimizer, scheduler, AMP scaler, epoch, step and every rank's RNG state, so
 `--resume` continues bit-for-bit on CPU. Only rank 0 writes anything.
 """
@@ -88,7 +94,8 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     seed_everything(train_cfg.seed + env.rank)  # ranks differ in the per-row random drone picks
 
-    dataset = PairedTrainSet(data_dir, model_cfg.image_size, train_cfg)
+    val_locs = validation_locations(data_dir, train_cfg)
+    dataset = PairedTrainSet(data_dir, model_cfg.image_size, train_cfg, exclude=val_locs)
     model_cfg = dataclasses.replace(model_cfg, num_classes=dataset.num_classes)
 
     ckpt = None
@@ -160,11 +167,12 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
     if env.is_main:
         if train_cfg.eval_every > 0 and not evaluating:
             print(f"warning: --eval-every {train_cfg.eval_every} but {data_dir}/test has no query_drone + "
-                  "gallery_satellite: best.pt is chosen by training loss", file=sys.stderr)
+                  "gallery_satellite: no test metrics in the log", file=sys.stderr)
         run_dir.start_run(out_dir, {
             "model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data_dir": str(data_dir.resolve()),
             "world_size": env.world_size, "device": env.device.type, "amp": use_amp,
-            "classes": list(dataset.classes)}, env.world_size, start_epoch)
+            "classes": list(dataset.classes), "selection": selection_note(train_cfg),
+            "validation_locations": list(val_locs)}, env.world_size, start_epoch)
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events logged after the checkpoint by a run that later crashed.
@@ -180,19 +188,27 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
             scheduler.step()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **stats, "lr": lrs}
             if evaluating and ((epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs):
-                if env.is_main:
-                    record["eval"] = _evaluate(model, data_dir, model_cfg, progress)
+                if env.is_main:  # test metrics for the log only: never used to pick best.pt
+                    with _rng_untouched(env):
+                        record["eval"] = _evaluate(model, data_dir, model_cfg, progress)
                     model.train()
                 D.barrier(env)
+            if val_locs and ((epoch + 1) % max(1, train_cfg.eval_every) == 0 or epoch + 1 == train_cfg.epochs):
+                if env.is_main:
+                    with _rng_untouched(env):
+                        record["val"] = _validate(model, data_dir, val_locs, model_cfg, progress)
+                    model.train()
+                D.barrier(env)
+            _check_finite(model, record, epoch)
             rng = D.gather_to_all(capture_rng(generator), env)
             if env.is_main:
                 best = _finish_epoch(out_dir, model, model_cfg, train_cfg, optimizer, scheduler, scaler, rng,
-                                     record, best, evaluating, dataset.classes, data_dir, writer)
+                                     record, best, dataset.classes, data_dir, writer)
             D.barrier(env)
     finally:
         if writer is not None:
             writer.close()
-    if env.is_main and not best_path.is_file() and last_path.is_file():
+    if env.is_main and last_path.is_file() and (train_cfg.selection == "last" or not best_path.is_file()):
         run_dir.copy_atomic(last_path, best_path)
     D.barrier(env)
     return best_path
@@ -205,7 +221,7 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
         sampler.set_epoch(epoch)
     net.train()
     sums: dict[str, float] = {}
-    n_batches, n_images, t0 = 0, 0, time.perf_counter()
+    n_batches, n_images, t0, skipped = 0, 0, time.perf_counter(), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="batch", leave=True,
                disable=not (progress and env.is_main), dynamic_ncols=True)
     try:
@@ -218,9 +234,17 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
             # The loss in FP32: softmax / KL over many classes is where FP16 overflows.
             loss, terms = msba_loss([s.float() for s in sat_logits], [d.float() for d in drone_logits], labels,
                                     use_kl=model_cfg.kl_loss)
-            if not math.isfinite(terms["total"]) and not use_amp:  # AMP: GradScaler skips such steps
-                raise SkylocError(f"training loss became {terms['total']} at epoch {epoch + 1}, step {step + 1}; "
-                                  f"lower the learning rate (--lr, now {train_cfg.lr})")
+            if not math.isfinite(terms["total"]):
+                # FP32: the run diverged. AMP: an FP16 overflow now and then is skipped (as
+                # GradScaler skips such steps); a run of them means it diverged too.
+                skipped += 1
+                if not use_amp or skipped > _MAX_SKIPPED_STEPS:
+                    raise SkylocError(f"training loss became {terms['total']} at epoch {epoch + 1}, step {step + 1}; "
+                                      f"nothing was saved for this epoch (last.pt holds the last good one): lower "
+                                      f"the learning rate (--lr, now {train_cfg.lr})" + (" or train without --amp" if use_amp else ""))
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            skipped = 0
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -247,6 +271,68 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
                   "img_per_s": images / max(seconds, 1e-9)}
 
 
+def _rng_untouched(env: D.DistEnv):
+    """Evaluation draws from torch's RNG (each DataLoader iterator takes a seed): fork it, so
+    evaluating (or not) never changes the training that follows."""
+    return torch.random.fork_rng(devices=[env.device.index or 0] if env.device.type == "cuda" else [])
+
+
+_MAX_SKIPPED_STEPS = 20  # consecutive non-finite AMP steps before the run counts as diverged
+
+
+def _check_finite(model: MSBA, record: dict[str, Any], epoch: int) -> None:
+    """Refuse to checkpoint a diverged model: NaN/inf loss mean or weights."""
+    loss = record["loss"].get("total", float("nan")) if record.get("batches") else 0.0
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if not math.isfinite(loss) or bad:
+        raise SkylocError(f"training diverged in epoch {epoch + 1} (mean loss {loss}, non-finite weights "
+                          f"{bad[:3]}); nothing was saved for this epoch (last.pt holds the last good one): "
+                          "lower the learning rate (--lr)")
+
+
+def validation_locations(data_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The training locations held out for model selection ("val"): `val_locations` of them,
+    drawn with the run's seed; [] for selection "last"."""
+    if cfg.selection != "val":
+        return []
+    import numpy as np
+
+    from skyloc.training.data import U1652Folder, view_dir
+
+    sat = view_dir(data_dir, "satellite")
+    classes = U1652Folder(sat.parent, sat.name).classes
+    if cfg.val_locations > len(classes) - 2:
+        raise SkylocError(f"--val-locations {cfg.val_locations} leaves fewer than 2 of the {len(classes)} training "
+                          f"locations in {sat} to train on: hold out fewer")
+    pick = np.random.default_rng(cfg.seed).choice(len(classes), cfg.val_locations, replace=False)
+    return [classes[i] for i in sorted(pick)]
+
+
+def selection_note(cfg: TrainConfig) -> str:
+    if cfg.selection == "val":
+        return (f"best.pt = the epoch with the best drone->satellite R@1 on {cfg.val_locations} training locations "
+                "held out from training (validation_locations); the test split is never used for selection")
+    return "best.pt = the last epoch (no model selection, as LPN); the test split is never used for selection"
+
+
+def _validate(model: MSBA, data_dir: Path, locations: list[str], model_cfg: ModelConfig, progress: bool) -> dict[str, Any]:
+    """Drone -> satellite on the held-out training locations (their drone images as queries,
+    their satellite images as the gallery), University-1652 metrics with flip."""
+    from skyloc.runtime import metrics
+    from skyloc.training.data import U1652Folder, eval_transform, view_dir
+    from skyloc.training.evaluate import extract_features
+
+    tf = eval_transform(model_cfg.image_size)
+    feats = {}
+    for view in ("drone", "satellite"):
+        d = view_dir(data_dir, view)
+        folder = U1652Folder(d.parent, d.name, tf, locations=locations)
+        feats[view] = extract_features(model, folder, progress=False)
+    model.eval()
+    res = metrics.evaluate_retrieval(feats["drone"][0], feats["drone"][1], feats["satellite"][0], feats["satellite"][1])
+    return {k: v if v is None or isinstance(v, (int, str)) else float(v) for k, v in res.items()}
+
+
 def _evaluate(model: MSBA, data_dir: Path, model_cfg: ModelConfig, progress: bool) -> dict[str, Any]:
     from skyloc.training.evaluate import evaluate  # written by the data/eval area; only needed when evaluating
 
@@ -260,20 +346,21 @@ def _evaluate(model: MSBA, data_dir: Path, model_cfg: ModelConfig, progress: boo
 
 def _finish_epoch(out_dir: Path, model: MSBA, model_cfg: ModelConfig, train_cfg: TrainConfig,
                   optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, rng: list[Any],
-                  record: dict[str, Any], best: dict[str, Any] | None, evaluating: bool, classes: list[str],
+                  record: dict[str, Any], best: dict[str, Any] | None, classes: list[str],
                   data_dir: Path, writer: Any) -> dict[str, Any] | None:
-    """Rank 0: log the epoch, write last.pt (and best.pt when it improved)."""
+    """Rank 0: log the epoch, write last.pt (and best.pt when it improved on validation)."""
     epoch, step = record["epoch"], record["step"]
-    if evaluating:
-        ev = record.get("eval")
-        r1 = ev["drone->satellite"].get("R@1") if ev else None
-        score = None if r1 is None else float(r1)
-        criterion = "R@1 drone->satellite"
-    else:
-        score, criterion = -float(record["loss"]["total"]), "-loss"
-    improved = score is not None and _is_better(score, criterion, best)
-    if improved:
-        best = {"epoch": epoch, "score": score, "criterion": criterion}
+    improved = False
+    if train_cfg.selection == "val":
+        val = record.get("val")
+        criterion = "val R@1 drone->satellite"
+        score = None if not val or val.get("R@1") is None else float(val["R@1"])
+        improved = score is not None and _is_better(score, criterion, best)
+        if improved:
+            best = {"epoch": epoch, "score": score, "criterion": criterion}
+    else:  # "last": best.pt becomes last.pt when training ends
+        best = {"epoch": epoch, "score": None, "criterion": "last epoch"}
+    record["selection"] = train_cfg.selection
     record["best_epoch"] = best["epoch"] if best else None
 
     run_dir.log_epoch(out_dir, writer, record)

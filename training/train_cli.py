@@ -18,7 +18,9 @@ from skyloc.training.config import PRESETS, preset
 # CLI flag -> config key. The first group fixes the model / optimisation and cannot change on
 # resume; the second may (e.g. extend a finished run with more --epochs).
 _FIXED = {"size": "image_size", "batch_size": "batch_size", "lr": "lr", "backbone": "backbone",
-          "pretrained": "pretrained", "seed": "seed", "amp": "amp", "drones_per_location": "drones_per_location"}
+          "pretrained": "pretrained", "seed": "seed", "amp": "amp", "drones_per_location": "drones_per_location",
+          "ring_pooling": "ring_pooling", "selection": "selection", "val_locations": "val_locations",
+          "lr_steps": "lr_step_epochs"}
 _RESUMABLE = {"epochs": "epochs", "workers": "workers", "eval_every": "eval_every"}
 
 
@@ -44,12 +46,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--drones-per-location", type=int, help="paired rows per location per epoch")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision on CUDA (never used on CPU)")
+    g.add_argument("--lr-steps", type=_int_csv, metavar="E1,E2",
+                   help="epochs after which the lr is multiplied by 0.1 (paper: 80); '' = never")
+    g.add_argument("--ring-pooling", choices=["lpn", "mean"],
+                   help="ring pooling: lpn = ring sum / enclosing square area, as LPN's code (the paper's); "
+                        "mean = true per-ring mean")
+    g.add_argument("--selection", choices=["last", "val"],
+                   help="best.pt: last = the last epoch (as LPN); val = best drone->satellite R@1 on "
+                        "--val-locations training locations held out from training. Never the test split")
+    g.add_argument("--val-locations", type=int, metavar="N", help="training locations held out with --selection val")
     r = parser.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--workers", type=int, help="DataLoader worker processes")
     r.add_argument("--eval-every", type=int, metavar="N",
-                   help="evaluate on DIR/test every N epochs (and at the end); best.pt by R@1")
+                   help="evaluate on DIR/test every N epochs (and at the end), for the log only (never selects "
+                        "best.pt); also the validation period with --selection val")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (logs / batch jobs)")
+
+
+def _int_csv(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated epoch numbers, e.g. 80 or 40,70") from None
 
 
 def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -99,12 +118,7 @@ def main(args: argparse.Namespace) -> int:
             raise SkylocError("give --data DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
         model_cfg, train_cfg = preset(args.preset, **_overrides(args, _FIXED), **_overrides(args, _RESUMABLE))
         data_dir, out_dir = args.data, args.out
-    for name, value in (("--epochs", train_cfg.epochs), ("--batch-size", train_cfg.batch_size),
-                        ("--size", model_cfg.image_size)):
-        if value < 1:
-            raise SkylocError(f"{name} must be >= 1 (got {value})")
-    if train_cfg.workers < 0 or train_cfg.eval_every < 0:
-        raise SkylocError("--workers and --eval-every must be >= 0")
+    # Numbers were validated (finite, in range) by the config dataclasses themselves.
     best = train(data_dir, out_dir, model_cfg, train_cfg, resume=args.resume is not None,
                  progress=not args.no_progress, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -18,7 +18,7 @@ import numpy as np
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import InputContract, ModelSidecar
 
-log = logging.getLogger("skyloc.backends")
+log = logging.getLogger(__name__)
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -131,6 +131,21 @@ class Backend(ABC):
             )
         return l2_normalize(out)
 
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run the model once per batch size on a blank input, so that lazy work (TensorRT EP
+        engine builds, CUDA kernel loading, allocator growth) happens now and not on the first
+        flight frame. The loop owner calls it before the first frame."""
+        c = self.contract
+        dtype = _NP_DTYPES.get(c.dtype, np.float32)
+        shape = (c.height, c.width, 3) if c.layout.upper() == "NHWC" else (3, c.height, c.width)
+        for b in batch_sizes:
+            if int(b) < 1:
+                raise ValueError(f"{self.name}: warm-up batch size must be >= 1, got {b}")
+            out = self.embed(np.zeros((int(b),) + shape, dtype=dtype))
+            if not np.isfinite(out).all():
+                raise SkylocError(f"{self.model_path} gives non-finite embeddings on a blank input with "
+                                  f"{self.description}: the model or this runtime is broken")
+
     def close(self) -> None:
         """Free runtime resources (sessions, GPU buffers)."""
 
@@ -177,17 +192,32 @@ def open_backend(model_path: str | Path, backend: str = "auto", conf: dict[str, 
     reasons = []
     for cls in candidates:
         ok, why = cls.available()
-        if ok:
+        if not ok:
+            reasons.append(f"{cls.name}: {why}")
+            continue
+        try:
             b = cls(model_path, _conf_for(cls, conf))
-            log.info("backend auto -> %s", b.description)
-            return b
-        reasons.append(f"{cls.name}: {why}")
-    # An engine without TensorRT: the ONNX it was built from usually sits beside it.
-    sibling = model_path.with_suffix(".onnx")
-    if suffix != ".onnx" and sibling.is_file() and "onnxruntime" in BACKENDS:
-        log.warning("cannot run %s (%s); falling back to %s with onnxruntime",
-                    model_path.name, "; ".join(reasons), sibling.name)
-        return open_backend(sibling, "onnxruntime", _conf_for(BACKENDS["onnxruntime"], conf))
+        except SkylocError as exc:
+            # e.g. TensorRT installed but no usable GPU, or an engine for another GPU: try the next one.
+            reasons.append(f"{cls.name}: {exc}")
+            continue
+        log.info("backend auto -> %s", b.description)
+        return b
+    # An engine that cannot run here: the ONNX it was built from, found by the sha256 its sidecar
+    # records (never by file name), runs with onnxruntime.
+    if suffix != ".onnx" and "onnxruntime" in BACKENDS:
+        from skyloc.runtime.backends.tensorrt_backend import engine_source_path
+
+        hint = (conf or {}).get("onnx")
+        try:
+            source = engine_source_path(model_path, hint)
+        except SkylocError as exc:
+            reasons.append(str(exc))
+            source = None
+        if source is not None:
+            log.warning("cannot run %s (%s); falling back to %s (the ONNX it was built from) with onnxruntime",
+                        model_path.name, "; ".join(reasons), source)
+            return open_backend(source, "onnxruntime", _conf_for(BACKENDS["onnxruntime"], conf))
     raise SkylocError(
         f"no backend can run {model_path} ({'; '.join(reasons) or 'unsupported file type ' + repr(suffix)}); "
         f"use the exported .onnx (onnxruntime runs it anywhere) or install the GPU extra"

@@ -6,15 +6,21 @@ at the outer top-left corner, so the principal point of a W x H image is (W / 2,
 pixel (col, row) has its centre at (col + 0.5, row + 0.5). Square pixels; fov is horizontal.
 
 A camera is posed by yaw (heading of the optical axis, clockwise from north), pitch (depression
-of the optical axis below the horizon, 90 = nadir) and zero roll, so the image's up direction is
-always the horizontal heading (for a nadir camera too: image up = yaw).
+of the optical axis below the horizon, 90 = nadir) and roll (turn about the optical axis, positive
+= the image's right side dips, like a right-wing-down roll; default 0). With zero roll the image's
+up direction is the horizontal heading (for a nadir camera too: image up = yaw). `Camera.from_axes`
+poses a camera from its right and forward axes in world coordinates (any attitude).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from skyloc.runtime.pose import FramePose
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,21 @@ class Camera:
     fov_deg: float  # horizontal field of view
     width: int
     height: int
+    roll_deg: float = 0.0
+
+    @classmethod
+    def from_axes(cls, east_m: float, north_m: float, alt_m: float, right: np.ndarray, forward: np.ndarray,
+                  fov_deg: float, width: int, height: int) -> "Camera":
+        """Camera whose right / forward (optical) axes are the given world (east, north, up) vectors."""
+        fwd = np.asarray(forward, np.float64) / np.linalg.norm(forward)
+        rgt = np.asarray(right, np.float64) / np.linalg.norm(right)
+        pitch = math.degrees(math.asin(max(-1.0, min(1.0, -fwd[2]))))
+        yaw = math.degrees(math.atan2(fwd[0], fwd[1])) % 360.0
+        base = cls(east_m, north_m, alt_m, yaw, pitch, fov_deg, width, height).rotation()
+        # any yaw works at exact nadir: the roll then carries the image orientation
+        roll = math.degrees(math.atan2(float(rgt @ base[1]), float(rgt @ base[0])))
+        return cls(float(east_m), float(north_m), float(alt_m), yaw, pitch, float(fov_deg), int(width), int(height),
+                   roll)
 
     @property
     def focal_px(self) -> float:
@@ -42,6 +63,9 @@ class Camera:
         fwd = np.array([math.sin(y) * math.cos(p), math.cos(y) * math.cos(p), -math.sin(p)])
         right = np.array([math.cos(y), -math.sin(y), 0.0])
         down = np.cross(fwd, right)
+        if self.roll_deg:
+            r = math.radians(self.roll_deg)
+            right, down = math.cos(r) * right + math.sin(r) * down, -math.sin(r) * right + math.cos(r) * down
         return np.stack([right, down, fwd])
 
     def intrinsics(self) -> np.ndarray:
@@ -85,6 +109,29 @@ class Camera:
         if not hit.all():
             return math.inf
         return float(np.max(np.hypot(ge - self.east_m, gn - self.north_m)))
+
+
+def attitude_camera(east: float, north: float, pose: "FramePose", fov_deg: float, width: int, height: int) -> Camera:
+    """The camera of an aircraft at (east, north, pose.altitude_m) with the pose's attitude and gimbal
+    tilt (runtime.pose conventions: image top towards the nose; unknown yaw taken as 0)."""
+    from skyloc.runtime.pose import camera_to_ned
+
+    r = camera_to_ned(pose)  # columns: camera x (right), y (down), z (axis) in NED
+    enu = lambda v: np.array([v[1], v[0], -v[2]])  # noqa: E731
+    return Camera.from_axes(east, north, float(pose.altitude_m), enu(r[:, 0]), enu(r[:, 2]), fov_deg, width, height)
+
+
+def smooth_profile(rng: np.random.Generator, t: np.ndarray, lo: float, hi: float, period_s: float,
+                   terms: int = 3) -> np.ndarray:
+    """A smooth random curve over times t staying within [lo, hi] (sum of random sinusoids with
+    periods of period_s .. 3 period_s); constant lo when hi <= lo."""
+    if hi <= lo:
+        return np.full(np.shape(t), float(lo))
+    amp = rng.uniform(0.5, 1.0, terms)
+    per = rng.uniform(period_s, 3 * period_s, terms)
+    ph = rng.uniform(0, 2 * math.pi, terms)
+    x = sum(a * np.sin(2 * math.pi * np.asarray(t) / p + f) for a, p, f in zip(amp, per, ph)) / amp.sum()
+    return lo + (hi - lo) * 0.5 * (x + 1.0)
 
 
 def look_at(east: float, north: float, alt: float, target_e: float, target_n: float,

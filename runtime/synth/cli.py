@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from skyloc.runtime.options import HelpFormatter
 from skyloc.runtime.synth.camera import SpiralConfig
+from skyloc.runtime.synth.nadir import NadirViewConfig
 from skyloc.runtime.synth.world import DEFAULT_LAT, DEFAULT_LON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="synth_command", required=True, metavar="{world,dataset,flight}")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter  # defaults shown only when they say something
 
     w = sub.add_parser("world", help="write the procedural world (map.png + map.csv)", formatter_class=fmt)
     w.add_argument("--out", type=Path, required=True, help="output folder")
@@ -47,6 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--radius-end", type=float, default=None, help="last view's horizontal distance, m")
     d.add_argument("--turns", type=float, default=s.turns, help="revolutions around the target")
     d.add_argument("--fov", type=float, default=s.fov_deg, help="drone camera field of view, deg")
+    d.add_argument("--views", choices=("spiral", "nadir", "mixed"), default="spiral",
+                   help="drone views: the U1652 spiral, onboard-like downward frames (random altitude, tilt, "
+                        "roll / pitch, any heading; poses in poses.csv), or half of each")
+    n = NadirViewConfig()
+    d.add_argument("--nadir-altitude-range", type=_pair, default=n.altitude_range_m, metavar="MIN,MAX",
+                   help="nadir views: altitude range, m")
+    d.add_argument("--nadir-tilt-max", type=float, default=n.tilt_max_deg, help="nadir views: largest gimbal tilt, deg")
+    d.add_argument("--nadir-attitude", type=float, default=n.attitude_deg,
+                   help="nadir views: airframe roll / pitch drawn in +- this, deg")
+    d.add_argument("--nadir-fov", type=float, default=n.fov_deg, help="nadir views: horizontal field of view, deg")
     d.add_argument("--photometric", type=float, default=1.0, help="strength of drone photometric changes (0 = off)")
     d.add_argument("--jpeg-quality", type=int, default=92)
 
@@ -59,10 +71,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--fov", type=float, default=60.0, help="horizontal field of view, deg")
     f.add_argument("--width", type=int, default=320)
     f.add_argument("--height", type=int, default=240)
-    f.add_argument("--tilt", type=float, default=0.0, help="forward tilt from nadir, deg")
+    f.add_argument("--tilt", type=float, default=0.0, help="forward tilt from nadir, deg (the lowest with --tilt-max)")
+    f.add_argument("--tilt-max", type=float, default=None,
+                   help="let the camera tilt wander smoothly between --tilt and this, deg (max 75)")
+    f.add_argument("--altitude-range", type=_pair, default=None, metavar="MIN,MAX",
+                   help="let the altitude wander smoothly in this range, m (overrides --altitude)")
+    f.add_argument("--attitude", type=float, default=0.0,
+                   help="airframe roll and pitch wander within +- this, deg (camera fixed to the airframe)")
+    f.add_argument("--yaw-mode", choices=("track", "random-walk", "fixed"), default="track",
+                   help="aircraft heading: along the track, turning on its own (smooth random yaw rate), or fixed")
+    f.add_argument("--yaw-rate", type=float, default=15.0, help="random-walk: largest yaw rate, deg/s")
     f.add_argument("--margin", type=float, default=5.0, help="clearance beyond the footprint, m")
     f.add_argument("--photometric", type=float, default=0.5, help="strength of the flight's look change")
     f.add_argument("--frames", action="store_true", help="also write every frame as OUT/frames/NNNNNN.jpg")
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two numbers), got {text!r}") from None
+    return a, b
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -95,6 +124,9 @@ def main(args: argparse.Namespace) -> int:
                                 pitch_start_deg=args.pitch_start, pitch_end_deg=args.pitch_end,
                                 turns=args.turns, fov_deg=args.fov, scale=args.spiral_scale,
                                 radius_start_m=args.radius_start, radius_end_m=args.radius_end),
+            views=args.views,
+            nadir=NadirViewConfig(altitude_range_m=args.nadir_altitude_range, tilt_max_deg=args.nadir_tilt_max,
+                                  attitude_deg=args.nadir_attitude, fov_deg=args.nadir_fov),
             drone_photometric=PhotometricConfig(strength=args.photometric), jpeg_quality=args.jpeg_quality,
             seed=args.seed, overwrite=args.overwrite, world_size_m=args.world_size_m, world_mpp=args.world_mpp)
         out = make_dataset(args.map, args.out, cfg)
@@ -105,6 +137,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = FlightConfig(seconds=args.seconds, fps=args.fps, altitude_m=args.altitude, speed_mps=args.speed,
                        fov_deg=args.fov, width=args.width, height=args.height, tilt_deg=args.tilt,
+                       tilt_max_deg=args.tilt_max, altitude_range_m=args.altitude_range, attitude_deg=args.attitude,
+                       yaw_mode=args.yaw_mode, yaw_rate_max_dps=args.yaw_rate,
                        margin_m=args.margin, seed=args.seed, write_frames=args.frames, overwrite=args.overwrite,
                        photometric=PhotometricConfig(strength=args.photometric, jpeg_quality=(80, 95)),
                        world_size_m=args.world_size_m, world_mpp=args.world_mpp)

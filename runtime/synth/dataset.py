@@ -1,12 +1,18 @@
 """A University-1652-layout dataset rendered from any georeferenced map.
 
-Each location gets one north-up satellite crop and K drone views rendered along a descending
-spiral with the camera aimed at the target (the U1652 recipe), plus photometric changes. Layout:
+Each location gets one north-up satellite crop and K drone views with the camera aimed at the
+target, plus photometric changes. `views` picks the drone views: "spiral" (default) along a
+descending spiral (the U1652 recipe); "nadir" as the onboard camera sees them (runtime.synth.nadir:
+random altitude in a range, gimbal tilt, some roll / pitch, any heading; raw camera frames, not
+rectified); "mixed": the first K - K // 2 along the spiral, the rest nadir. DIR/poses.csv gives
+every drone image's pose (altitude, roll, pitch, yaw, tilt; runtime.pose conventions) and
+intrinsics (OpenCV pixel-centre convention), so training can rectify it as the runtime does
+(runtime.rectify); the optical axis meets the ground at the location centre. Layout:
 
     DIR/train/satellite/<id>/<id>.jpg          DIR/train/drone/<id>/image-01.jpeg ... image-K.jpeg
     DIR/test/query_satellite/<id>/<id>.jpg     DIR/test/gallery_satellite/<id>/<id>.jpg (+ distractors)
     DIR/test/query_drone/<id>/image-NN.jpeg    DIR/test/gallery_drone/<id>/image-NN.jpeg (same files)
-    DIR/locations.csv  DIR/synth.json  DIR/map/ (the map it was made from)
+    DIR/locations.csv  DIR/poses.csv  DIR/synth.json  DIR/map/ (the map it was made from)
 
 Drone images are numbered along the spiral: image-01 is the first, highest and farthest view.
 A location is kept only when every pixel of its satellite crop and all its drone views is valid.
@@ -29,12 +35,16 @@ from skyloc.runtime.geotiff import GeoTiffMap
 from skyloc.runtime.maps import GeoMap, TiledMap, open_map, write_corners_csv
 from skyloc.runtime.synth.camera import (Camera, SpiralConfig, mid_spiral_ground_width_m, spiral_cameras,
                                    spiral_extent_m)
+from skyloc.runtime.synth.nadir import NadirViewConfig, camera_model, nadir_extent_m, nadir_views, pose_from_camera
 from skyloc.runtime.synth.photometric import PhotometricConfig, apply_photometric, encode_jpeg
 from skyloc.runtime.synth.render import render_view, view_is_valid
 from skyloc.runtime.synth.world import make_world
 
 LOCATION_COLUMNS = ["location_id", "split", "view", "file", "index", "lat", "lon", "cam_lat", "cam_lon",
                     "cam_alt_m", "cam_yaw_deg", "cam_pitch_deg", "fov_deg", "distance_m", "ground_size_m"]
+POSE_COLUMNS = ["file", "location_id", "split", "kind", "altitude_m", "roll_deg", "pitch_deg", "yaw_deg", "tilt_deg",
+                "fx", "fy", "cx", "cy", "width", "height", "ground_lat", "ground_lon", "cam_lat", "cam_lon"]
+VIEW_KINDS = ("spiral", "nadir", "mixed")
 TEST_DIRS = ("query_drone", "gallery_satellite", "query_satellite", "gallery_drone")
 
 
@@ -48,6 +58,8 @@ class SynthDatasetConfig:
     sat_size_m: float | None = None  # None: the ground width seen across the image centre mid-spiral
     min_separation_m: float | None = None  # None: half the satellite crop
     spiral: SpiralConfig = field(default_factory=SpiralConfig)
+    views: str = "spiral"  # one of VIEW_KINDS
+    nadir: NadirViewConfig = field(default_factory=NadirViewConfig)
     drone_photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     sat_photometric: PhotometricConfig = field(default_factory=lambda: PhotometricConfig(strength=0.25))
     jpeg_quality: int = 92
@@ -168,13 +180,21 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
     if cfg.locations < 2 or K < 1 or px < 16 or not 0 < cfg.test_fraction < 1:
         raise SkylocError(f"synth dataset: need locations >= 2 (got {cfg.locations}), drone views >= 1 ({K}), "
                           f"image_px >= 16 ({px}) and 0 < test_fraction < 1 ({cfg.test_fraction})")
-    gmap, kept = open_output_map(map_path, out, ("train", "test", "locations.csv", "synth.json", "map"),
+    if cfg.views not in VIEW_KINDS:
+        raise SkylocError(f"synth dataset: --views {cfg.views!r}: choose one of {', '.join(VIEW_KINDS)}")
+    k_nadir = {"spiral": 0, "nadir": K, "mixed": K // 2}[cfg.views]
+    k_spiral = K - k_nadir
+    if k_nadir:
+        cfg.nadir.check()
+    gmap, kept = open_output_map(map_path, out, ("train", "test", "locations.csv", "poses.csv", "synth.json", "map"),
                                  cfg.overwrite, cfg.seed, cfg.world_size_m, cfg.world_mpp)
 
     sat_m = cfg.resolved_sat_size()
-    reach = max(spiral_extent_m(cfg.spiral, K), sat_m / math.sqrt(2))
+    reach = max(spiral_extent_m(cfg.spiral, k_spiral) if k_spiral else 0.0,
+                nadir_extent_m(cfg.nadir, px, px) if k_nadir else 0.0, sat_m / math.sqrt(2))
     if math.isinf(reach):
-        raise SkylocError("synth dataset: some spiral views see the horizon; lower fov or raise the pitch")
+        raise SkylocError("synth dataset: some drone views see the horizon; lower fov, raise the spiral pitch "
+                          "or lower the nadir tilt / attitude")
     n_test = max(1, int(round(cfg.locations * cfg.test_fraction)))
     n_test = min(n_test, cfg.locations - 1)
     n_dis = math.ceil(0.35 * n_test) if cfg.distractors is None else int(cfg.distractors)
@@ -182,12 +202,14 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
     width = max(4, len(str(total)))
     kw = max(2, len(str(K)))
     ss = np.random.SeedSequence(cfg.seed)
-    rng_place, rng_split, rng_photo = (np.random.default_rng(s) for s in ss.spawn(3))
+    # the 4th stream is new (nadir poses): spiral datasets keep the bytes of earlier versions
+    rng_place, rng_split, rng_photo, rng_nadir = (np.random.default_rng(s) for s in ss.spawn(4))
     is_test = np.zeros(cfg.locations, bool)
     is_test[rng_split.permutation(cfg.locations)[:n_test]] = True
     sep = cfg.min_separation_m if cfg.min_separation_m is not None else 0.5 * sat_m
     placer = _Placer(gmap, rng_place, sep)
     rows: list[list[str]] = []
+    pose_rows: list[list[str]] = []
 
     def sat_image(lat: float, lon: float) -> bytes | None:
         rgb, valid = gmap.read_crop(lat, lon, sat_m, px)
@@ -224,7 +246,12 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
                 rows.append(sat_row(loc, "distractor", f"test/gallery_satellite/{loc}/{loc}.jpg", lat, lon))
             else:
                 bearing = float(rng_place.uniform(0, 360))
-                cams = spiral_cameras(cfg.spiral, K, px, start_bearing_deg=bearing)
+                cams = spiral_cameras(cfg.spiral, k_spiral, px, start_bearing_deg=bearing) if k_spiral else []
+                kinds = ["spiral"] * len(cams) + ["nadir"] * k_nadir
+                poses = [pose_from_camera(c) for c in cams]
+                for c, p in nadir_views(rng_nadir, cfg.nadir, k_nadir, px, px):
+                    cams.append(c)
+                    poses.append(p)
                 if not all(view_is_valid(gmap, c, lat, lon) for c in cams):
                     continue
                 views = []
@@ -250,7 +277,9 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
                     name = f"image-{i:0{kw}d}.jpeg"
                     for d in drone_dirs:
                         _write(out / split / d / loc / name, data)
-                    rows.append(_drone_row(loc, split, f"{split}/{drone_dirs[0]}/{loc}/{name}", i, lat, lon, c))
+                    file = f"{split}/{drone_dirs[0]}/{loc}/{name}"
+                    rows.append(_drone_row(loc, split, file, i, lat, lon, c))
+                    pose_rows.append(_pose_row(file, loc, split, kinds[i - 1], poses[i - 1], c, lat, lon))
             placer.accept(lat, lon)
             placed += 1
             bar.update(1)
@@ -259,6 +288,10 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
         w = csv.writer(f, lineterminator="\n")
         w.writerow(LOCATION_COLUMNS)
         w.writerows(rows)
+    with open(out / "poses.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(POSE_COLUMNS)
+        w.writerows(pose_rows)
     source = gmap.describe()
     src = Path(source["source"]).resolve()
     source["source"] = str(src.relative_to(out.resolve())) if out.resolve() in src.parents else str(src)
@@ -274,6 +307,21 @@ def _drone_row(loc: str, split: str, file: str, index: int, lat: float, lon: flo
     return [loc, split, "drone", file, str(index), _fmt(lat, 8), _fmt(lon, 8), _fmt(cam_lat, 8), _fmt(cam_lon, 8),
             _fmt(c.alt_m, 3), _fmt(c.yaw_deg, 3), _fmt(c.pitch_deg, 3), _fmt(c.fov_deg, 3),
             _fmt(math.hypot(c.east_m, c.north_m), 3), ""]
+
+
+def _pose_row(file: str, loc: str, split: str, kind: str, pose, c: Camera, lat: float, lon: float) -> list[str]:
+    """poses.csv row: the view's pose (blank when it has none, e.g. a spiral view flatter than the
+    tilt limit) and intrinsics; ground = where the optical axis meets the ground (the target)."""
+    k = camera_model(c)
+    ge, gn, _ = c.ground_points(np.array(c.width / 2), np.array(c.height / 2))
+    g_lat, g_lon = geo.local_m_to_latlon(float(ge), float(gn), lat, lon)
+    cam_lat, cam_lon = geo.local_m_to_latlon(c.east_m, c.north_m, lat, lon)
+    vals = ([""] * 5 if pose is None else
+            [_fmt(pose.altitude_m, 3), _fmt(pose.roll_deg, 4), _fmt(pose.pitch_deg, 4), _fmt(pose.yaw_deg, 4),
+             _fmt(pose.camera_tilt_deg, 4)])
+    return ([file, loc, split, kind] + vals + [_fmt(k.fx, 4), _fmt(k.fy, 4), _fmt(k.cx, 4), _fmt(k.cy, 4),
+                                              str(k.width), str(k.height), _fmt(float(g_lat), 8), _fmt(float(g_lon), 8),
+                                              _fmt(float(cam_lat), 8), _fmt(float(cam_lon), 8)])
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -133,7 +133,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     fixes = out / "fixes.jsonl"
     opts = RunOptions(backend="onnxruntime", telemetry=truth, truth=truth, window_m=cfg.window_m,
                       handle_signals=False)
-    stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes)], opts))
+    stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes, overwrite=True)], opts))  # the demo owns its folder
     _done(t, stats.summary().splitlines()[0])
 
     t = _step(9, "report", "table, trajectory and retrieval example")

@@ -2,7 +2,6 @@
 retrieval example (PNG). Uses only runtime-side pieces, so it works on any finished run."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -12,17 +11,9 @@ import numpy as np
 
 from skyloc.runtime.geo import haversine_m
 from skyloc.runtime.maps import GeoMap, open_map
-from skyloc.runtime.run_stats import STAGES, RunStats
+from skyloc.runtime.report import load_fixes, write_report as write_run_report
+from skyloc.runtime.run_stats import STAGES, RunStats, load_truth_table
 from skyloc.runtime.sidecar import read_model_sidecar
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _read_truth(path: Path) -> dict[int, dict[str, float]]:
-    with open(path, newline="") as f:
-        return {int(r["frame"]): {k: float(v) for k, v in r.items() if k != "frame"} for r in csv.DictReader(f)}
 
 
 def fix_errors(fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]], centers: np.ndarray,
@@ -53,47 +44,6 @@ def fix_errors(fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]], 
         "median_error_m": pct(raw, 50), "p90_error_m": pct(raw, 90),
         "accepted_median_error_m": pct(acc, 50), "accepted_p90_error_m": pct(acc, 90),
     }
-
-
-def map_overview(gmap: GeoMap, max_px: int = 900) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    lat0, lon0, lat1, lon1 = gmap.bounds_latlon()
-    h_m = haversine_m(lat0, lon0, lat1, lon0)
-    w_m = haversine_m(lat0, lon0, lat0, lon1)
-    scale = max_px / max(h_m, w_m)
-    h, w = max(2, int(h_m * scale)), max(2, int(w_m * scale))
-    lat = np.linspace(lat1, lat0, h)[:, None].repeat(w, 1)
-    lon = np.linspace(lon0, lon1, w)[None, :].repeat(h, 0)
-    rgb, valid = gmap.sample(lat, lon)
-    rgb[~valid] = 40
-    return rgb, (lat0, lon0, lat1, lon1)
-
-
-def plot_trajectory(path: Path, gmap: GeoMap, fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img, (lat0, lon0, lat1, lon1) = map_overview(gmap)
-    fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.6))
-    ax.imshow(img, extent=(lon0, lon1, lat0, lat1), aspect="auto")
-    tr = np.array([[truth[k]["center_lon"], truth[k]["center_lat"]] for k in sorted(truth)])
-    ax.plot(tr[:, 0], tr[:, 1], "-", color="white", lw=2.5, label="truth (frame centre)")
-    ok = np.array([[f["lon"], f["lat"]] for f in fixes if f.get("accepted")]).reshape(-1, 2)
-    bad = np.array([[f["raw_lon"], f["raw_lat"]] for f in fixes if "raw_lat" in f and not f.get("accepted")]).reshape(-1, 2)
-    ax.plot(ok[:, 0], ok[:, 1], "o", ms=3.5, color="lime", label=f"accepted fixes ({len(ok)})")
-    if len(bad):
-        ax.plot(bad[:, 0], bad[:, 1], "x", ms=5, color="red", label=f"rejected fixes ({len(bad)})")
-    ax.set_xlim(lon0, lon1)
-    ax.set_ylim(lat0, lat1)
-    ax.set_xlabel("longitude")
-    ax.set_ylabel("latitude")
-    ax.set_title("skyloc demo: simulated flight, truth vs fixes")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_retrieval(path: Path, gmap: GeoMap, model: Path, tiles: Path, video: Path,
@@ -170,22 +120,28 @@ def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Pat
 
     side = read_model_sidecar(model)
     ts = TileSet.load(tiles)
-    fx, tr = _read_jsonl(fixes), _read_truth(truth)
+    fx, tr = load_fixes(fixes), load_truth_table(truth)
     summary = fix_errors(fx, tr, ts.centers, stride_m)
     lat = stats.latency_summary()
     gmap = open_map(world)
-    traj = plot_trajectory(out / "trajectory.png", gmap, fx, tr)
+    # the report any run gets (`skyloc report`): trajectory / error / latency PNGs, GeoJSON, GPX, KML
+    run_report = write_run_report(fixes, out, gmap, truth, title="skyloc demo", name="run-report")
+    run_files = json.loads(run_report.read_text())["files"]
+    traj = out / run_files["trajectory"]
     retrieval = plot_retrieval(out / "retrieval.png", gmap, model, tiles, video, tr, frame_index=len(tr) // 2)
     report = {"summary": summary, "latency_ms": lat, "backend": stats.backend, "precision": side.precision,
               "variant": side.variant, "model_id": side.model_id, "tiles": len(ts), "run": stats.to_dict(),
-              "files": {"trajectory": traj.name, "retrieval": retrieval.name, "fixes": fixes.name},
+              "files": {**run_files, "retrieval": retrieval.name, "fixes": fixes.name, "run_report": run_report.name},
               **(extra or {})}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     md = ["# skyloc demo report", "", _table(summary, lat, stats.backend, side.precision), "",
           f"Tile set: {len(ts)} tiles of {ts.meta.get('tile_m', 0):.0f} m every {stride_m:.0f} m. "
           "Errors are to the ground point at the frame centre; a correct tile is a best tile whose centre "
           "lies within one stride of it.", "",
-          "![trajectory](trajectory.png)", "", "![retrieval](retrieval.png)", ""]
+          "![trajectory](trajectory.png)", "", "![retrieval](retrieval.png)", "",
+          *[f"![{k}]({v})" for k, v in run_files.items() if k in ("error", "latency")], "",
+          "Track for QGIS / Mission Planner / Google Earth: " + ", ".join(
+              run_files[k] for k in ("geojson", "gpx", "kml")) + f"; the run's own report: {run_report.name}", ""]
     if extra and "stage_seconds" in extra:
         md.insert(4, "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in extra["stage_seconds"].items())
                   + f"; total {extra.get('total_seconds', '?')} s\n")

@@ -1,0 +1,529 @@
+"""One frame -> one fix: quality gate -> rectify -> embed -> retrieve -> register -> filter.
+
+`Localizer.step(frame, pose)` runs the whole per-frame pipeline and returns a `Fix` (the record
+fields). Each stage is a method with the name of the stage, timed into `fix.latency_ms`:
+
+- **quality**: unusable frames (corrupt, grayscale, no texture) are skipped with the reason;
+- **rectify**: the frame goes through the flat-ground homography (camera model + pose) to a
+  metric patch at the registration resolution, centred on the ground point under the optical
+  axis, north-up when the heading is known, heading-up otherwise. The tile scale level is the
+  largest whose tile side the frame covers (its diagonal when the heading is unknown, so every
+  rotation stays on the picture). Without altitude or GSD the scale is unknown: the frame's
+  centre square is matched against every level and the best level wins (`scale_source`);
+- **embed**: the patch cut to exactly the level's tile side, at the model's input size; with an
+  unknown heading R rotations (default 8) go through the model in one batch;
+- **retrieve**: cosine search over the level's tiles, inside the start prior / the window around
+  the track when one applies; the hits of every rotation are pooled and reduced to distinct
+  places (centres more than `distinct_m` apart), best first;
+- **register**: the top few places are registered against the map imagery around them; the best
+  verified registration gives the ground point to metres, the heading and `accuracy_m`. Without
+  imagery (or when no place verifies) the fix is retrieval-only and labelled unverified, with
+  an accuracy from the tile stride / size;
+- **filter**: the temporal filter (runtime/filter.py) gates and smooths by accuracy.
+
+A fix goes out as a 3D position only when `send_3d`: verified, accepted, and every number finite.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from skyloc.runtime import geo
+from skyloc.runtime.geo import haversine_m
+from skyloc.runtime.backends import Backend
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.filter import FixCandidate, TemporalFilter, distinct_places, place_margin, refine_position
+from skyloc.runtime.matcher import Matcher, SearchWindow, make_matcher, topk
+from skyloc.runtime.options import check_options, opt
+from skyloc.runtime.pose import FramePose
+from skyloc.runtime.preprocess import check_frame, to_model_input
+from skyloc.runtime.quality import BlankEmbedding, QualityGate
+from skyloc.runtime.rectify import GroundPatch, crop_centre, ground_coverage_m, pick_scale_level, rectify, rotate_patch
+from skyloc.runtime.tileset import TileSet
+
+SQRT2 = math.sqrt(2.0)
+
+
+def _parse_start(start: tuple[float, ...] | None) -> SearchWindow | None:
+    if start is None:
+        return None
+    if len(start) not in (2, 3) or not all(math.isfinite(v) for v in start):
+        raise SkylocError(f"--start {start}: need LAT,LON[,RADIUS_M] with finite numbers")
+    lat, lon = start[0], start[1]
+    radius = start[2] if len(start) == 3 else 500.0
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and radius > 0):
+        raise SkylocError(f"--start {start}: latitude in [-90, 90], longitude in [-180, 180], radius > 0")
+    return SearchWindow(float(lat), float(lon), float(radius))
+
+
+@dataclass
+class LocalizerOptions:
+    """The per-frame pipeline's knobs; RunOptions (runtime/loop.py) extends it with the run's own.
+    The `skyloc run` flags are derived from these fields (runtime/options.py)."""
+
+    k: int = opt(20, "tiles fetched per rotation and scale level (distinct places are taken from them)", ge=1)
+    candidates: int = opt(3, "distinct places registered against the map imagery per frame", ge=1)
+    rotations: int = opt(8, "rotations embedded in one batch when the heading is unknown", ge=1, le=72)
+    distinct_m: float | None = opt(None, "two tiles are distinct places when their centres are farther "
+                                         "apart than this, metres [the tile side]", gt=0)
+    window_m: float | None = opt(None, "search only within this radius (+ max speed x elapsed) of the last "
+                                       "accepted fix, metres; 0 searches the whole map [the tile side]", ge=0)
+    window_margin: float = opt(0.02, "...unless a tile outside the window scores higher by more than this",
+                               ge=0, le=2)
+    start: tuple[float, ...] | None = opt(None, "start prior LAT,LON[,RADIUS_M]: search only there until "
+                                                "the first accepted fix [radius 500 m]", metavar="LAT,LON[,R]")
+    refine_m: float | None = opt(None, "retrieval-only fix = score-weighted centre of the hits this close to "
+                                       "the best tile, metres; 0 = the best tile's centre [1.5 x stride]", ge=0)
+    register: bool = opt(True, "register candidates against the map imagery; --no-register: retrieval only "
+                               "(every fix unverified, never sent as a 3D fix)")
+    registrar: str = opt("ncc", "registration method (runtime/register.py)")
+    register_px: int = opt(160, "side of the tile-sized patch registered against the map, pixels", ge=32, le=2048)
+    max_accuracy_m: float = opt(5.0, "a registration claiming a worse 1-sigma accuracy than this is not "
+                                     "trusted (the fix stays unverified), metres", gt=0)
+    heading_tol_deg: float = opt(5.0, "registration's heading search around the known / estimated heading, "
+                                       "degrees", ge=0, le=180)
+    scale_tol: float = opt(0.03, "registration's relative scale search (altitude error)", ge=0, lt=1)
+    max_speed_mps: float = opt(30.0, "m/s; fixes implying a faster move (beyond their accuracies) are rejected",
+                               gt=0, le=1000, flag="--max-speed")
+    accel_mps2: float = opt(3.0, "filter process noise: unmodelled acceleration, m/s^2", gt=0, le=100,
+                            flag="--accel")
+    gate_sigmas: float = opt(3.0, "speed gate slack in accuracy sigmas (candidate + track)", ge=0, le=100)
+    noise_m: float = opt(0.0, "extra fixed slack of the speed gate, metres", ge=0)
+    confirm: int = opt(2, "a new track's fixes are accepted once this many agree (the first alone is "
+                          "'tentative', never sent)", ge=1, le=100)
+    track_s: float = opt(3.0, "register around the track's predicted position first while its last verified "
+                               "fix is at most this old, seconds (0: never)", ge=0, le=600)
+    max_rejections: int = opt(5, "re-initialise the filter after this many consistent rejections in a row",
+                              ge=1)
+    min_confidence: float | None = opt(None, "reject fixes whose score margin to another place is below this",
+                                       ge=-2, le=2)
+    blank_cos: float = opt(0.95, "skip a frame whose embedding has this cosine (or more) with the embedding "
+                                  "of a blank (black, grey, white) image", gt=0, le=1)
+    use_heading: bool = opt(True, "use the heading of the pose source; --no-heading ignores every heading "
+                                  "source (compass failure) and searches the rotations", flag="--heading")
+    index: str = opt("auto", "tile search index", choices=("auto", "exact", "flat", "hnsw", "ivfpq"))
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.start is not None:
+            _parse_start(self.start)
+
+
+@dataclass
+class Fix:
+    """Everything the pipeline decided about one frame (the record, before JSON)."""
+
+    frame: int
+    time_s: float
+    source: str = ""
+    skipped: str | None = None
+    error: str | None = None
+    lat: float | None = None  # aircraft: filtered when accepted, else this frame's estimate
+    lon: float | None = None
+    raw_lat: float | None = None  # aircraft, this frame's estimate before the filter
+    raw_lon: float | None = None
+    ground_lat: float | None = None  # the ground point under the optical axis (patch centre)
+    ground_lon: float | None = None
+    heading_deg: float | None = None
+    heading_source: str | None = None  # pose | rotation-search | register
+    accuracy_m: float | None = None  # 1-sigma of lat/lon
+    raw_accuracy_m: float | None = None  # 1-sigma of raw_lat/raw_lon
+    verified: bool = False
+    accepted: bool = False
+    reason: str | None = None
+    score: float | None = None
+    confidence: float | None = None
+    tile: int | None = None
+    scale_level: float | None = None
+    scale_source: str | None = None  # coverage | gsd-search | smallest
+    coverage_m: float | None = None
+    speed_mps: float | None = None
+    vn_mps: float | None = None  # track velocity north / east (accepted fixes)
+    ve_mps: float | None = None
+    window_m: float | None = None
+    registration: dict[str, Any] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def send_3d(self) -> bool:
+        """Only a verified, accepted fix with finite numbers may go out as a 3D position."""
+        nums = (self.lat, self.lon, self.accuracy_m)
+        return bool(self.verified and self.accepted and self.skipped is None
+                    and all(v is not None and math.isfinite(v) for v in nums))
+
+
+def _rot_ne(n: float, e: float, angle_deg: float) -> tuple[float, float]:
+    """(north, east) turned clockwise (towards east) by angle_deg."""
+    a = math.radians(angle_deg)
+    return n * math.cos(a) - e * math.sin(a), n * math.sin(a) + e * math.cos(a)
+
+
+def _even_pad(inner: int, factor: float) -> int:
+    """Outer side >= inner * factor whose difference to inner is even (so the inner crop is centred)."""
+    pad = int(math.ceil(inner * (factor - 1.0) / 2.0))
+    return inner + 2 * pad
+
+
+def nadir_patch(rgb: np.ndarray, side_px: int, mpp: float, heading_deg: float | None,
+                src_side_px: int | None = None) -> GroundPatch:
+    """No camera model: the frame's centre square (or src_side_px of it) taken as a nadir view,
+    turned north-up when the heading is known. The old approximation, kept for frames that come
+    with neither a camera file nor --hfov."""
+    h, w = rgb.shape[:2]
+    side = min(h, w, src_side_px or min(h, w))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    img = cv2.resize(np.ascontiguousarray(rgb[y0:y0 + side, x0:x0 + side]), (side_px, side_px),
+                     interpolation=cv2.INTER_AREA)
+    patch = GroundPatch(img, np.ones((side_px, side_px), bool), float(mpp), None, (0.0, 0.0))
+    return rotate_patch(patch, heading_deg) if heading_deg is not None else patch
+
+
+class Localizer:
+    """Per-frame pipeline over one model, one tile set and (optionally) its map imagery."""
+
+    def __init__(self, backend: Backend, tiles: TileSet, options: LocalizerOptions | None = None,
+                 camera: Any = None, imagery: Any = None, registrar: Any = None,
+                 matcher: Matcher | None = None, quality: Any = None) -> None:
+        self.opt = opt = options or LocalizerOptions()
+        self.backend = backend
+        self.ts = tiles
+        self.camera = camera
+        self.imagery = imagery if opt.register else None
+        self.registrar = registrar
+        if self.imagery is not None and self.registrar is None:
+            from skyloc.runtime.register import make_registrar
+
+            self.registrar = make_registrar(opt.registrar)
+        self.quality_gate = quality if quality is not None else QualityGate()
+        self.matcher = matcher or make_matcher(tiles, opt.index)
+        meta = tiles.meta
+        self.tile_m = float(meta.get("tile_m") or 100.0)
+        self.stride_m = float(meta.get("stride_m") or self.tile_m)
+        self.levels = sorted({float(s) for s in np.unique(tiles.scale)})
+        self.sides_m = [self.tile_m * s for s in self.levels]
+        self._level_ids = {s: np.flatnonzero(np.isclose(tiles.scale, s)) for s in self.levels}
+        self.contract = backend.sidecar.input
+        self._emb = np.ascontiguousarray(tiles.embeddings, dtype=np.float32)
+        self.filter = TemporalFilter(opt.max_speed_mps, opt.accel_mps2, opt.noise_m, opt.gate_sigmas,
+                                     opt.max_rejections, opt.min_confidence, confirm=opt.confirm)
+        self.start = _parse_start(opt.start)
+        self._cameras: dict[tuple[int, int], Any] = {}
+        self._track_ground: tuple[float, float, float, float] | None = None  # lat, lon, t, heading
+        self._in_window: set[int] = set()
+        self.blank = BlankEmbedding(backend, threshold=opt.blank_cos)
+
+    # ---- the pipeline ------------------------------------------------------------------
+
+    def step(self, frame: Any, pose: FramePose, camera: Any = None) -> Fix:
+        """Localize one frame (runtime.sources.Frame, BGR image) taken at `pose`; `camera` overrides
+        the localizer's camera for this frame (intrinsics read from the image file)."""
+        fix = Fix(frame.index, float(frame.time_s), frame.source_name)
+        lat = fix.latency_ms
+        clock = time.perf_counter
+        t = clock()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = clock()
+            lat[name] = round((now - t) * 1000.0, 3)
+            t = now
+
+        fix.skipped = self.quality(frame)
+        lap("quality")
+        if fix.skipped:
+            return fix
+        if not self.opt.use_heading and pose.yaw_deg is not None:
+            pose = pose.with_(yaw_deg=None)
+        rgb = cv2.cvtColor(np.ascontiguousarray(frame.image[:, :, :3]), cv2.COLOR_BGR2RGB)
+        cands = self.rectify(rgb, pose, fix, camera)
+        lap("rectify")
+        if not cands:
+            return fix
+        patch = cands[0][1]
+        known = patch.heading_deg is not None
+        angles = [0.0] if known else [360.0 * r / self.opt.rotations for r in range(self.opt.rotations)]
+        views = self.views(patch, angles)
+        batch = to_model_input(views, self.contract, bgr=False)
+        lap("preprocess")
+        emb = self.backend.embed(batch)
+        lap("infer")
+        if not np.isfinite(emb).all():
+            fix.skipped = "nan"
+            return fix
+        if self.blank.is_blank(emb[:1]):
+            fix.skipped = "blank-embedding"  # no place information: its match would be the same tile every time
+            return fix
+        emb = l2n(emb)
+        level, hits = self.retrieve(emb, [lv for lv, _ in cands], fix)
+        lap("search")
+        if not hits:
+            fix.skipped = "no-match"
+            return fix
+        level_patch = dict(cands)[level]
+        cand = self.register(level_patch, angles, hits, fix)
+        lap("register")
+        self.track(cand, fix)
+        lap("filter")
+        return fix
+
+    def quality(self, frame: Any) -> str | None:
+        reason = frame.error or check_frame(frame.image)
+        if reason is None and self.quality_gate is not None:
+            reason = self.quality_gate(frame.image)
+        return reason
+
+    def camera_for(self, w: int, h: int) -> Any:
+        """The camera model for frames of this size (the size may change mid-run)."""
+        if self.camera is None:
+            return None
+        cam = self._cameras.get((w, h))
+        if cam is None:
+            cam = self._cameras[(w, h)] = self.camera.scaled_to(w, h)
+        return cam
+
+    def rectify(self, rgb: np.ndarray, pose: FramePose, fix: Fix, camera: Any = None
+                ) -> list[tuple[float, GroundPatch]]:
+        """[(scale level, ground patch)]: one level when the scale is known, every level otherwise.
+
+        The patch's central `register_px` square is one tile of its level; with an unknown heading
+        the patch is sqrt(2) larger so that every rotation of that square stays on the picture.
+        """
+        h, w = rgb.shape[:2]
+        heading = pose.yaw_deg
+        inner = self.opt.register_px
+        side_px = inner if heading is not None else _even_pad(inner, SQRT2)
+        cam = camera.scaled_to(w, h) if camera is not None else self.camera_for(w, h)
+        if cam is None:
+            return self._rectify_without_camera(rgb, pose, fix, inner, side_px)
+        if pose.altitude_m is None and pose.gsd_m is None:
+            # unknown scale: the covered square is each level's tile in turn (same pixels, other mpp)
+            unit = pose.with_(altitude_m=1.0)
+            cov1 = ground_coverage_m(cam, unit)
+            if not cov1 > 0:
+                fix.skipped = "no-coverage"
+                return []
+            base = rectify(rgb, cam, unit, cov1 / inner, side_px, heading)
+            fix.scale_source = "search"
+            return [(lv, replace(base, mpp=side / inner,
+                                 ref_offset_m=(base.ref_offset_m[0] * side / cov1, base.ref_offset_m[1] * side / cov1)))
+                    for lv, side in zip(self.levels, self.sides_m)]
+        coverage = ground_coverage_m(cam, pose)
+        fix.coverage_m = coverage
+        i = pick_scale_level(coverage, self.sides_m)
+        if i is None:
+            fix.skipped = "no-coverage"  # the frame sees less ground than the smallest tile
+            return []
+        fix.scale_level, fix.scale_source = self.levels[i], "coverage"
+        return [(self.levels[i], rectify(rgb, cam, pose, self.sides_m[i] / inner, side_px, heading))]
+
+    def _rectify_without_camera(self, rgb: np.ndarray, pose: FramePose, fix: Fix, inner: int, side_px: int
+                                ) -> list[tuple[float, GroundPatch]]:
+        h, w = rgb.shape[:2]
+        usable = min(h, w) / (1.0 if pose.yaw_deg is not None else SQRT2)  # ground the tile may use, px
+        if pose.gsd_m is not None:
+            coverage = usable * pose.gsd_m
+            fix.coverage_m = coverage
+            i = pick_scale_level(coverage, self.sides_m)
+            if i is None:
+                fix.skipped = "no-coverage"
+                return []
+            side = self.sides_m[i]
+            fix.scale_level, fix.scale_source = self.levels[i], "gsd"
+            src = int(round(side / pose.gsd_m * side_px / inner))
+            return [(self.levels[i], nadir_patch(rgb, side_px, side / inner, pose.yaw_deg, src))]
+        base = nadir_patch(rgb, side_px, 1.0, pose.yaw_deg)
+        fix.scale_source = "search"
+        return [(lv, replace(base, mpp=side / inner)) for lv, side in zip(self.levels, self.sides_m)]
+
+    def views(self, patch: GroundPatch, angles: list[float]) -> list[np.ndarray]:
+        """The model's views: the patch turned by each angle (clockwise), cut to one tile."""
+        inner = self.opt.register_px
+        return [crop_centre(rotate_patch(patch, a) if a else patch, inner).image for a in angles]
+
+    def _window(self, t: float) -> SearchWindow | None:
+        last = self.filter.last
+        if last is None:
+            return self.start
+        if self.opt.window_m == 0:
+            return None
+        extra = self.tile_m * max(self.levels) if self.opt.window_m is None else self.opt.window_m
+        radius = self.filter.search_radius_m(t, extra)
+        return None if radius is None else SearchWindow(last[0], last[1], radius)
+
+    def _places(self, s: np.ndarray, i: np.ndarray, distinct: float, limit: int
+                ) -> list[tuple[float, int, int]]:
+        """Distinct places over every rotation's hits, best first: (score, tile, rotation)."""
+        flat_s, flat_i = s.ravel(), i.ravel()
+        order = np.argsort(-flat_s, kind="stable")
+        flat_s, flat_i, rot = flat_s[order], flat_i[order], order // s.shape[1]
+        keep = distinct_places(flat_s, flat_i, self.ts.centers, distinct, limit)
+        return [(float(flat_s[j]), int(flat_i[j]), int(rot[j])) for j in keep]
+
+    def retrieve(self, q: np.ndarray, levels: list[float], fix: Fix) -> tuple[float, list[tuple[float, int, int]]]:
+        """(scale level, candidate places in the order to register them: (score, tile, rotation)).
+
+        Inside the search window (start prior / around the track) first, unless a place outside
+        scores higher by more than window_margin: then that one first, so a track locked on a
+        wrong place still sees (and the filter counts) the better match.
+        """
+        k = max(1, min(self.opt.k, len(self.ts)))
+        window = self._window(fix.time_s)
+        best = None
+        for level in levels:
+            ids = self._level_ids[level] if len(self.levels) > 1 else None
+            s, i = self.matcher.search(q, k) if ids is None else topk(q @ self._emb[ids].T, k, ids)
+            ws = wi = None
+            if window is not None:
+                wids = self.matcher.window_ids(window)
+                if ids is not None:
+                    wids = np.intersect1d(wids, ids, assume_unique=True)
+                ws, wi = topk(q @ self._emb[wids].T, k, wids)
+                if not (wi >= 0).any():
+                    ws = wi = None
+            top = float(s.max()) if ws is None else max(float(ws.max()) + self.opt.window_margin, float(s.max()))
+            if best is None or top > best[0]:
+                best = (top, level, s, i, ws, wi)
+        assert best is not None
+        _, level, s, i, ws, wi = best
+        fix.scale_level = level
+        distinct = self.tile_m * level if self.opt.distinct_m is None else self.opt.distinct_m
+        n = max(1, self.opt.candidates)
+        places = self._places(s, i, distinct, n)
+        if ws is not None and wi is not None:
+            fix.window_m = window.radius_m if window is not None else None
+            inside = self._places(ws, wi, distinct, n)
+            far_first = places and float(s.max()) - float(ws.max()) > self.opt.window_margin
+            merged = ([places[0]] + inside) if far_first else (inside + places)
+            places = []
+            for p in merged:  # dedupe: the global list repeats the window's places
+                if all(float(haversine_m(*self.ts.centers[p[1]], *self.ts.centers[o[1]])) > distinct for o in places):
+                    places.append(p)
+            places = places[:n]
+            self._in_window = set(t for _, t, _ in inside) if not far_first else set()
+        else:
+            self._in_window = set()
+        if not places:
+            return level, []
+        sc, t0, r0 = places[0]
+        src_s, src_i = (ws, wi) if ws is not None and t0 in self._in_window else (s, i)
+        fix.score = sc
+        fix.confidence = place_margin(src_s[r0], src_i[r0], self.ts.centers, distinct)
+        self._best_row = (src_s[r0], src_i[r0])
+        return level, places
+
+    def register(self, patch: GroundPatch, angles: list[float], hits: list[tuple[float, int, int]],
+                 fix: Fix) -> FixCandidate:
+        """Register the candidate places against the map imagery; retrieval-only (unverified) when
+        there is no imagery or nothing verifies.
+
+        A registration is trusted when the registrar verifies it (peak and peak / second peak
+        inside its crop), it claims an accuracy of at most max_accuracy_m, and it beats every other
+        candidate place's peak by the registrar's ratio (a look-alike elsewhere makes it
+        ambiguous). The first candidate inside the window around a track is taken as soon as it
+        verifies (the track vouches for the place); otherwise every candidate is registered.
+        """
+        known = patch.heading_deg is not None
+        score, tile, r = hits[0]
+        side_m = self.tile_m * float(self.ts.scale[tile])
+        fix.tile = tile
+        fix.heading_deg = patch.heading_deg if known else angles[r] % 360.0
+        fix.heading_source = "pose" if known else "rotation-search"
+        if self.imagery is not None and self.registrar is not None:
+            ratio = float(getattr(getattr(self.registrar, "conf", None), "min_ratio", 1.4))
+            tol = self.opt.heading_tol_deg if known else 180.0 / len(angles) + 1.0
+            # (label, retrieval score, tile or -1, lat, lon, patch turn): the track's prediction first
+            cands: list[tuple[str, float, int, float, float, float]] = []
+            pred = self._predicted_ground(fix.time_s)
+            if pred is not None:
+                turn = 0.0 if known else pred[2]
+                cands.append(("track", score, tile, pred[0], pred[1], turn))
+            for sc, t, rr in hits:
+                cands.append(("retrieval", sc, t, *(float(v) for v in self.ts.centers[t]), 0.0 if known else angles[rr]))
+            regs: list[tuple[int, Any, GroundPatch]] = []
+            for n, (label, sc, t, lat, lon, turn) in enumerate(cands):
+                reg_patch = crop_centre(rotate_patch(patch, turn) if turn else patch, self.opt.register_px)
+                reg = self._register_one(reg_patch, lat, lon, side_m, tol)
+                regs.append((n, reg, reg_patch))
+                if label == "track" and self._trusted(reg):
+                    break  # the track vouches for the place: no need to look at look-alikes
+            n, reg, reg_patch = max(regs, key=lambda x: x[1].score)
+            # the track's crop overlaps the retrieval candidates' crops: only other *places* count
+            others = max((x[1].score for x in regs if x[0] != n and not self._same_place(cands[x[0]], cands[n])),
+                         default=-1.0)
+            why = reg.reason if not reg.verified else (
+                f"accuracy {reg.accuracy_m:.1f} m > {self.opt.max_accuracy_m:g} m" if not self._trusted(reg)
+                else (f"ambiguous: another place peaks at {others:.3f}" if reg.score < ratio * others else ""))
+            label, sc, t, lat, lon, _ = cands[n]
+            fix.registration = {"method": reg.method, "candidate": label, "rank": n, "score": reg.score,
+                                "second": reg.second, "other_place": others if others > -1 else None,
+                                "scale": reg.scale, "inliers": reg.inliers, "accuracy_m": reg.accuracy_m,
+                                "tried": len(regs), "verified": not why, "reason": why}
+            if not why:
+                glat, glon = geo.offset_latlon(lat, lon, reg.east_m, reg.north_m)
+                fix.tile, fix.ground_lat, fix.ground_lon = t, float(glat), float(glon)
+                fix.heading_deg, fix.heading_source = reg.heading_deg % 360.0, "registration"
+                acc = max(float(reg.accuracy_m), 0.5 * reg_patch.mpp)
+                return self._aircraft(patch, fix, FixCandidate(float(glat), float(glon), acc, True, sc,
+                                                               fix.confidence or 0.0, t))
+        s_row, i_row = self._best_row
+        refine = 1.5 * self.stride_m if self.opt.refine_m is None else self.opt.refine_m
+        glat, glon = refine_position(s_row, i_row, self.ts.centers, refine)
+        fix.ground_lat, fix.ground_lon = glat, glon
+        acc = max(self.stride_m, 0.25 * side_m)  # right place: within about a stride; the filter gates the rest
+        return self._aircraft(patch, fix, FixCandidate(glat, glon, acc, False, score, fix.confidence or 0.0, tile))
+
+    def _same_place(self, a: tuple, b: tuple) -> bool:
+        side = self.tile_m * max(self.levels)
+        return float(haversine_m(a[3], a[4], b[3], b[4])) <= 0.5 * side
+
+    def _predicted_ground(self, t: float) -> tuple[float, float, float] | None:
+        """(lat, lon, heading) where the track puts the patch centre now: the last verified, accepted
+        ground point moved by the track's velocity; None without a recent one."""
+        g = self._track_ground
+        if g is None or not 0.0 <= t - g[2] <= self.opt.track_s:
+            return None
+        v = self.filter.velocity_ne() or (0.0, 0.0)
+        lat, lon = geo.offset_latlon(g[0], g[1], v[1] * (t - g[2]), v[0] * (t - g[2]))
+        return float(lat), float(lon), g[3]
+
+    def _trusted(self, reg: Any) -> bool:
+        return bool(reg.verified and all(math.isfinite(v) for v in (reg.east_m, reg.north_m, reg.heading_deg))
+                    and math.isfinite(reg.accuracy_m) and reg.accuracy_m <= self.opt.max_accuracy_m)
+
+    def _register_one(self, reg_patch: GroundPatch, lat: float, lon: float, side_m: float, tol: float) -> Any:
+        work = float(getattr(getattr(self.registrar, "conf", None), "work_mpp", 0.0) or 0.0)
+        mpp = max(reg_patch.mpp, work)
+        margin = max(1.5 * self.stride_m, 0.5 * side_m)  # where the frame may sit around the tile centre
+        crop_m = side_m * 1.2 + 2.0 * margin  # the patch turned by the heading tolerance, plus the margin
+        map_rgb, map_valid = self.imagery.crop(lat, lon, crop_m, mpp)
+        return self.registrar.register(reg_patch, map_rgb, crop_m / map_rgb.shape[1], None, tol,
+                                       self.opt.scale_tol, map_valid=map_valid)
+
+    def _aircraft(self, patch: GroundPatch, fix: Fix, c: FixCandidate) -> FixCandidate:
+        """The aircraft = the ground point minus the nadir -> patch-centre offset, turned to north/east."""
+        n, e = patch.ref_offset_m
+        if patch.heading_deg is None:  # heading-up patch: its frame is turned by the heading
+            n, e = _rot_ne(n, e, fix.heading_deg or 0.0)
+        lat, lon = geo.offset_latlon(c.lat, c.lon, -e, -n)
+        return replace(c, lat=float(lat), lon=float(lon))
+
+    def track(self, c: FixCandidate, fix: Fix) -> None:
+        out = self.filter.update(c, fix.time_s)
+        fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
+        fix.lat, fix.lon, fix.accuracy_m = out.lat, out.lon, out.accuracy_m
+        fix.accepted, fix.reason, fix.verified = out.accepted, out.reason, c.verified
+        fix.speed_mps = out.speed_mps
+        if fix.accepted and fix.verified and fix.ground_lat is not None and fix.heading_deg is not None:
+            self._track_ground = (fix.ground_lat, fix.ground_lon, fix.time_s, fix.heading_deg)
+        v = self.filter.velocity_ne() if fix.accepted else None
+        fix.vn_mps, fix.ve_mps = (v if v is not None else (None, None))
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
