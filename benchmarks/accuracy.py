@@ -130,7 +130,7 @@ def bench_accuracy(
         rows = []
         for p in presets:
             src = KL_ROW if p == RW_ROW else p
-            cfg = trainer.config(src, size, seed_list[0])
+            cfg = trainer.config(src, size, seed_list[0])[0]
             row = {"row": p, "trained_as": src + (" + reweight at inference" if p == RW_ROW else ""),
                    **{sw: bool(getattr(cfg, sw)) for sw in SWITCHES}, **row_summary(per_seed[p], FLAT_KEYS)}
             if p == RW_ROW:

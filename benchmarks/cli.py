@@ -124,6 +124,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path)
     _common(p, "runtime")
 
+    p = sub.add_parser("flight", formatter_class=fmt,
+                       help="localization to metres: the real aerovloc photo (300 m prior) + simulated flights")
+    p.add_argument("--model", type=Path, help="ONNX model with sidecar for the simulated flights; None = photo only")
+    p.add_argument("--maps", type=_csv(), default=["procedural", "turku", "aerovloc"])
+    p.add_argument("--altitudes", type=_csv(float), default=[80.0, 150.0, 250.0], help="flight altitude bands, m")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each simulated flight")
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second of the simulated flights")
+    p.add_argument("--no-photo", action="store_true", help="skip the real-photo registration")
+    p.add_argument("--work-dir", type=Path, help="keep flights and tile sets here; None = a temp dir")
+    _common(p, "flight")
+
     p = sub.add_parser("faults", formatter_class=fmt,
                        help="fault-injection matrix (issue 13): counts per verdict, clear error ... data loss")
     p.add_argument("--groups", type=_csv(), default=None,
@@ -177,6 +188,14 @@ def main(args: argparse.Namespace) -> int:
 
         paths = bench_faults(work_dir=args.work_dir, groups=args.groups, results_dir=args.results_dir,
                              name=args.name, command=command, progress=progress)
+    elif args.bench == "flight":
+        from skyloc.benchmarks.flight import bench_flight
+
+        paths = bench_flight(
+            model=args.model, maps=args.maps, altitudes=args.altitudes, seconds=args.seconds, fps=args.fps,
+            work_dir=args.work_dir, photo=not args.no_photo, results_dir=args.results_dir, name=args.name,
+            command=command, progress=progress,
+        )
     elif args.bench == "accuracy":
         from skyloc.benchmarks.accuracy import bench_accuracy
 

@@ -491,7 +491,8 @@ def _judge_thumbnail(w: World, res: Outcome) -> tuple[str, str]:
 
 def _judge_nan_telemetry(w: World, res: Outcome) -> tuple[str, str]:
     if res.rc == 2:
-        return ("clear error" if re.search("telemetry|yaw", res.err, re.I) else "wrong"), _last(res.err)
+        named = re.search("nan|finite", res.err, re.I) and re.search("telemetry|yaw", res.err, re.I)
+        return ("clear error" if named else "wrong"), _last(res.err)
     if res.rc != 0:
         return "crash", f"exit {res.rc}: {_last(res.err)}"
     recs = _records(w.root / "run.jsonl")
@@ -507,7 +508,8 @@ def _judge_nan_telemetry(w: World, res: Outcome) -> tuple[str, str]:
 
 
 def _telemetry(w: World) -> None:
-    rows = ["frame,yaw_deg,altitude_m"] + [f"{i},{'nan' if i == 2 else 0.0},120" for i in range(6)]
+    # Joined on time: frames of an image folder are 1 s apart by default (--fps 1).
+    rows = ["time_s,yaw_deg,altitude_m"] + [f"{i:.1f},{'nan' if i == 2 else 0.0},120" for i in range(6)]
     (w.root / "telemetry.csv").write_text("\n".join(rows) + "\n")
 
 

@@ -25,6 +25,7 @@ from skyloc.benchmarks.indexes import KINDS, build_searcher, estimate_index_byte
 from skyloc.benchmarks.goals import load_notes
 from skyloc.benchmarks.report import Goal, machine_info, percentiles_ms, write_results
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.metrics import l2_normalize
 
 GOAL_TILES, GOAL_DIM, GOAL_MS, GOAL_AGREEMENT = 1_000_000, 512, 5.0, 0.99
 
@@ -42,16 +43,11 @@ class SyntheticSpec:
     seed: int = 0
 
 
-def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
-
-
 def synthetic_database(n: int, d: int, spec: SyntheticSpec, chunk: int = 65536) -> np.ndarray:
     """(n, d) float32 unit rows, generated in chunks so peak memory stays ~ the result."""
     rng = np.random.default_rng(spec.seed)
     n_clusters = max(1, n // max(1, spec.cluster_size))
-    centers = _normalize_rows(rng.standard_normal((n_clusters, d), dtype=np.float32))
+    centers = l2_normalize(rng.standard_normal((n_clusters, d), dtype=np.float32))
     db = np.empty((n, d), dtype=np.float32)
     scale = np.float32(spec.spread / math.sqrt(d))
     for s in range(0, n, chunk):
@@ -59,7 +55,7 @@ def synthetic_database(n: int, d: int, spec: SyntheticSpec, chunk: int = 65536) 
         block = rng.standard_normal((e - s, d), dtype=np.float32)
         block *= scale
         block += centers[rng.integers(0, n_clusters, e - s)]
-        db[s:e] = _normalize_rows(block)
+        db[s:e] = l2_normalize(block)
     return db
 
 
@@ -70,7 +66,7 @@ def resampled_database(real: np.ndarray, n: int, spec: SyntheticSpec, chunk: int
     d = real.shape[1]
     m = min(n, len(real))
     db = np.empty((n, d), dtype=np.float32)
-    db[:m] = _normalize_rows(real[:m].copy())
+    db[:m] = l2_normalize(real[:m])
     rng = np.random.default_rng(spec.seed)
     scale = np.float32(spec.spread / 2 / math.sqrt(d))
     for s in range(m, n, chunk):
@@ -78,7 +74,7 @@ def resampled_database(real: np.ndarray, n: int, spec: SyntheticSpec, chunk: int
         block = rng.standard_normal((e - s, d), dtype=np.float32)
         block *= scale
         block += db[rng.integers(0, m, e - s)]
-        db[s:e] = _normalize_rows(block)
+        db[s:e] = l2_normalize(block)
     return db
 
 
@@ -87,7 +83,7 @@ def make_queries(db: np.ndarray, count: int, noise: float, seed: int) -> tuple[n
     rng = np.random.default_rng(seed + 1)
     src = rng.integers(0, len(db), count)
     q = db[src] + rng.standard_normal((count, db.shape[1]), dtype=np.float32) * np.float32(noise / math.sqrt(db.shape[1]))
-    return _normalize_rows(q.astype(np.float32)), src
+    return l2_normalize(q.astype(np.float32)), src
 
 
 def exact_top1(db: np.ndarray, queries: np.ndarray, chunk: int = 0) -> np.ndarray:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from skyloc.calibration.select import IMAGE_EXTS, load_batch
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.metrics import cosine_rows
 from skyloc.runtime.atomic import write_json_atomic
 from skyloc.runtime.sidecar import read_model_sidecar
 
@@ -43,9 +44,7 @@ def embed(session, images: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def cosine_stats(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
-    test = test / np.maximum(np.linalg.norm(test, axis=1, keepdims=True), 1e-12)
-    c = (ref.astype(np.float64) * test).sum(axis=1)
+    c = cosine_rows(ref, test)
     return {"mean": float(c.mean()), "min": float(c.min()), "p05": float(np.percentile(c, 5)), "n": int(len(c))}
 
 

@@ -19,8 +19,8 @@ from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.preprocess import read_image, to_model_input
 from skyloc.runtime.atomic import write_json_atomic
 from skyloc.runtime.sidecar import InputContract, sha256_file
+from skyloc.runtime.sources import IMAGE_EXTS  # the one list of image file types
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MANIFEST_NAME = "calibration-manifest.json"
 MANIFEST_FORMAT = "skyloc-calibration-manifest/1"
 

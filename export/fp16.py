@@ -145,7 +145,7 @@ def convert_model_to_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = N
 
 
 def _parity(fp32_path: Path, fp16_path: Path, size: int, input_name: str) -> float:
-    from skyloc.export.onnx_export import cosine_rows
+    from skyloc.runtime.metrics import cosine_rows
     from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from skyloc.runtime.atomic import atomic_path
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.metrics import cosine_rows
 from skyloc.runtime.sidecar import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -139,13 +140,6 @@ def _warn_trt_lint(proto: onnx.ModelProto, out: Path) -> None:
         logging.getLogger(__name__).warning(
             "%s will not build as a TensorRT engine (%d finding(s), e.g. %s); run `skyloc check %s`",
             out, len(problems), problems[0], out)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(den, 1e-12)
 
 
 def _verify_parity(path: Path, wrapper: EdgeEmbedder, size: int) -> float:

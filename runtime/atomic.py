@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -129,7 +130,8 @@ def _alive(pid: int) -> bool:
 
 
 def clean_stale_scratch(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Remove scratch files in `folder` left by processes that no longer run (killed mid-write).
+    """Remove scratch files (and scratch folders) in `folder` left by processes that no longer run
+    (killed mid-write).
 
     `name`: only those of that destination file name. Files of live processes (a concurrent
     writer, or this process) are kept. Returns the removed paths."""
@@ -140,14 +142,18 @@ def clean_stale_scratch(folder: str | os.PathLike, name: str | None = None) -> l
     prefix = f".{name}.tmp" if name else "."
     for p in folder.iterdir():
         m = _SCRATCH_RE.match(p.name)
-        if not m or not p.name.startswith(prefix) or not p.is_file() or p.is_symlink():
+        if not m or not p.name.startswith(prefix) or p.is_symlink():
             continue
         pid = int(m.group(1))
         if pid == os.getpid() or _alive(pid):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+        if p.is_dir():  # a folder built before being renamed into place (packed imagery)
+            shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+        elif p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
     return removed
 
 

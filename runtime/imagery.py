@@ -173,3 +173,23 @@ def pack_imagery(gmap: GeoMap, bounds: Sequence[float], out_dir: str | os.PathLi
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def imagery_record(map_path: str | os.PathLike, tileset_out: str | os.PathLike, pack: bool = False,
+                   mpp: float = 0.5, overwrite: bool = False) -> dict[str, Any]:
+    """The `imagery` entry of a tile set cut from `map_path`: the source itself (absolute path +
+    sha256), or with `pack` the map resampled at max(mpp, native m/px) into `<out stem>.imagery/`
+    beside the tile set (relative path), so the drone carries one folder."""
+    out = Path(tileset_out)
+    if not pack:
+        return MapImagery(Path(map_path).resolve()).record()
+    folder = out.with_name(out.stem + ".imagery")
+    for p in (out, folder):
+        if p.exists() and not overwrite:
+            raise SkylocError(f"{p} exists; pass --overwrite to replace it (only once the new one is complete) "
+                              f"or choose another --out")
+    gmap = open_map(map_path)
+    pack_imagery(gmap, gmap.bounds_latlon(), folder, max(float(mpp), float(gmap.metres_per_pixel)))
+    rec = MapImagery(folder).record(relative_to=out.parent, packed=True)
+    rec["source"] = str(Path(map_path).resolve())
+    return rec

@@ -39,6 +39,7 @@ from skyloc.runtime.backends import Backend
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.filter import FixCandidate, TemporalFilter, distinct_places, place_margin, refine_position
 from skyloc.runtime.matcher import Matcher, SearchWindow, make_matcher, topk
+from skyloc.runtime.metrics import l2_normalize
 from skyloc.runtime.options import check_options, opt
 from skyloc.runtime.pose import FramePose
 from skyloc.runtime.preprocess import check_frame, to_model_input
@@ -96,6 +97,8 @@ class LocalizerOptions:
     noise_m: float = opt(0.0, "extra fixed slack of the speed gate, metres", ge=0)
     confirm: int = opt(2, "a new track's fixes are accepted once this many agree (the first alone is "
                           "'tentative', never sent)", ge=1, le=100)
+    acquire_full_circle: bool = opt(True, "with the heading unknown and no track yet, registration searches "
+                                          "every heading (slower, until the first verified fix)")
     track_s: float = opt(3.0, "register around the track's predicted position first while its last verified "
                                "fix is at most this old, seconds (0: never)", ge=0, le=600)
     max_rejections: int = opt(5, "re-initialise the filter after this many consistent rejections in a row",
@@ -258,7 +261,7 @@ class Localizer:
         if self.blank.is_blank(emb[:1]):
             fix.skipped = "blank-embedding"  # no place information: its match would be the same tile every time
             return fix
-        emb = l2n(emb)
+        emb = l2_normalize(emb)
         level, hits = self.retrieve(emb, [lv for lv, _ in cands], fix)
         lap("search")
         if not hits:
@@ -445,16 +448,26 @@ class Localizer:
             for sc, t, rr in hits:
                 cands.append(("retrieval", sc, t, *(float(v) for v in self.ts.centers[t]), 0.0 if known else angles[rr]))
             regs: list[tuple[int, Any, GroundPatch]] = []
+            # no track to say the heading: the rotation search's 45-degree guess may be wrong, so
+            # registration searches the whole circle (costlier, only until the first verified fix)
+            acquire = not known and pred is None and self.opt.acquire_full_circle
             for n, (label, sc, t, lat, lon, turn) in enumerate(cands):
-                reg_patch = crop_centre(rotate_patch(patch, turn) if turn else patch, self.opt.register_px)
-                reg = self._register_one(reg_patch, lat, lon, side_m, tol)
+                if acquire:
+                    reg_patch, tol_n, scale_tol = crop_centre(patch, self.opt.register_px), 180.0, 0.0
+                else:
+                    reg_patch = crop_centre(rotate_patch(patch, turn) if turn else patch, self.opt.register_px)
+                    tol_n, scale_tol = tol, self.opt.scale_tol
+                reg = self._register_one(reg_patch, lat, lon, side_m, tol_n, scale_tol,
+                                         side_m if label == "retrieval" else 0.5 * side_m)
                 regs.append((n, reg, reg_patch))
                 if label == "track" and self._trusted(reg):
                     break  # the track vouches for the place: no need to look at look-alikes
             n, reg, reg_patch = max(regs, key=lambda x: x[1].score)
-            # the track's crop overlaps the retrieval candidates' crops: only other *places* count
-            others = max((x[1].score for x in regs if x[0] != n and not self._same_place(cands[x[0]], cands[n])),
-                         default=-1.0)
+            # crops overlap: a candidate whose peak lands on the same ground is the same match, not
+            # a look-alike; only peaks at other places make the best one ambiguous
+            found = [self._registered_at(cands[x[0]], x[1]) for x in regs]
+            others = max((x[1].score for x, p in zip(regs, found)
+                          if x[0] != n and not self._near(p, found[n], 0.25 * side_m)), default=-1.0)
             why = reg.reason if not reg.verified else (
                 f"accuracy {reg.accuracy_m:.1f} m > {self.opt.max_accuracy_m:g} m" if not self._trusted(reg)
                 else (f"ambiguous: another place peaks at {others:.3f}" if reg.score < ratio * others else ""))
@@ -477,9 +490,16 @@ class Localizer:
         acc = max(self.stride_m, 0.25 * side_m)  # right place: within about a stride; the filter gates the rest
         return self._aircraft(patch, fix, FixCandidate(glat, glon, acc, False, score, fix.confidence or 0.0, tile))
 
-    def _same_place(self, a: tuple, b: tuple) -> bool:
-        side = self.tile_m * max(self.levels)
-        return float(haversine_m(a[3], a[4], b[3], b[4])) <= 0.5 * side
+    @staticmethod
+    def _registered_at(cand: tuple, reg: Any) -> tuple[float, float] | None:
+        if not (math.isfinite(reg.east_m) and math.isfinite(reg.north_m)):
+            return None
+        lat, lon = geo.offset_latlon(cand[3], cand[4], reg.east_m, reg.north_m)
+        return float(lat), float(lon)
+
+    @staticmethod
+    def _near(a: tuple[float, float] | None, b: tuple[float, float] | None, within_m: float) -> bool:
+        return a is not None and b is not None and float(haversine_m(a[0], a[1], b[0], b[1])) <= within_m
 
     def _predicted_ground(self, t: float) -> tuple[float, float, float] | None:
         """(lat, lon, heading) where the track puts the patch centre now: the last verified, accepted
@@ -495,14 +515,19 @@ class Localizer:
         return bool(reg.verified and all(math.isfinite(v) for v in (reg.east_m, reg.north_m, reg.heading_deg))
                     and math.isfinite(reg.accuracy_m) and reg.accuracy_m <= self.opt.max_accuracy_m)
 
-    def _register_one(self, reg_patch: GroundPatch, lat: float, lon: float, side_m: float, tol: float) -> Any:
+    def _register_one(self, reg_patch: GroundPatch, lat: float, lon: float, side_m: float, tol: float,
+                      scale_tol: float, margin: float) -> Any:
+        """Register against the map crop around (lat, lon) holding the patch turned by up to tol,
+        shifted by up to `margin` metres (distinct places are a tile side apart: a margin of one
+        side leaves no ground between candidates unsearched)."""
         work = float(getattr(getattr(self.registrar, "conf", None), "work_mpp", 0.0) or 0.0)
         mpp = max(reg_patch.mpp, work)
-        margin = max(1.5 * self.stride_m, 0.5 * side_m)  # where the frame may sit around the tile centre
-        crop_m = side_m * 1.2 + 2.0 * margin  # the patch turned by the heading tolerance, plus the margin
+        margin = max(1.5 * self.stride_m, margin)
+        turned = math.cos(math.radians(45.0 - min(tol, 45.0))) * SQRT2  # box of the patch turned by up to tol
+        crop_m = side_m * turned + 2.0 * margin
         map_rgb, map_valid = self.imagery.crop(lat, lon, crop_m, mpp)
         return self.registrar.register(reg_patch, map_rgb, crop_m / map_rgb.shape[1], None, tol,
-                                       self.opt.scale_tol, map_valid=map_valid)
+                                       scale_tol, map_valid=map_valid)
 
     def _aircraft(self, patch: GroundPatch, fix: Fix, c: FixCandidate) -> FixCandidate:
         """The aircraft = the ground point minus the nadir -> patch-centre offset, turned to north/east."""
@@ -513,6 +538,13 @@ class Localizer:
         return replace(c, lat=float(lat), lon=float(lon))
 
     def track(self, c: FixCandidate, fix: Fix) -> None:
+        """The temporal filter. With map imagery only verified fixes reach it (an unverified one is
+        reported, reason "unverified", never accepted); retrieval-only, every fix does."""
+        if not c.verified and self.imagery is not None:
+            fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
+            fix.lat, fix.lon, fix.accuracy_m = c.lat, c.lon, c.accuracy_m
+            fix.accepted, fix.reason, fix.verified = False, "unverified", False
+            return
         out = self.filter.update(c, fix.time_s)
         fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
         fix.lat, fix.lon, fix.accuracy_m = out.lat, out.lon, out.accuracy_m
@@ -522,8 +554,3 @@ class Localizer:
             self._track_ground = (fix.ground_lat, fix.ground_lon, fix.time_s, fix.heading_deg)
         v = self.filter.velocity_ne() if fix.accepted else None
         fix.vn_mps, fix.ve_mps = (v if v is not None else (None, None))
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

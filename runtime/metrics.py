@@ -26,10 +26,20 @@ def top1pct_k(num_gallery: int) -> int:
     return int(round(num_gallery * 0.01)) + 1
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray, eps: float = 1e-12, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows (last axis) scaled to unit length, float32; a zero row stays zero. The one L2
+    normalisation (backends, localizer, metrics, benchmarks); `out=x` works in place."""
     x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, np.maximum(n, eps), out=out)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of a and b (float64), e.g. one model's embeddings vs another's."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(axis=-1) / np.maximum(den, 1e-12)
 
 
 def ranking(query_feats: np.ndarray, gallery_feats: np.ndarray) -> np.ndarray:

@@ -225,7 +225,8 @@ class ExifPose(PoseSource):
                     data = f.read(self.head_bytes)
             except OSError as exc:
                 raise SkylocError(f"pose from EXIF: cannot read {key}: {exc}") from None
-            self._cache.clear() if len(self._cache) > 64 else None
+            if len(self._cache) > 64:  # a folder is read in order: old entries are not needed again
+                self._cache.clear()
             self._cache[key] = (read_dji_xmp(data), read_exif(data[:262144]))
         return self._cache[key]
 

@@ -124,21 +124,48 @@ def rectify(frame_rgb: np.ndarray, camera: CameraModel, pose: FramePose, mpp: fl
 
     frame = frame_rgb
     yaw0 = yaw if yaw is not None else 0.0
-    scale = _frame_px_per_patch_px(cam, pose, centre, mpp, yaw0, h)
+    # capped so the reduced frame keeps >= 32 px a side (its aspect then stays within 2 %)
+    scale = min(_frame_px_per_patch_px(cam, pose, centre, mpp, yaw0, h), min(cam.width, cam.height) / 32.0)
     if scale > _PREFILTER_ABOVE:
         w = max(2, int(round(cam.width / scale)))
         hh = max(2, int(round(cam.height * w / cam.width)))
         frame = cv2.resize(frame_rgb, (w, hh), interpolation=cv2.INTER_AREA)
         cam = cam.scaled_to(w, hh)
 
-    north, east = patch_ground_coords(side_px, mpp, centre)
-    x, y, front = ground_to_frame(cam, pose, north, east, yaw0, h)
-    valid = front & (x >= 0) & (x <= cam.width - 1) & (y >= 0) & (y <= cam.height - 1)
-    mx = np.where(valid, x, -10.0).astype(np.float32)
-    my = np.where(valid, y, -10.0).astype(np.float32)
-    img = cv2.remap(frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    H = None if cam.dist else patch_homography(cam, pose, side_px, mpp, centre, yaw0, h)
+    if H is not None:
+        # one projective warp (the fast path); a float mask warped the same way is 1 exactly where
+        # the bilinear sample lies wholly inside the frame
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        img = cv2.warpPerspective(frame, H, (side_px, side_px), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+        cover = cv2.warpPerspective(np.ones(frame.shape[:2], np.float32), H, (side_px, side_px), flags=flags,
+                                    borderMode=cv2.BORDER_CONSTANT)
+        valid = cover > 0.999
+    else:
+        north, east = patch_ground_coords(side_px, mpp, centre)
+        x, y, front = ground_to_frame(cam, pose, north, east, yaw0, h)
+        valid = front & (x >= 0) & (x <= cam.width - 1) & (y >= 0) & (y <= cam.height - 1)
+        mx = np.where(valid, x, -10.0).astype(np.float32)
+        my = np.where(valid, y, -10.0).astype(np.float32)
+        img = cv2.remap(frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     img[~valid] = 0
     return GroundPatch(img, valid, float(mpp), None if yaw is None else float(yaw) % 360.0, centre)
+
+
+def patch_homography(cam: CameraModel, pose: FramePose, side_px: int, mpp: float, centre: tuple[float, float],
+                     yaw: float, h: float) -> np.ndarray | None:
+    """3x3 H taking patch pixels (x right, y down, centres at integers) to frame pixels of a camera
+    without distortion: K R_ned->cam diag(1, 1, h) A, A = patch pixel -> (north, east, 1).
+    None when part of the patch lies behind the camera (beyond the horizon): the projective warp
+    would fold it back into the picture, so the point-wise path must mark it invalid."""
+    c = (side_px - 1) / 2.0
+    A = np.array([[0.0, -mpp, centre[0] + c * mpp], [mpp, 0.0, centre[1] - c * mpp], [0.0, 0.0, 1.0]])
+    H = cam.K() @ camera_to_ned(pose, yaw).T @ np.diag([1.0, 1.0, h]) @ A
+    corners = np.array([[0, 0, 1], [side_px - 1, 0, 1], [0, side_px - 1, 1], [side_px - 1, side_px - 1, 1]], float)
+    # the depth is affine in patch pixels: positive at the corners -> positive everywhere
+    if np.any((corners @ H.T)[:, 2] <= 1e-9 * h):
+        return None
+    return H / H[2, 2]
 
 
 def _frame_px_per_patch_px(cam: CameraModel, pose: FramePose, centre: tuple[float, float], mpp: float,

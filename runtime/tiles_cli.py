@@ -3,6 +3,7 @@
     skyloc tiles --model model.onnx --map map.tif --out tiles.npz --tile-m 150 --stride-m 30
     skyloc tiles ... --shard 3/8          # part 3 of 8 (any scheduler can run the parts)
     skyloc tiles merge tiles-*.npz --out tiles.npz --index hnsw
+    skyloc tiles ... --overwrite          # replace an existing --out (only once the new one is complete)
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class TilesOptions:
     index: str = opt("none", "also build a faiss index beside the tile set (reused by `skyloc run`)",
                      choices=INDEX_KINDS)
     overwrite: bool = opt(False, "replace an existing --out (only once the new tile set is complete)")
+    pack_imagery: bool = opt(False, "pack the map imagery beside the tile set (<out stem>.imagery/, JPEG "
+                             "tiles + map.csv) for onboard registration; otherwise the map source is "
+                             "recorded by path + sha256")
+    imagery_mpp: float = opt(0.5, "metres per pixel of the packed imagery (never finer than the map)", gt=0)
 
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
@@ -90,11 +95,14 @@ def main(args: argparse.Namespace) -> int:
         if missing:
             raise SkylocError(f"missing {', '.join(missing)} (or use `skyloc tiles merge PARTS... --out OUT`)")
         conf = {"providers": opts.providers} if opts.providers else None
+        from skyloc.runtime.imagery import imagery_record
+
+        imagery = imagery_record(opts.map, opts.out, opts.pack_imagery, opts.imagery_mpp, opts.overwrite)
         out = build_tileset(
             opts.model, opts.map, opts.out, tile_m=opts.tile_m, stride_m=opts.stride_m,
             scales=list(opts.scales), batch=opts.batch, backend=opts.backend,
             shard=opts.shard, progress=opts.progress, min_valid=opts.min_valid, conf=conf,
-            overwrite=opts.overwrite,
+            overwrite=opts.overwrite, imagery=imagery,
         )
         write_resolved_config(opts, resolved_config_path(out))
         index = opts.index

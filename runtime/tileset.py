@@ -10,7 +10,13 @@ truncated, tampered or hand-edited file is refused rather than silently searched
 Building streams: tile centres come from `GeoMap.grid`, each batch of crops is read from the map,
 embedded and written to a memory-mapped scratch file, so memory is bounded by the batch (the map
 is never loaded whole). `shard=(k, n)` embeds the k-th of n contiguous slices of the grid; the
-parts are joined by `merge_tilesets`, which checks they belong together.
+parts are joined by `merge_tilesets`, which checks they belong together and add up.
+
+Integrity: settings, output path and the grid's size (against the free disk space) are checked
+before anything is written (runtime/tileset_checks.py); a non-finite embedding stops the build
+and is never written, nor loaded; the scratch file (`.<out>.tmp<pid>-<token>.npy`, allocated up
+front so a full disk is an error, not a SIGBUS) is removed on errors, SIGTERM and SIGHUP, and
+left-overs of killed builds are removed at the next start; the tile set replaces `out` atomically.
 """
 from __future__ import annotations
 
@@ -264,7 +270,7 @@ def build_tileset(
     model: Any, map_path: Any, out: str | os.PathLike, tile_m: float = 150, stride_m: float = 30,
     scales: Sequence[float] = (1.0,), batch: int = 32, backend: str = "auto",
     shard: tuple[int, int] | str = (0, 1), progress: bool = True, min_valid: float = 1.0,
-    conf: dict[str, Any] | None = None, overwrite: bool = True,
+    conf: dict[str, Any] | None = None, overwrite: bool = True, imagery: dict[str, Any] | None = None,
 ) -> Path:
     """Embed the map's valid area into a tile set at `out`. `model`: a path or an open Backend;
     `map_path`: anything runtime.maps.open_map takes, or an open GeoMap. Everything is checked
@@ -341,6 +347,8 @@ def build_tileset(
             "grid_count": total, "input_px": [int(c.height), int(c.width)],
             "backend": be.description, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if imagery:  # runtime.imagery.imagery_record: the map pixels registration reads, with sha256
+            meta["imagery"] = imagery
         ts = TileSet(emb, centers, footprints_for(centers, sides), scale, meta)
         return save_tileset(ts, out)
     finally:

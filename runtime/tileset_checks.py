@@ -55,8 +55,9 @@ def estimate_grid(gmap: Any, tile_m: float, stride_m: float, scales: Sequence[fl
     total = 0.0
     for s in scales:
         t = tile_m * s
-        if w >= t and h >= t:
-            total += (math.floor((w - t) / stride_m) + 1.0) * (math.floor((h - t) / stride_m) + 1.0)
+        eps = 1e-6 * t  # as GeoMap.grid: squares flush with the map edge count as inside
+        if w + eps >= t and h + eps >= t:
+            total += (math.floor((w - t + eps) / stride_m) + 1.0) * (math.floor((h - t + eps) / stride_m) + 1.0)
     return total
 
 

@@ -22,7 +22,6 @@ from skyloc.runtime.backends.tensorrt_backend import (
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import (
     EngineSidecar,
-    ModelSidecar,
     read_engine_sidecar,
     read_model_sidecar,
     sha256_file,
@@ -180,6 +179,7 @@ def test_tensorrt_ep_options_per_artifact(tiny: Path, tmp_path: Path) -> None:
     assert len(seen_caches) == 3
     # Same path, retrained weights: a new cache folder (ORT's own key would reuse the old engine).
     a = tmp_path / "reexport" / "model.onnx"
+    a.parent.mkdir()
     make_tiny_model(a, size=32, dim=16, seed=1)
     first = tensorrt_ep_options(a, read_model_sidecar(a), cache_root=tmp_path / "c")
     make_tiny_model(a, size=32, dim=16, seed=2)
@@ -206,7 +206,8 @@ def test_u8s8_is_never_given_to_the_tensorrt_ep(tiny: Path, tmp_path: Path) -> N
 def _readme_layout(tiny: Path, root: Path) -> tuple[Path, Path, Path]:
     """model.onnx (FP32) and model.engine side by side, the engine built from int8/model.int8-trt.onnx."""
     fp32 = root / "model.onnx"
-    make_tiny_model(fp32, size=32, dim=16, seed=0)
+    (root / "int8").mkdir(parents=True, exist_ok=True)
+    make_tiny_model(fp32, size=32, dim=16, seed=3)  # other weights than the INT8 source
     int8 = _with_precision(tiny, root / "int8" / "model.int8-trt.onnx", "int8-trt")
     # a different model with the same precision beside it: must not be taken for the source
     make_tiny_model(root / "int8" / "other.onnx", size=32, dim=16, seed=9)
@@ -271,6 +272,24 @@ def test_auto_falls_back_when_the_engine_backend_cannot_open(tiny: Path, tmp_pat
             open_backend(eng, "gpu-less-test")  # named explicitly: no silent fallback
     finally:
         BACKENDS.pop("gpu-less-test", None)
+
+
+def test_cuda_binding_without_a_usable_gpu() -> None:
+    """The real CUDA binding (cuda-python comes with torch's CUDA wheels; pycuda elsewhere) on a
+    machine whose GPU cannot be used: a SkylocError that says so, which `auto` falls back on."""
+    from skyloc.runtime.backends.cuda_memory import available_bindings, open_cuda
+
+    if not available_bindings():
+        pytest.skip("neither cuda-python nor pycuda is installed here")
+    try:
+        cuda = open_cuda(0)
+    except SkylocError as exc:
+        assert "no usable NVIDIA GPU" in str(exc) and "onnxruntime" in str(exc)
+    else:
+        cuda.release()
+        pytest.skip(f"a usable GPU is present ({cuda.device_name}): the no-GPU path cannot be exercised")
+    with pytest.raises(SkylocError, match="not one of"):
+        open_cuda(0, "cupy")
 
 
 def test_warm_up(tiny: Path) -> None:

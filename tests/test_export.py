@@ -1,5 +1,7 @@
 """Export: ONNX Runtime output equals the PyTorch embedding (full and global variants, dynamic
-batch), the FP16 conversion stays close, sidecars round-trip and refuse a changed ONNX."""
+batch), the FP16 conversion stays close, sidecars round-trip and refuse a changed ONNX, every
+artifact passes the TensorRT lint (uint8 only at the input: cast before the layout change), and
+a checkpoint with non-finite weights is refused."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,7 @@ import torch
 
 from export_helpers import cosine, make_tiny_checkpoint, normalise_reference, structured_images
 from skyloc.cli import main as skyloc
+from skyloc.calibration.trt_lint import lint_model
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.sidecar import (
     EngineSidecar,
@@ -77,6 +80,14 @@ def test_graph_contract_and_sidecar(exported, variant: str) -> None:
     if variant == "global":  # the local branch (block pooling MatMul, attention Softmax) is gone
         assert not ops & {"MatMul", "Softmax"}
 
+    # uint8 only as the network input (TensorRT's rule): what reads "image" is the Cast (and a
+    # Shape), and no node produces a uint8 tensor.
+    readers = {n.op_type for n in proto.graph.node if "image" in n.input}
+    assert readers <= {"Cast", "Shape"} and "Cast" in readers, readers
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    assert not [v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+    assert lint_model(path) == []
+
     side = read_model_sidecar(path)
     ckpt = torch.load(exported["ckpt"], weights_only=True)
     _, cfg, _ = load_model(exported["ckpt"])
@@ -112,6 +123,7 @@ def test_fp16_model(exported, tmp_path: Path) -> None:
     got = _session(out).run(None, {"image": x})[0]
     assert got.dtype == np.float32
     assert cosine(got, ref).min() >= 0.999
+    assert lint_model(out) == []  # the FP16 model is for TensorRT strongly typed builds
 
 
 def test_sidecar_round_trip_and_sha_refusal(exported, tmp_path: Path) -> None:
@@ -152,3 +164,21 @@ def test_export_refuses_bad_requests(tmp_path: Path) -> None:
     with pytest.raises(SkylocError, match="not found"):
         export_onnx(tmp_path / "missing.pt", tmp_path / "g.onnx")
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_refuses_non_finite_weights(tmp_path: Path) -> None:
+    from skyloc.export.onnx_export import export_onnx
+    from skyloc.training.checkpoint import save_checkpoint
+    from skyloc.training.config import preset
+    from skyloc.training.model import build_model
+
+    cfg, tcfg = preset("tiny", num_classes=5)
+    model = build_model(cfg).eval()
+    name, param = next((n, p) for n, p in model.named_parameters() if p.ndim == 4)
+    with torch.no_grad():
+        param[0, 0, 0, 0] = float("nan")
+    ckpt = save_checkpoint(tmp_path / "nan.pt", model, cfg, tcfg)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SkylocError, match=f"non-finite.*{name}"):
+        export_onnx(ckpt, tmp_path / "out" / "m.onnx")
+    assert not list((tmp_path / "out").iterdir())

@@ -84,7 +84,10 @@ def test_clean_stale_scratch_only_removes_dead_writers(tmp_path: Path) -> None:
     other = tmp_path / ".hidden-user-file.tmp"  # not ours: never touched
     for p in (stale, old_style, live, other):
         p.write_bytes(b"x")
+    stale_dir = tmp_path / f".imagery.tmp{dead_pid}-0badc0de"  # a folder written before its rename
+    stale_dir.mkdir()
+    (stale_dir / "tile_0000_0000.jpg").write_bytes(b"x")
     removed = clean_stale_scratch(tmp_path)
-    assert sorted(removed) == sorted([stale, old_style])
+    assert sorted(removed) == sorted([stale, old_style, stale_dir])
     assert live.exists() and other.exists() and not stale.exists()
     assert live.name.startswith(".tiles.npz.tmp") and f"tmp{os.getpid()}-" in live.name and live.suffix == ".npy"

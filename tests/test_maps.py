@@ -282,3 +282,60 @@ def test_open_map_errors(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"not a tiff")
     with pytest.raises(SkylocError, match="GeoTIFF"):
         open_map(tmp_path / "junk.tif")
+
+
+def test_turku_missing_tiles_share_of_area():
+    """The share of the map's area whose tile image is absent, by haversine areas of the CSV rows."""
+    rows = turku_rows()
+    m = open_map(TURKU)
+
+    def area(r):
+        _, tl_lat, tl_lon, br_lat, br_lon = r
+        return geo.haversine_m(tl_lat, tl_lon, br_lat, tl_lon) * geo.haversine_m(tl_lat, tl_lon, tl_lat, br_lon)
+
+    missing = sum(area(r) for r in rows if not (TURKU / r[0]).is_file())
+    assert m.missing_share == pytest.approx(missing / sum(area(r) for r in rows), rel=1e-3)
+    assert m.describe()["missing_share"] == pytest.approx(m.missing_share, abs=1e-6) and 0 < m.missing_share < 0.5
+
+
+@pytest.mark.parametrize("row, message", [
+    ('"t.png", 60.41, 187.0, 60.40, 187.01', "out of range"),
+    ('"t.png", nan, 22.46, 60.40, 22.47', "finite"),
+    ('"t.png", 60.40, 22.46, 60.41, 22.47', "north-west"),
+    ('"t.png", 91.0, 22.46, 60.40, 22.47', "out of range"),
+    ('"../t.png", 60.41, 22.46, 60.40, 22.47', "outside the CSV's folder"),
+    ('"/etc/hostname", 60.41, 22.46, 60.40, 22.47', "outside the CSV's folder"),
+    ('"a/../../t.png", 60.41, 22.46, 60.40, 22.47', "outside the CSV's folder"),
+])
+def test_bad_corners_csv_refused(tmp_path: Path, row: str, message: str):
+    sub = tmp_path / "map"
+    sub.mkdir()
+    write_png(tmp_path / "t.png", smooth_image(np.random.default_rng(0), 32, 32))
+    write_png(sub / "t.png", smooth_image(np.random.default_rng(0), 32, 32))
+    (sub / "map.csv").write_text(",".join(CSV_HEADER_) + "\n" + row + "\n")
+    with pytest.raises(SkylocError, match=message):
+        open_map(sub)
+
+
+def test_subfolder_paths_in_corners_csv_allowed(tmp_path: Path):
+    (tmp_path / "tiles").mkdir()
+    write_png(tmp_path / "tiles" / "t.png", smooth_image(np.random.default_rng(0), 32, 32))
+    (tmp_path / "map.csv").write_text(",".join(CSV_HEADER_) + '\n"tiles/./t.png", 60.41, 22.46, 60.40, 22.47\n')
+    m = open_map(tmp_path)
+    assert [t.path for t in m.tiles] == [tmp_path / "tiles" / "t.png"] and m.missing_share == 0.0
+
+
+def test_geotiff_without_geotransform_refused(tmp_path: Path):
+    rasterio = pytest.importorskip("rasterio")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(tmp_path / "n.tif", "w", driver="GTiff", width=16, height=16, count=3, dtype="uint8",
+                           crs="EPSG:4326") as ds:
+            ds.write(np.zeros((3, 16, 16), np.uint8))
+    with pytest.raises(SkylocError, match="no geotransform"):
+        open_map(tmp_path / "n.tif")
+
+
+CSV_HEADER_ = ["Filename", "Top_left_lat", "Top_left_lon", "Bottom_right_lat", "Bottom_right_long"]

@@ -145,3 +145,86 @@ def test_console_script_version():
         pytest.skip("the skyloc console script is not on PATH (package not pip-installed)")
     r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"skyloc {skyloc.__version__}"
+
+
+# ---- the drone install: what `skyloc run` / `tiles` / `report` need and no more -------------
+
+BASE_ONLY = r"""
+import importlib, json, pkgutil, sys
+# the extras' packages are absent, as in a base (drone) install: importing them fails
+for mod in ("rasterio", "psutil", "matplotlib", "torch", "torchvision"):
+    sys.modules[mod] = None
+import skyloc.runtime
+failed = {}
+for info in pkgutil.walk_packages(skyloc.runtime.__path__, "skyloc.runtime."):
+    try:
+        importlib.import_module(info.name)
+    except Exception as exc:
+        failed[info.name] = repr(exc)
+from skyloc.cli import main
+rcs = {c: None for c in ("run", "tiles", "report")}
+import contextlib, io
+for c in rcs:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([c, "--help"])
+        except SystemExit as e:
+            rcs[c] = e.code
+from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.maps import open_map
+msg = None
+try:
+    open_map(sys.argv[1])
+except SkylocError as exc:
+    msg = str(exc)
+print(json.dumps({"failed": failed, "rcs": rcs, "msg": msg}))
+"""
+
+
+def test_base_install_runs_without_the_extras(tmp_path):
+    tif = tmp_path / "map.tif"
+    tif.write_bytes(b"II*\x00" + bytes(64))  # never parsed: rasterio is "missing"
+    r = subprocess.run([sys.executable, "-c", BASE_ONLY, str(tif)], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert out["failed"] == {}, out["failed"]  # every runtime module imports without the extras
+    assert out["rcs"] == {"run": 0, "tiles": 0, "report": 0}
+    # a GeoTIFF without rasterio: a clear error naming the extra, not an ImportError
+    assert out["msg"] is not None and "skyloc[maps]" in out["msg"] and str(tif) in out["msg"]
+
+
+def test_extras_declare_what_the_optional_code_imports():
+    deps = PYPROJECT["project"]["dependencies"]
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    names = lambda reqs: {r.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip() for r in reqs}  # noqa: E731
+    assert not names(deps) & {"rasterio", "psutil", "matplotlib", "torch", "torchvision"}
+    assert "rasterio" in names(extras["maps"]) and "psutil" in names(extras["bench"])
+    # the README's two first commands install what the demo and the suite use
+    assert "skyloc[maps]" in extras["train"] or "rasterio" in names(extras["train"])
+    assert any(r.startswith("skyloc[") and "maps" in r and "bench" in r for r in extras["test"])
+    assert "pytest" in names(extras["test"])
+
+
+def test_bench_results_never_go_to_site_packages(tmp_path):
+    """From the checkout: ./benchmarks/results; from an installed package outside a checkout: an error
+    asking for --results-dir; inside a checkout folder: that checkout's benchmarks/results."""
+    from skyloc.benchmarks.report import default_results_dir
+
+    assert default_results_dir() == ROOT / "benchmarks" / "results"
+    # the module as an installed wheel would have it (no checkout around it), run from tmp_path
+    fake_site = tmp_path / "site" / "skyloc" / "benchmarks"
+    fake_site.mkdir(parents=True)
+    shutil.copy2(ROOT / "benchmarks" / "report.py", fake_site / "report.py")
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('wheel_report', {str(fake_site / 'report.py')!r}); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['wheel_report'] = m; spec.loader.exec_module(m)\n"
+            "from skyloc.runtime.errors import SkylocError\n"
+            "try:\n    print(m.default_results_dir())\nexcept SkylocError as e:\n    print('ERR', e)\n")
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERR") and "--results-dir" in r.stdout
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert Path(r.stdout.strip()) == ROOT / "benchmarks" / "results"

@@ -79,3 +79,37 @@ def test_check_frame_reasons(frame: object, reason: str | None) -> None:
 def test_rejects_grayscale_in_batch() -> None:
     with pytest.raises(ValueError):
         to_model_input([np.zeros((40, 40), np.uint8)], InputContract(height=16, width=16))
+
+
+def test_one_contract_for_files_frames_and_training(tmp_path) -> None:
+    """read_image + prepare_image (training / eval / calibration) and a BGR camera frame through
+    to_model_input (runtime) give the same bytes, equal to the slicing + cv2 reference."""
+    from skyloc.runtime.preprocess import load_image, prepare_image, read_image
+    from skyloc.training.data import eval_transform
+
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    path = tmp_path / "f.png"
+    cv2.imwrite(str(path), rgb[:, :, ::-1])
+    c = InputContract(height=48, width=48)
+    ref = naive(rgb[:, :, ::-1], 48)  # the naive reference takes BGR and returns RGB
+    np.testing.assert_array_equal(read_image(path), rgb)
+    np.testing.assert_array_equal(load_image(path, c), ref)
+    np.testing.assert_array_equal(prepare_image(rgb, c, bgr=False), ref)
+    np.testing.assert_array_equal(to_model_input([cv2.imread(str(path))], c)[0], ref)
+    # The eval transform is that contract followed by ImageNet normalisation, nothing else.
+    x = eval_transform(48)(read_image(path)).numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(x, (ref / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), atol=1e-5)
+
+
+def test_unknown_resize_contract_is_refused(tmp_path) -> None:
+    from skyloc.runtime.errors import SkylocError
+    from skyloc.runtime.preprocess import read_image
+
+    with pytest.raises(SkylocError, match="bicubic"):
+        to_model_input([np.zeros((20, 20, 3), np.uint8)], InputContract(height=8, width=8, resize="squash+bicubic"))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(SkylocError, match="bad.jpg"):
+        read_image(tmp_path / "bad.jpg")
+    with pytest.raises(SkylocError, match="not found"):
+        read_image(tmp_path / "missing.png")

@@ -268,3 +268,33 @@ def test_rejects_axis_beyond_limit_and_bad_frames():
         rectify(np.zeros((H, W), np.uint8), cam, FramePose(100.0), 1.0, 8)
     with pytest.raises(SkylocError, match="aspect"):
         rectify(np.zeros((H, H, 3), np.uint8), cam, FramePose(100.0), 1.0, 8)
+
+
+def test_homography_fast_path_equals_point_wise_path(gmap):
+    """No distortion -> one warpPerspective; a negligible distortion forces the point-wise remap path."""
+    pose = FramePose(altitude_m=90.0, roll_deg=5.0, pitch_deg=-3.0, yaw_deg=290.0, camera_tilt_deg=25.0)
+    frame = render(gmap, synth_camera(pose, 90.0, 290.0))
+    cam = CameraModel.from_hfov(HFOV, W, H)
+    tiny = CameraModel(cam.fx, cam.fy, cam.cx, cam.cy, W, H, (1e-12, 0.0, 0.0, 0.0))
+    a = rectify(frame, cam, pose, 0.6, 200)  # larger than the footprint: the valid masks matter too
+    b = rectify(frame, tiny, pose, 0.6, 200)
+    assert 0.2 < a.valid.mean() < 0.95
+    assert (a.valid != b.valid).mean() < 0.005
+    both = a.valid & b.valid
+    assert np.abs(a.image[both].astype(int) - b.image[both].astype(int)).max() <= 2
+
+
+def test_patch_reaching_past_the_horizon_is_invalid_there():
+    """Far side of a strongly tilted view: ground points behind the camera must not fold back in."""
+    cam = CameraModel.from_hfov(HFOV, W, H)
+    pose = FramePose(altitude_m=50.0, camera_tilt_deg=70.0, yaw_deg=0.0)
+    frame = np.full((H, W, 3), 200, np.uint8)
+    p = rectify(frame, cam, pose, 2.0, 400)  # 800 m: well past the horizon behind and ahead
+    rows = np.nonzero(p.valid.any(axis=1))[0]
+    # the view (up to the horizon) starts at the near edge of the frame, 70 - vfov/2 from nadir; nothing
+    # nearer or behind the aircraft (where the folded projection would land) is valid
+    near = 50.0 * math.tan(math.radians(70.0) - math.atan((H - 1) / 2 / cam.fy))
+    n_bottom = p.ref_offset_m[0] + ((400 - 1) / 2 - rows.max()) * 2.0
+    assert n_bottom == pytest.approx(near, abs=2.5)
+    assert rows.min() == 0  # the far side reaches the patch edge (the frame sees the horizon)
+    assert p.valid.sum() > 1000 and (p.image[~p.valid] == 0).all()

@@ -4,6 +4,7 @@ never verified) and the real cross-season aerovloc pair."""
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from pathlib import Path
 
@@ -26,8 +27,13 @@ AERO = DATA / "aerovloc"
 def _open(path: Path):
     if not path.exists():
         pytest.skip(f"{path} not present")
+    return _open_cached(str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _open_cached(path: str):
     from skyloc.runtime.maps import open_map
-    return open_map(path)
+    return open_map(path)  # one decode of the tiles for the whole module
 
 
 def _photometric(img: np.ndarray, seed: int, blur: float = 1.0, noise: float = 0.03) -> np.ndarray:
@@ -90,9 +96,10 @@ def test_second_peak_matches_brute_force_local_maxima():
 # --- registration on real map crops -------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _centre(gmap) -> tuple[float, float]:
     """Centre of a 340 m square of the map that is all data (the Turku mosaic has holes)."""
-    g = gmap.grid(340.0, 10.0)
+    g = gmap.grid(340.0, 20.0)
     assert len(g), "no 340 m square of data in the map"
     return float(g[len(g) // 2][0]), float(g[len(g) // 2][1])
 
@@ -177,7 +184,7 @@ def test_wrong_place_is_not_verified(where):
     gmap = _open(where)
     lat0, lon0 = _centre(gmap)
     mrgb, mvalid = gmap.read_crop(lat0, lon0, 240.0, 240)
-    g = gmap.grid(130.0, 10.0)
+    g = gmap.grid(130.0, 30.0)
     d = np.asarray(geo.haversine_m(g[:, 0], g[:, 1], lat0, lon0))
     far = g[(d > 150) & (d < 450)]
     assert len(far) >= 8

@@ -178,7 +178,7 @@ def test_live_video_that_ends_is_reopened(nan_setup, tmp_path):
     assert len(_lines(tmp_path / "f.jsonl")) == 12
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_cleanly_with_complete_output(nan_setup, tmp_path, sig):
     video = _video(tmp_path / "long.avi", 3000)
     out, stats_path = tmp_path / "f.jsonl", tmp_path / "stats.json"
@@ -258,15 +258,84 @@ def test_run_on_a_synthetic_flight_is_within_one_stride(flight_pipeline, tmp_pat
     assert any("window_m" in l for l in _lines(out2))
 
 
-@pytest.mark.parametrize("yaw,where", [(0.0, "top"), (90.0, "right"), (180.0, "bottom"), (270.0, "left")])
-def test_north_up_turns_the_heading_to_its_compass_side(yaw, where):
-    from skyloc.runtime.loop import north_up
+# --- options, outputs and exit codes -------------------------------------------------------------
 
-    img = np.zeros((120, 160, 3), np.uint8)
-    img[20:40, 70:90] = 255  # a marker ahead of the aircraft: the top of the image
-    out = north_up(img, yaw, 32, 32)
-    ys, xs = np.nonzero(out[:, :, 0] > 100)
-    cy, cx = ys.mean() - 15.5, xs.mean() - 15.5
-    side = {"top": cy < -5 and abs(cx) < 3, "bottom": cy > 5 and abs(cx) < 3,
-            "right": cx > 5 and abs(cy) < 3, "left": cx < -5 and abs(cy) < 3}
-    assert side[where], (cy, cx)
+
+def test_cli_defaults_equal_the_dataclass_defaults():
+    import argparse
+    import dataclasses
+
+    from skyloc.runtime import run_cli
+    from skyloc.runtime.loop import RunOptions
+    from skyloc.runtime.options import options_from_args
+
+    p = argparse.ArgumentParser()
+    run_cli.add_arguments(p)
+    args = p.parse_args(["--model", "m.onnx", "--tiles", "t.npz", "--source", "v.mp4"])
+    assert options_from_args(RunOptions, args) == RunOptions()
+    flags = {a.dest: a for a in p._actions}
+    for f in dataclasses.fields(RunOptions):
+        if f.metadata.get("cli", True):
+            assert flags[f.name].default == getattr(RunOptions(), f.name), f.name
+    assert "default: None" not in p.format_help()
+
+
+@pytest.mark.parametrize("flag,value", [("--max-speed", "nan"), ("--max-speed", "0"), ("--fps", "nan"),
+                                        ("--start", "60.1,nan"), ("--start", "95,22"), ("--rotations", "0"),
+                                        ("--satellites", "-1"), ("--yaw", "inf")])
+def test_bad_numbers_are_refused_before_anything_opens(nan_setup, tmp_path, flag, value, capsys):
+    out = tmp_path / "f.jsonl"
+    try:
+        rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]),
+                     "--source", str(tmp_path), "--out", str(out), flag, value])
+    except SystemExit as exc:  # argparse's own error exit
+        rc = exc.code
+    assert rc == 2 and not out.exists()
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["tiles", "model", "source"])
+def test_out_equal_to_an_input_is_refused_and_the_input_untouched(nan_setup, tmp_path, which):
+    video = _video(tmp_path / "v.avi", 3)
+    paths = {"model": nan_setup["model"], "tiles": nan_setup["tiles"], "source": video}
+    before = paths[which].read_bytes()
+    rc = skyloc(["run", "--model", str(paths["model"]), "--tiles", str(paths["tiles"]), "--source", str(video),
+                 "--out", str(paths[which]), "--overwrite"])
+    assert rc == 2 and paths[which].read_bytes() == before
+
+
+def test_existing_output_is_kept_without_overwrite(nan_setup, tmp_path, capsys):
+    video = _video(tmp_path / "v.avi", 3)
+    out = tmp_path / "fixes.jsonl"
+    out.write_text("previous run\n")
+    base = ["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]), "--source", str(video),
+            "--out", str(out), "--blank-cos", "0.99999"]
+    assert skyloc(base) == 2 and out.read_text() == "previous run\n"
+    assert "--overwrite" in capsys.readouterr().err
+    assert skyloc(base + ["--overwrite"]) == 0
+    assert [json.loads(l)["frame"] for l in out.read_text().splitlines()] == [0, 1, 2]
+    # the resolved config beside it, and --config reads it back
+    cfg = tmp_path / "fixes.config.json"
+    assert json.loads(cfg.read_text())["options"]["blank_cos"] == 0.99999
+    out2 = tmp_path / "again.jsonl"
+    assert skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]), "--source",
+                   str(video), "--config", str(cfg), "--out", str(out2)]) == 0
+    assert json.loads((tmp_path / "again.config.json").read_text())["options"]["blank_cos"] == 0.99999
+
+
+def test_a_startup_error_leaves_the_old_output_alone(nan_setup, tmp_path):
+    out = tmp_path / "fixes.jsonl"
+    out.write_text("previous run\n")
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["other_tiles"]),
+                 "--source", str(tmp_path), "--out", str(out), "--overwrite"])
+    assert rc == 2 and out.read_text() == "previous run\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill the disk")
+def test_output_failures_are_counted_and_give_exit_code_3(nan_setup, tmp_path):
+    video = _video(tmp_path / "v.avi", 4)
+    stats_path = tmp_path / "stats.json"
+    rc = skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]), "--source",
+                 str(video), "--out", "/dev/full", "--stats-json", str(stats_path), "--overwrite"])
+    stats = json.loads(stats_path.read_text())
+    assert rc == 3 and stats["exit_code"] == 3 and stats["output_errors"] >= 4 and stats["frames"] == 4

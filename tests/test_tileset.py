@@ -191,3 +191,26 @@ def test_real_map_with_holes(env: dict, tmp_path: Path) -> None:
     assert (ts.footprints[..., 0] >= lat_min - 1e-9).all() and (ts.footprints[..., 1] <= lon_max + 1e-9).all()
     full_grid = gmap.grid(150, 75, min_valid=0.0)
     assert len(ts) < len(full_grid)  # holes removed some grid cells
+
+
+def test_grid_estimate_bounds_the_real_grid(env: dict) -> None:
+    from skyloc.runtime.tileset_checks import estimate_grid
+
+    gmap = env["map"]
+    for tile_m, stride_m, scales in ((100.0, 25.0, (1.0,)), (100.0, 25.0, SCALES), (60.0, 7.0, (1.0, 2.0))):
+        real = sum(len(gmap.grid(tile_m * s, stride_m, min_valid=0.0)) for s in scales)
+        est = estimate_grid(gmap, tile_m, stride_m, scales)
+        assert real <= est <= real * 1.15 + 2, (tile_m, stride_m, scales, real, est)
+
+
+def test_cli_overwrite_replaces_only_when_asked(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    common = ["--model", str(env["model"]), "--map", str(env["png"]), "--stride-m", "50", "--no-progress",
+              "--providers", "cpu"]
+    out = tmp_path / "t.npz"
+    assert skyloc(["tiles", *common, "--tile-m", "100", "--out", str(out)]) == 0
+    first = out.read_bytes()
+    assert skyloc(["tiles", *common, "--tile-m", "120", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == first
+    assert skyloc(["tiles", *common, "--tile-m", "120", "--out", str(out), "--overwrite"]) == 0
+    assert TileSet.load(out).meta["tile_m"] == 120.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left

@@ -81,7 +81,3 @@ def load_model(path: str | os.PathLike) -> tuple[MSBA, ModelConfig, dict[str, An
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, cfg, ckpt
-
-
-def train_config_of(ckpt: dict[str, Any]) -> TrainConfig:
-    return TrainConfig.from_dict(ckpt.get("train_config", {}))

@@ -21,11 +21,10 @@ from torchvision import transforms as T
 from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.preprocess import prepare_image, read_image
 from skyloc.runtime.sidecar import InputContract
+from skyloc.runtime.sources import IMAGE_EXTS  # the one list of image file types (re-exported)
 from skyloc.training.config import TrainConfig
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 TRAIN_VIEWS = ("drone", "satellite", "street", "google")
-TEST_VIEWS = ("query_drone", "gallery_satellite", "query_satellite", "gallery_drone")
 GROUPS = ("long", "middle", "short")  # thirds of a location's spiral, farthest first
 _LAYOUT = ("expected the University-1652 layout: DATA/train/{drone,satellite,street,google}/<location_id>/"
            "*.jpg|jpeg|png and DATA/test/{query_drone,gallery_satellite,query_satellite,gallery_drone}/"

@@ -61,11 +61,6 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
     write_text_atomic(path, write_lines)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
-
-
 def _tb_tag(direction: str, metric: str) -> str:
     return f"eval/{direction.replace('->', '_to_')}/{metric.replace('@', '').replace('%', 'pct')}"
 

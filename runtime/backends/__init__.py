@@ -1,7 +1,7 @@
 """Inference backends behind one interface: `open_backend(model, "auto"|"onnxruntime"|"tensorrt")`.
 
 Importing this package registers the built-in backends but loads no runtime library;
-onnxruntime / tensorrt / pycuda are imported when a model is opened.
+onnxruntime / tensorrt / cuda-python (or pycuda) are imported when a model is opened.
 """
 from __future__ import annotations
 

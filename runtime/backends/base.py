@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.metrics import l2_normalize  # re-exported by skyloc.runtime.backends
 from skyloc.runtime.sidecar import InputContract, ModelSidecar
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ def register_backend(name: str) -> Callable[[type["Backend"]], type["Backend"]]:
         return cls
 
     return deco
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, eps)
 
 
 class Backend(ABC):

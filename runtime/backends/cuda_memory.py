@@ -226,4 +226,9 @@ def open_cuda(device: int = 0, binding: str | None = None) -> CudaMemory:
     if not wanted or (binding and binding not in have):
         raise SkylocError(f"the TensorRT backend needs cuda-python or pycuda for its buffers "
                           f"({binding or 'neither'} is installed): `pip install cuda-python`")
-    return _CudaPython(device) if wanted[0] == "cuda-python" else _PyCuda(device)
+    try:
+        return _CudaPython(device) if wanted[0] == "cuda-python" else _PyCuda(device)
+    except SkylocError:
+        raise
+    except Exception as exc:  # e.g. the binding cannot load libcuda (no driver): the GPU is unusable
+        raise SkylocError(NO_GPU.format(why=f"{wanted[0]}: {type(exc).__name__}: {exc}")) from None

@@ -145,11 +145,6 @@ def look_at(east: float, north: float, alt: float, target_e: float, target_n: fl
                   int(width), int(width if height is None else height))
 
 
-def nadir_gsd_m(alt_m: float, fov_deg: float, width: int) -> float:
-    """Ground sampling distance (metres per pixel) of a nadir camera over flat ground."""
-    return 2.0 * alt_m * math.tan(math.radians(fov_deg) / 2) / width
-
-
 @dataclass
 class SpiralConfig:
     """The University-1652 drone path: a descending spiral with the camera aimed at the target.

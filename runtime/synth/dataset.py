@@ -45,7 +45,6 @@ LOCATION_COLUMNS = ["location_id", "split", "view", "file", "index", "lat", "lon
 POSE_COLUMNS = ["file", "location_id", "split", "kind", "altitude_m", "roll_deg", "pitch_deg", "yaw_deg", "tilt_deg",
                 "fx", "fy", "cx", "cy", "width", "height", "ground_lat", "ground_lon", "cam_lat", "cam_lon"]
 VIEW_KINDS = ("spiral", "nadir", "mixed")
-TEST_DIRS = ("query_drone", "gallery_satellite", "query_satellite", "gallery_drone")
 
 
 @dataclass
