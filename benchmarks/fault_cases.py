@@ -594,6 +594,11 @@ CASES: list[Case] = [
     Case("tiles merge --out equal to a part", "tiles", E,
          lambda w: ["tiles", "merge", str(w.root / "p0.npz"), str(w.root / "p1.npz"), "--out", str(w.root / "p1.npz"),
                     "--overwrite"], "part|input", prepare=_two_shards),
+    Case("tile set truncated (copy cut short)", "tiles", E, lambda w: w.run_argv(), "truncated|damaged",
+         prepare=lambda w: w.tiles.write_bytes(w.tiles.read_bytes()[: w.tiles.stat().st_size // 2])),
+    Case("tile set made by another model", "tiles", E, lambda w: w.run_argv(), "made by model",
+         prepare=lambda w: (_tiny_model(w.root / "other.onnx", model_id="other-model"),
+                            os.replace(w.root / "other.onnx", w.model), os.replace(w.root / "other.json", w.sidecar))),
     Case("tile set with NaN embeddings and a valid checksum", "tiles", E,
          lambda w: w.run_argv(), "not finite|NaN", prepare=_nan_tileset),
     # maps
@@ -627,6 +632,8 @@ CASES: list[Case] = [
          prepare=lambda w: _edit_sidecar(w, lambda d: {**d, "embedding_dim": "16"})),
     Case("sidecar with NaN in the input contract", "sidecar", E, lambda w: w.tiles_argv(), r"model\.json.*input\.std",
          prepare=lambda w: _edit_sidecar(w, lambda d: {**d, "input": {**d["input"], "std": [math.nan, 0.2, 0.2]}})),
+    Case("ONNX modified after export (sidecar sha256)", "sidecar", E, lambda w: w.tiles_argv(), "does not match",
+         prepare=lambda w: w.model.write_bytes(w.model.read_bytes() + b"\0")),
     Case("ONNX skyloc.model_id != sidecar model_id", "sidecar", E, lambda w: w.tiles_argv(), "model_id",
          prepare=_model_id_mismatch),
     # faiss

@@ -28,9 +28,10 @@ from skyloc.runtime import geo
 from skyloc.runtime.errors import SkylocError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PHOTO_CASES = (  # (registrar, conf, heading: "known" +-3 deg | "unknown", scale_tol)
-    ("ncc", {}, "known", 0.05), ("ncc", {"work_mpp": 0.5}, "known", 0.05), ("ncc", {"work_mpp": 2.0}, "known", 0.05),
-    ("ncc", {}, "unknown", 0.03), ("sift", {}, "known", 0.1), ("orb", {}, "known", 0.1),
+PHOTO_CASES = (  # (registrar, conf, heading: "known" +-3 deg | "unknown", scale_tol, prior centres used)
+    ("ncc", {}, "known", 0.03, 6), ("ncc", {"work_mpp": 2.0}, "known", 0.03, 6),
+    ("ncc", {"work_mpp": 0.5}, "known", 0.03, 1), ("ncc", {}, "unknown", 0.03, 1),
+    ("sift", {}, "known", 0.1, 2), ("orb", {}, "known", 0.1, 2),
 )
 PRIOR_OFFSETS_M = ((0.0, 0.0), (150.0, 150.0), (-200.0, -100.0), (250.0, 0.0), (0.0, -250.0), (-120.0, 240.0))
 
@@ -67,10 +68,10 @@ def photo_rows(root: Path = DATA / "aerovloc", prior_m: float = 300.0, cases: Se
     extent = math.hypot(*patch.image.shape[:2]) * patch.mpp
     window = 2 * prior_m + extent
     rows = []
-    for name, conf, heading, scale_tol in cases:
+    for name, conf, heading, scale_tol, n_prior in cases:
         reg = make_registrar(name, **conf)
         work = max(float(getattr(reg.conf, "work_mpp", 1.0)), patch.mpp)
-        for k, (de, dn) in enumerate(offsets if heading == "known" else offsets[:2]):
+        for de, dn in offsets[:n_prior]:
             if math.hypot(de, dn) >= prior_m:
                 continue
             clat, clon = geo.offset_latlon(lat, lon, de, dn)
@@ -131,7 +132,7 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                 work_dir: Path, seconds: float = 20.0, fps: float = 1.0, tilt_max: float = 15.0,
                 width: int = 640, height: int = 480, fov_deg: float = 60.0, seed: int = 0,
                 headings: Sequence[str] = ("known", "unknown"), registration: Sequence[bool] = (True, False),
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, world_m: float = 1500.0) -> list[dict]:
     from skyloc.cli import main as skyloc
     from skyloc.runtime.imagery import imagery_record
     from skyloc.runtime.synth.flight import FlightConfig, make_flight
@@ -141,7 +142,7 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
     rows = []
     for map_name, map_path in maps:
         if map_path is None:
-            map_path = make_world(work_dir / "world", seed=seed, size_m=1500.0, mpp=0.5)
+            map_path = make_world(work_dir / "world", seed=seed, size_m=world_m, mpp=0.5)
         elif not Path(map_path).exists():
             rows.append({"map": map_name, "status": f"skipped: {map_path} not present"})
             continue

@@ -5,10 +5,13 @@ every record, `validate_record` checks a record against it, `skyloc report` read
 README's "Fix record" section is generated from it (`schema_markdown()`). Change a field's
 meaning or unit -> bump the version; adding an optional field keeps it.
 
-Time base: `time_s` is the frame's time in seconds on the source's clock: for files
-(video, image folder) frame index / fps from the file's start; for live sources seconds since the
-source opened (monotonic, not wall-clock). `latency_ms` are wall durations measured in this process.
-Positions are WGS84 degrees; distances metres; angles degrees, headings clockwise from true north.
+Time base: `time_s` is the frame's capture time in seconds on the source's own clock (telemetry
+and truth join on it): image folders the EXIF DateTimeOriginal (+SubSec) when the images have one
+(seconds since 1970 on the camera's clock), else frame number / fps; videos the container
+timestamp; live sources seconds since the source opened. `capture_unix_s`, when present, is the
+absolute UTC capture time (live: the wall clock at grab; EXIF with its UTC offset).
+`latency_ms` are wall durations measured in this process. Positions are WGS84 degrees; distances
+metres; angles degrees, headings clockwise from true north.
 """
 from __future__ import annotations
 
@@ -43,7 +46,9 @@ class FieldSpec:
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("schema", "str", "", f"record format and version, `{SCHEMA_VERSION}`"),
     FieldSpec("frame", "int", "", "frame index from the source, from 0", lo=0),
-    FieldSpec("time_s", "float", "s", "frame time on the source's clock (see time base)", lo=0),
+    FieldSpec("time_s", "float", "s", "capture time on the source's clock (see time base)", lo=0),
+    FieldSpec("capture_unix_s", "float", "s", "absolute UTC capture time (seconds since 1970) when known",
+              when="optional", lo=0),
     FieldSpec("source", "str", "", "the source's name (file, camera, stream)"),
     FieldSpec("latency_ms", "dict[str, float]", "ms",
               f"wall time per stage that ran: {', '.join(LATENCY_STAGES)} (total = the whole frame)"),
@@ -90,8 +95,12 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("aircraft_lat", "float", "deg", "(v1) aircraft latitude when lat was the ground point",
               when="optional", lo=-90, hi=90),
     FieldSpec("aircraft_lon", "float", "deg", "(v1) aircraft longitude", when="optional", lo=-180, hi=180),
-    FieldSpec("truth_error_m", "float", "m", "distance from raw_lat/raw_lon to the truth (--truth runs)",
+    FieldSpec("truth_error_m", "float", "m", "distance from raw_lat/raw_lon to the true aircraft position "
+              "(--truth runs)", when="optional", lo=0),
+    FieldSpec("truth_filtered_error_m", "float", "m", "distance from lat/lon to the true aircraft position",
               when="optional", lo=0),
+    FieldSpec("truth_ground_error_m", "float", "m", "distance from ground_lat/ground_lon to the true ground point "
+              "under the image centre", when="optional", lo=0),
 )
 FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
 

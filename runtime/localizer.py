@@ -453,10 +453,13 @@ class Localizer:
             acquire = not known and pred is None and self.opt.acquire_full_circle
             for n, (label, sc, t, lat, lon, turn) in enumerate(cands):
                 if acquire:
-                    reg_patch, tol_n, scale_tol = crop_centre(patch, self.opt.register_px), 180.0, 0.0
+                    reg_patch, tol_n = crop_centre(patch, self.opt.register_px), 180.0
+                    scale_tol = 0.0 if fix.scale_source != "search" else 0.3
                 else:
                     reg_patch = crop_centre(rotate_patch(patch, turn) if turn else patch, self.opt.register_px)
-                    tol_n, scale_tol = tol, self.opt.scale_tol
+                    # unknown altitude: the level only brackets the scale, registration must find it
+                    tol_n = tol
+                    scale_tol = self.opt.scale_tol if fix.scale_source != "search" else max(self.opt.scale_tol, 0.3)
                 reg = self._register_one(reg_patch, lat, lon, side_m, tol_n, scale_tol,
                                          side_m if label == "retrieval" else 0.5 * side_m)
                 regs.append((n, reg, reg_patch))

@@ -1,9 +1,10 @@
 """The onboard loop: source -> pose source -> Localizer.step -> outputs.
 
     for frame in source:
-        pose = poses.pose_for(frame)          # flags / telemetry CSV / MAVLink / EXIF
-        fix = localizer.step(frame, pose)     # quality -> rectify -> embed -> retrieve -> register -> filter
-        for out in outputs: out.write(record(fix))
+        pose = poses.pose_for(frame.time_s, frame.meta)  # telemetry CSV / MAVLink / EXIF / flags
+        fix = localizer.step(frame, pose)  # quality -> rectify -> embed -> retrieve -> register -> filter
+        for out in outputs:
+            out.write(fix_record(fix))
 
 One JSON record per frame (skipped frames included, with the reason; schema in
 runtime/fix_schema.py), and a RunStats at the end. Nothing but a signal (SIGINT, SIGTERM, SIGHUP),
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from skyloc.runtime.backends import Backend, open_backend
+from skyloc.runtime.fix_schema import SCHEMA_VERSION
 from skyloc.runtime.geo import haversine_m
 from skyloc.runtime.localizer import Fix, Localizer, LocalizerOptions
-from skyloc.runtime.options import check_options, opt
+from skyloc.runtime.options import opt
 from skyloc.runtime.outputs import Output
 from skyloc.runtime.run_stats import RunStats, load_truth
 from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
@@ -34,11 +36,6 @@ from skyloc.runtime.tileset import TileSet
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "skyloc.fix/2"
-try:  # the versioned record schema, when present
-    from skyloc.runtime.fix_schema import SCHEMA_VERSION as SCHEMA  # noqa: F811
-except ImportError:  # pragma: no cover
-    pass
 
 
 @dataclass
@@ -128,7 +125,7 @@ def _num(x: float | None, nd: int = 7) -> float | None:
 
 def fix_record(fix: Fix) -> dict[str, Any]:
     """The JSON record of one frame (fields: runtime/fix_schema.py)."""
-    rec: dict[str, Any] = {"schema": SCHEMA, "frame": fix.frame, "time_s": _num(fix.time_s, 4),
+    rec: dict[str, Any] = {"schema": SCHEMA_VERSION, "frame": fix.frame, "time_s": _num(fix.time_s, 4),
                            "source": fix.source, "latency_ms": dict(fix.latency_ms)}
     if fix.skipped is not None:
         rec["skipped"] = fix.skipped
@@ -194,7 +191,7 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
             o.close()
         raise
     stats.backend = getattr(backend, "description", backend.name)
-    stats.registration = "off" if img is None else f"{localizer.registrar!r}"
+    stats.registration = "off" if img is None else str(getattr(localizer.registrar, "name", "on"))
     log.info("run: %s, %d tiles, source %s, %s", stats.backend, len(ts), src.name,
              "retrieval only (no map imagery): fixes unverified" if img is None else "registration on")
     stop = _Stop(src, opt.handle_signals)

@@ -36,6 +36,8 @@ class NccConf:
     min_texture: float = 2.0       # std of the template's gradient image needed (featureless: below)
     acc_floor_m: float = 1.0       # accuracy never claimed better than this (map georeference, rectification)
     acc_k: float = 1.0             # scale of the peak-curvature term of accuracy_m
+    pyramid_min_px: int = 320      # windows this large (working px, shorter side) go coarse-to-fine
+    candidates: int = 4            # coarse places refined at the working resolution
 
 
 class NccRegistrar(Registrar):
@@ -54,17 +56,69 @@ class NccRegistrar(Registrar):
         scales = np.linspace(1 - scale_tol, 1 + scale_tol, n_s)
         gray = to_gray(patch.image)
         valid = np.asarray(patch.valid, bool)
+        fail = "patch too small or featureless at the working resolution"
+        if min(mfeat.shape) >= c.pyramid_min_px:
+            return self._coarse_to_fine(gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half,
+                                        scales, mfeat, mpp_x, mpp_y) or failed(self.name, fail)
         if half > c.fine_range_deg:
             coarse = _angles(centre, half, c.coarse_rot_step_deg)
             best = self._search(gray, valid, patch.mpp, work, coarse, scales, mfeat)
             if best is None:
-                return failed(self.name, "patch too small or featureless at the working resolution")
+                return failed(self.name, fail)
             centre, half = best["angle"], c.coarse_rot_step_deg
         angles = _angles(centre, half, c.rot_step_deg)
         best = self._search(gray, valid, patch.mpp, work, angles, scales, mfeat)
         if best is None:
-            return failed(self.name, "patch too small or featureless at the working resolution")
-        return self._result(best, patch, mfeat.shape, mpp_x, mpp_y, work)
+            return failed(self.name, fail)
+        second = second_peak(best["envelope"], best["x"], best["y"], max(3.0, c.exclusion_m / work))
+        return self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work)
+
+    def _coarse_to_fine(self, gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half, scales,
+                        mfeat, mpp_x, mpp_y) -> Registration | None:
+        """Large windows: every hypothesis at twice the working m/px, then the best few distinct
+        places (local maxima of the coarse envelope) refined at the working m/px in small
+        sub-windows; peak and second are both fine-level NCC values."""
+        c = self.conf
+        cwork = 2.0 * work
+        cfeat, cmx, cmy = _map_features(map_rgb, map_valid, map_mpp, cwork, c.sigma_px)
+        cstep = c.coarse_rot_step_deg if half > c.fine_range_deg else 2.0 * c.rot_step_deg
+        cb = self._search(gray, valid, patch.mpp, cwork, _angles(centre, half, cstep), scales, cfeat)
+        if cb is None:
+            return None
+        env, hyp = cb["envelope"], cb["hyp"]
+        r = np.where(np.isfinite(env), env, -np.inf).astype(np.float32)
+        is_max = r >= cv2.dilate(r, np.ones((5, 5), np.uint8))
+        ys, xs = np.nonzero(is_max & (r > -1.0))
+        order = np.argsort(-r[ys, xs])
+        excl = max(2.0, c.exclusion_m / cwork)
+        picked: list[tuple[int, int]] = []
+        for i in order:
+            if all((xs[i] - px) ** 2 + (ys[i] - py) ** 2 > excl ** 2 for px, py in picked):
+                picked.append((int(xs[i]), int(ys[i])))
+            if len(picked) >= c.candidates:
+                break
+        cbw, cbh = cb["box"]
+        fine = []
+        for x, y in picked:
+            a0 = float(cb["angles"][hyp[y, x] // len(scales)])
+            angles = _angles(a0, cstep, c.rot_step_deg) if len(cb["angles"]) > 1 else cb["angles"]
+            # the place's box centre in working pixels; the sub-window holds that box +- pad
+            cx, cy = (x + cbw / 2) * cmx / mpp_x, (y + cbh / 2) * cmy / mpp_y
+            k0 = patch.mpp / work
+            bw, bh = _box(gray.shape[1] * k0 * scales.max(), gray.shape[0] * k0 * scales.max(), angles)
+            pad = 6
+            x0, y0 = max(0, int(round(cx - bw / 2)) - pad), max(0, int(round(cy - bh / 2)) - pad)
+            x1, y1 = min(mfeat.shape[1], x0 + bw + 2 * pad + 1), min(mfeat.shape[0], y0 + bh + 2 * pad + 1)
+            fb = self._search(gray, valid, patch.mpp, work, angles, scales, mfeat[y0:y1, x0:x1])
+            if fb is not None:
+                fine.append((fb, (x0, y0)))
+        if not fine:
+            return None
+        fine.sort(key=lambda t: -t[0]["peak"])
+        best, off = fine[0]
+        second = max([fb["peak"] for fb, _ in fine[1:]] +
+                     [second_peak(best["envelope"], best["x"], best["y"], max(3.0, c.exclusion_m / work))])
+        return self._result(best, second, off, mfeat.shape, patch, mpp_x, mpp_y, work)
 
     def _search(self, gray: np.ndarray, valid: np.ndarray, patch_mpp: float, work: float,
                 angles: np.ndarray, scales: np.ndarray, mfeat: np.ndarray) -> dict | None:
@@ -94,7 +148,12 @@ class NccRegistrar(Registrar):
                 res = cv2.matchTemplate(mfeat, t, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.float32))
                 res[~np.isfinite(res)] = -1.0
                 np.clip(res, -1.0, 1.0, out=res)
-                envelope = res.copy() if envelope is None else np.maximum(envelope, res, out=envelope)
+                if envelope is None:
+                    envelope, hyp = res.copy(), np.full(res.shape, i * len(scales) + j, np.int32)
+                else:
+                    better = res > envelope
+                    envelope[better] = res[better]
+                    hyp[better] = i * len(scales) + j
                 y, x = np.unravel_index(int(np.argmax(res)), res.shape)
                 table[i, j] = float(res[y, x])
                 if best is None or table[i, j] > best["peak"]:
@@ -102,37 +161,40 @@ class NccRegistrar(Registrar):
                             "scale": float(s), "res": res.copy(), "valid_px": int(m.sum())}
         if best is None:
             return None
-        best.update(envelope=envelope, table=table, angles=angles, scales=scales, box=box)
+        best.update(envelope=envelope, hyp=hyp, table=table, angles=angles, scales=scales, box=box)
         return best
 
-    def _result(self, b: dict, patch: PatchLike, mshape: tuple[int, int], mpp_x: float, mpp_y: float,
-                work: float) -> Registration:
+    def _result(self, b: dict, second: float, off: tuple[int, int], mshape: tuple[int, int], patch: PatchLike,
+                mpp_x: float, mpp_y: float, work: float) -> Registration:
         c = self.conf
         res, x, y = b["res"], b["x"], b["y"]
         dx, dy, cx, cy = subpixel_peak(res, x, y)
         bw, bh = b["box"]
-        east = (x + dx + bw / 2 - mshape[1] / 2) * mpp_x
-        north = -(y + dy + bh / 2 - mshape[0] / 2) * mpp_y
+        east = (off[0] + x + dx + bw / 2 - mshape[1] / 2) * mpp_x
+        north = -(off[1] + y + dy + bh / 2 - mshape[0] / 2) * mpp_y
         angles, scales, table = b["angles"], b["scales"], b["table"]
         step_a = float(angles[1] - angles[0]) if len(angles) > 1 else 0.0
         step_s = float(scales[1] - scales[0]) if len(scales) > 1 else 0.0
         angle = b["angle"] + step_a * parabola_vertex(table[:, b["j"]], b["i"])
         scale = b["scale"] + step_s * parabola_vertex(table[b["i"], :], b["j"])
         peak = b["peak"]
-        second = second_peak(b["envelope"], x, y, max(3.0, c.exclusion_m / work))
         ratio = peak / max(second, 1e-3)
         # Peak sharpness -> position sigma: the surface drops by (1 - peak) (how far from a
         # perfect match the best is) over sigma_px = sqrt((1 - peak) / |curvature|).
         sig = [math.sqrt(max(1.0 - peak, 1e-3) / max(-cc, 1e-4)) for cc in (cx, cy)]
         acc = math.hypot(c.acc_floor_m, c.acc_k * work * math.hypot(*sig))
         h, w = res.shape
+        full_w, full_h = mshape[1] - bw + 1, mshape[0] - bh + 1  # positions of the whole window
+        gx, gy = off[0] + x, off[1] + y
         reasons = []
         if peak < c.min_peak:
             reasons.append(f"peak {peak:.3f} < {c.min_peak}")
         if ratio < c.min_ratio:
             reasons.append(f"peak/second {ratio:.2f} < {c.min_ratio}")
-        if x in (0, w - 1) or y in (0, h - 1):
+        if gx in (0, full_w - 1) or gy in (0, full_h - 1):
             reasons.append("peak on the edge of the search window")
+        elif x in (0, w - 1) or y in (0, h - 1):
+            reasons.append("fine peak on the edge of its refinement window")
         if len(angles) > 1 and b["i"] in (0, len(angles) - 1):
             reasons.append("best rotation on the edge of the searched range")
         if len(scales) > 1 and b["j"] in (0, len(scales) - 1):

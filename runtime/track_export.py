@@ -7,6 +7,7 @@ reader gets back exactly the numbers of the fix record. Every file is written at
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -31,6 +32,7 @@ class TrackPoint:
     reason: str | None = None
     accuracy_m: float | None = None
     error_m: float | None = None  # vs truth, when the report had it
+    unix_s: float | None = None  # absolute UTC capture time, when the source knew it
 
 
 def track_points(records: Iterable[dict[str, Any]]) -> list[TrackPoint]:
@@ -45,7 +47,7 @@ def track_points(records: Iterable[dict[str, Any]]) -> list[TrackPoint]:
         accepted = bool(r.get("accepted"))
         status = "rejected" if not accepted else ("verified" if r.get("verified") else "accepted")
         pts.append(TrackPoint(int(r["frame"]), float(r["time_s"]), float(lat), float(lon), status,
-                              r.get("reason"), r.get("accuracy_m"), r.get("report_error_m")))
+                              r.get("reason"), r.get("accuracy_m"), r.get("report_error_m"), r.get("capture_unix_s")))
     return pts
 
 
@@ -55,7 +57,7 @@ def _num(x: float) -> str:
 
 def _props(p: TrackPoint) -> dict[str, Any]:
     d: dict[str, Any] = {"frame": p.frame, "time_s": p.time_s, "status": p.status}
-    for k in ("reason", "accuracy_m", "error_m"):
+    for k in ("reason", "accuracy_m", "error_m", "unix_s"):
         v = getattr(p, k)
         if v is not None:
             d[k] = v
@@ -89,8 +91,8 @@ def _xml_text(root: ET.Element) -> str:
 def write_gpx(points: Sequence[TrackPoint], path: str | os.PathLike, name: str = "skyloc") -> Path:
     """GPX 1.1: a waypoint per fix (type = status) and a track of the accepted ones.
 
-    No <time>: fix times are on the source's clock (seconds from its start), not UTC; they go in
-    each point's <desc>.
+    <time> (UTC) only for fixes whose record has `capture_unix_s`: `time_s` is on the source's
+    own clock, not UTC; it goes in each point's <desc>.
     """
     ET.register_namespace("", GPX_NS)
     q = lambda tag: f"{{{GPX_NS}}}{tag}"  # noqa: E731
@@ -99,6 +101,7 @@ def write_gpx(points: Sequence[TrackPoint], path: str | os.PathLike, name: str =
     ET.SubElement(meta, q("name")).text = name
     for p in points:
         w = ET.SubElement(root, q("wpt"), {"lat": _num(p.lat), "lon": _num(p.lon)})
+        _gpx_time(w, q, p)
         ET.SubElement(w, q("name")).text = f"frame {p.frame}"
         ET.SubElement(w, q("desc")).text = _desc(p)
         ET.SubElement(w, q("type")).text = p.status
@@ -108,8 +111,16 @@ def write_gpx(points: Sequence[TrackPoint], path: str | os.PathLike, name: str =
     for p in points:
         if p.status != "rejected":
             t = ET.SubElement(seg, q("trkpt"), {"lat": _num(p.lat), "lon": _num(p.lon)})
+            _gpx_time(t, q, p)
             ET.SubElement(t, q("name")).text = f"frame {p.frame}"
     return write_text_atomic(path, _xml_text(root))
+
+
+def _gpx_time(el: ET.Element, q: Any, p: TrackPoint) -> None:
+    # GPX 1.1 puts <time> right after <ele>; we write no <ele>, so first
+    if p.unix_s is not None and math.isfinite(p.unix_s):
+        t = datetime.datetime.fromtimestamp(p.unix_s, tz=datetime.timezone.utc)
+        ET.SubElement(el, q("time")).text = t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _desc(p: TrackPoint) -> str:

@@ -33,6 +33,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("skyloc.pipelines.demo", "the whole pipeline on a procedural world, in one command"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A command whose module needs a package this install lacks says what to install (README, "Install variants").
+MISSING_HINTS = {
+    "torch": 'this command needs the training install: pip install -e ".[train]"',
+    "torchvision": 'this command needs the training install: pip install -e ".[train]"',
+    "onnx": 'this command needs the training install: pip install -e ".[train]"',
+    "cv2": "install OpenCV: pip install opencv-python-headless (on Jetson use JetPack's OpenCV, README \"Jetson\")",
+    "onnxruntime": "install ONNX Runtime: pip install onnxruntime (on Jetson NVIDIA's onnxruntime-gpu, README \"Jetson\")",
+    "faiss": "install faiss: pip install faiss-cpu",
+    "rasterio": 'GeoTIFF maps need the maps extra: pip install -e ".[maps]"',
+    "psutil": 'benchmarks need the bench extra: pip install -e ".[bench]"',
+    "tensorrt": "the TensorRT backend needs TensorRT (desktop: the gpu extra; Jetson: JetPack)",
+}
 
 
 def _add_logging(p: Any) -> None:
@@ -109,7 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # wants the same cores, as on a drone computer or a busy laptop; waiting passively costs little.
     # Must be set before torch / OpenMP load; the user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top_name = (exc.name or "").split(".")[0]
+        if top_name not in MISSING_HINTS:
+            raise
+        print(f"skyloc {name}: error: {top_name} is not installed; {MISSING_HINTS[top_name]}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog=f"skyloc {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     # --log-level / --log-file also after the command, unless the command defines its own
@@ -127,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except SkylocError as exc:
         print(f"skyloc {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top_name = (exc.name or "").split(".")[0]
+        if top_name not in MISSING_HINTS:
+            raise
+        print(f"skyloc {name}: error: {top_name} is not installed; {MISSING_HINTS[top_name]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

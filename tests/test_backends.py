@@ -348,7 +348,7 @@ def test_exported_msba_matches_torch(tmp_path: Path) -> None:
 
 def _gpu_skip_reason() -> str | None:
     if not HAVE_TRT:
-        return "needs TensorRT (python package `tensorrt`), cuda-python or pycuda, and an NVIDIA GPU; none is here"
+        return "TensorRT (python package `tensorrt`) is not installed here; these tests also need cuda-python or pycuda and an NVIDIA GPU"
     if not HAVE_CUDA_BINDING:
         return "TensorRT is installed but neither cuda-python nor pycuda (pip install cuda-python)"
     from skyloc.runtime.backends.cuda_memory import open_cuda

@@ -195,3 +195,13 @@ print(json.dumps({{"same": before == after, "before": str(before), "after": str(
     assert out["same"], (out["before"], out["after"], out["calibrated"])
     assert out["orphans"] == [], out["orphans"]  # a logger named after no module: not __name__
     assert any(n.startswith("skyloc.runtime.") for n in out["names"])
+
+
+def test_a_missing_optional_package_names_what_to_install(tmp_path) -> None:
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['rasterio'] = None\n"
+            "from skyloc.cli import main\n"
+            f"print('RC', main(['train', '--data', 'x', '--out', {str(tmp_path / 'run')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "RC 2" in r.stdout, r.stderr[-2000:]
+    assert "torch is not installed" in r.stderr and 'pip install -e ".[train]"' in r.stderr
+    assert "Traceback" not in r.stderr

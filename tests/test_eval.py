@@ -268,3 +268,15 @@ def test_eval_path_equals_the_runtime_onnx_path(tmp_path):
     # Sanity of the comparison: the old eval path (PIL bicubic squash) fed different pixels.
     old = np.asarray(Image.open(paths[0]).convert("RGB").resize((cfg.image_size,) * 2, Image.Resampling.BICUBIC))
     assert np.abs(old.astype(int) - batch[0].astype(int)).mean() > 5
+
+
+def test_size_is_a_deprecated_alias_of_test_size(setup, tmp_path, capsys):
+    _, data, ckpt = setup
+    rc = skyloc(["eval", "--data", str(data), "--checkpoint", str(ckpt), "--json", str(tmp_path / "r.json"),
+                 "--size", "8", "--quiet", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "deprecated" in err and "--test-size values must be >= 16" in err
+    rc = skyloc(["eval", "--data", str(data), "--checkpoint", str(ckpt), "--json", str(tmp_path / "r.json"),
+                 "--test-size", "8", "--quiet", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "deprecated" not in err and "--test-size values must be >= 16" in err

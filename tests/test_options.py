@@ -46,15 +46,27 @@ def _parse(cls: type, argv: list[str], fn=None):
     return options_from_args(cls, _parser(cls, fn).parse_args(argv))
 
 
-@pytest.mark.parametrize("cls,fn", [(Demo, None), (TilesOptions, add_arguments)])
-def test_cli_defaults_equal_dataclass_defaults(cls, fn):
+def _run_options():
+    from skyloc.runtime import run_cli
+    from skyloc.runtime.loop import RunOptions
+
+    return RunOptions, run_cli.add_arguments, ["--model", "m.onnx", "--tiles", "t.npz", "--source", "0"]
+
+
+@pytest.mark.parametrize("case", ["demo", "tiles", "run"])
+def test_cli_defaults_equal_dataclass_defaults(case):
+    cls, fn, required = {"demo": lambda: (Demo, None, []), "tiles": lambda: (TilesOptions, add_arguments, []),
+                         "run": _run_options}[case]()
     parser = _parser(cls, fn)
     by_dest = {a.dest: a for a in parser._actions}
     flags = 0
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if not f.metadata.get("skyloc_opt"):
-            assert f.name not in by_dest  # plain fields stay off the command line
+        if case == "demo" and not f.metadata.get("skyloc_opt"):
+            assert f.name not in by_dest  # a plain field stays off the command line
+        if not f.metadata.get("skyloc_opt") or not f.metadata.get("cli", True):
+            continue
+        if f.name not in by_dest:  # a structured field (dict, nested dataclass): config-file only
             continue
         action = by_dest[f.name]
         assert action.default == default, f.name
@@ -62,10 +74,10 @@ def test_cli_defaults_equal_dataclass_defaults(cls, fn):
         flags += 1
     assert flags >= 7
     # parsing nothing gives exactly the dataclass defaults, and so does the plain namespace
-    args = parser.parse_args([])
+    args = parser.parse_args(required)
     assert options_from_args(cls, args) == cls()
     for f in dataclasses.fields(cls):
-        if f.metadata.get("skyloc_opt"):
+        if f.name in by_dest and f.metadata.get("skyloc_opt"):
             assert getattr(args, f.name) == getattr(cls(), f.name)
 
 

@@ -355,7 +355,7 @@ def test_last_epoch_selection_is_the_default(reference: Path):
     assert best["epoch"] == last["epoch"] == 2 and _same_weights(best["model"], last["model"])
 
 
-@pytest.mark.parametrize("flag, value, word", [("--lr", "nan", "lr"), ("--lr", "inf", "lr"), ("--lr", "0", "lr"),
+@pytest.mark.parametrize("flag, value, word", [("--lr", "nan", "lr"), ("--lr", "inf", "lr"), ("--lr", "11", "lr"),
                                                ("--lr", "-1e-3", "lr"), ("--epochs", "0", "epochs"),
                                                ("--batch-size", "0", "batch_size"), ("--size", "8", "image_size"),
                                                ("--seed", "-1", "seed"), ("--val-locations", "-2", "val_locations"),

@@ -118,7 +118,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_number("epochs", self.epochs, 1, integer=True)
         _check_number("batch_size", self.batch_size, 1, integer=True)
-        _check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_number("lr", self.lr, 0.0, 10.0)  # 0 freezes the weights (used to check loading)
         _check_number("backbone_lr_mult", self.backbone_lr_mult, 0.0, 100.0)
         _check_number("momentum", self.momentum, 0.0, 0.999)
         _check_number("weight_decay", self.weight_decay, 0.0, 1.0)

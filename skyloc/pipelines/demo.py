@@ -1,6 +1,8 @@
 """`skyloc demo`: the whole pipeline on the built-in procedural world (or the user's own map),
 chaining the stage functions in-process: map -> synthetic dataset -> train a small MSBA ->
-ONNX -> INT8 (ONNX Runtime U8S8) -> tile set -> simulated flight -> `run` -> report."""
+ONNX -> INT8 (ONNX Runtime U8S8) -> tile set (+ map imagery) -> simulated flight (altitude
+wandering, camera tilted, heading changing) -> `run` (heading unknown: rotation search, map
+registration) -> report (error, verified-fix rate, accuracy calibration, per-stage latency)."""
 from __future__ import annotations
 
 import argparse
@@ -28,10 +30,13 @@ class DemoConfig:
     lr: float = 1e-3
     stride_m: float = 40.0
     flight_seconds: float = 40.0
-    fps: float = 5.0
-    speed_mps: float = 10.0
+    fps: float = 2.0
+    speed_mps: float = 8.0
+    tilt_max_deg: float = 10.0  # the camera tilts forward up to this
+    attitude_deg: float = 2.0  # airframe roll / pitch wander
+    altitude_spread: float = 1.25  # altitude wanders from the lowest that covers a tile to this factor above
+    start_radius_m: float = 200.0  # start prior around the take-off point
     calib_images: int = 96
-    window_m: float | None = 100.0
 
     @classmethod
     def quick(cls, out: Path, **kw: Any) -> "DemoConfig":
@@ -40,6 +45,23 @@ class DemoConfig:
                     flight_seconds=20.0, calib_images=48)
         base.update(kw)
         return cls(**base)
+
+
+def lowest_altitude_m(fcfg: Any, tile_m: float) -> float:
+    """The lowest altitude at which every frame of the flight covers one tile at any rotation (heading
+    unknown), at the flight's worst camera tilt and airframe attitude."""
+    from skyloc.runtime.camera import CameraModel
+    from skyloc.runtime.pose import FramePose
+    from skyloc.runtime.rectify import ground_coverage_m
+
+    cam = CameraModel.from_hfov(fcfg.fov_deg, fcfg.width, fcfg.height)
+    a, worst = fcfg.attitude_deg, math.inf
+    for tilt in {fcfg.tilt_deg, fcfg.tilt_max_deg or fcfg.tilt_deg}:
+        for roll in (-a, 0.0, a):
+            for pitch in (-a, 0.0, a):
+                pose = FramePose(altitude_m=1.0, roll_deg=roll, pitch_deg=pitch, camera_tilt_deg=tilt)
+                worst = min(worst, ground_coverage_m(cam, pose, rotation_free=True))
+    return 1.05 * tile_m / worst
 
 
 def _step(i: int, name: str, what: str) -> float:
@@ -58,6 +80,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     from skyloc.runtime.loop import RunOptions, run
     from skyloc.runtime.maps import open_map
     from skyloc.runtime.outputs import JsonLinesOutput
+    from skyloc.runtime.imagery import imagery_record
+    from skyloc.runtime.run_stats import load_truth_table
     from skyloc.runtime.tileset import build_tileset
     from skyloc.training.config import preset
     from skyloc.pipelines.demo_report import write_report
@@ -115,25 +139,34 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     model = cal["int8-ort"]
     _done(t, str(model))
 
-    t = _step(6, "tiles", f"tile set: {tile_m:.0f} m tiles every {cfg.stride_m:.0f} m")
+    t = _step(6, "tiles", f"tile set: {tile_m:.0f} m tiles every {cfg.stride_m:.0f} m, with its map imagery")
+    imagery = imagery_record(world, out / "tiles.npz")  # registration reads the map through it (sha256-checked)
     tiles = timed("tiles", lambda: build_tileset(model, world, out / "tiles.npz", tile_m=tile_m,
-                                                 stride_m=cfg.stride_m, backend="onnxruntime", progress=progress))
+                                                 stride_m=cfg.stride_m, backend="onnxruntime", progress=progress,
+                                                 imagery=imagery))
     _done(t, str(tiles))
 
-    t = _step(7, "flight", f"{cfg.flight_seconds:.0f} s simulated flight at {cfg.fps:g} fps")
     fcfg = FlightConfig(seconds=cfg.flight_seconds, fps=cfg.fps, speed_mps=cfg.speed_mps, seed=cfg.seed,
+                        tilt_max_deg=cfg.tilt_max_deg, attitude_deg=cfg.attitude_deg, yaw_mode="random-walk",
                         overwrite=True)
-    # fly so the frame's centre square (what the model sees) covers one tile of ground
-    fcfg.altitude_m = math.sqrt(2) * tile_m / (2 * math.tan(math.radians(fcfg.fov_deg) / 2) * fcfg.height / fcfg.width)
+    lo = lowest_altitude_m(fcfg, tile_m)
+    fcfg.altitude_range_m = (round(lo, 1), round(lo * cfg.altitude_spread, 1))
+    t = _step(7, "flight", f"{cfg.flight_seconds:.0f} s simulated flight at {cfg.fps:g} fps, altitude "
+                           f"{fcfg.altitude_range_m[0]:.0f}-{fcfg.altitude_range_m[1]:.0f} m, camera tilt up to "
+                           f"{cfg.tilt_max_deg:g} deg, heading wandering")
     video = timed("flight", lambda: make_flight(world, out / "flight", fcfg))
     truth = video.parent / "truth.csv"
-    _done(t, f"{video} (altitude {fcfg.altitude_m:.0f} m)")
+    _done(t, str(video))
 
-    t = _step(8, "run", "localize every frame with ONNX Runtime (heading and altitude from the flight log)")
+    t = _step(8, "run", "localize every frame with ONNX Runtime: heading unknown (rotation search + "
+                        "registration), altitude and attitude from the flight log, start prior around take-off")
     fixes = out / "fixes.jsonl"
-    opts = RunOptions(backend="onnxruntime", telemetry=truth, truth=truth, window_m=cfg.window_m,
-                      handle_signals=False)
-    stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes, overwrite=True)], opts))  # the demo owns its folder
+    take_off = load_truth_table(truth)[0]
+    opts = RunOptions(backend="onnxruntime", camera=str(video.parent / "flight.json"), telemetry=str(truth),
+                      use_heading=False, start=(take_off["lat"], take_off["lon"], cfg.start_radius_m),
+                      truth=str(truth), handle_signals=False)
+    # the demo owns its folder: its outputs are replaced on a re-run
+    stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes, overwrite=True)], opts))
     _done(t, stats.summary().splitlines()[0])
 
     t = _step(9, "report", "table, trajectory and retrieval example")
@@ -151,8 +184,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run the whole skyloc pipeline in one command: a procedural world (or --map), a synthetic "
         "University-1652-style dataset, a small MSBA trained on the CPU, ONNX export, INT8 "
-        "calibration, a tile set of the map, a simulated flight over it, and `skyloc run` on the "
-        "flight video. Prints a report and writes PNGs to --out. About 3 minutes on a 2-core CPU (5 at most).")
+        "calibration, a tile set of the map (with its imagery), a simulated flight over it (altitude "
+        "wandering, camera tilted, heading unknown to the run), and `skyloc run` on the flight video "
+        "with rotation search and map registration. Prints a report and writes PNGs to --out.")
     parser.add_argument("--out", type=Path, default=Path("skyloc-demo"), help="output folder (re-runs overwrite it)")
     parser.add_argument("--map", type=Path, default=None,
                         help="your own orthophoto: GeoTIFF, or PNG/JPEG tiles with a corners CSV (default: procedural world)")
@@ -160,6 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, quick 12)")
     parser.add_argument("--seconds", type=float, default=None, help="flight length in seconds (default 40, quick 20)")
+    parser.add_argument("--fps", type=float, default=None, help="flight frame rate (default 2)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -168,6 +203,8 @@ def main(args: argparse.Namespace) -> int:
         kw["epochs"] = args.epochs
     if args.seconds is not None:
         kw["flight_seconds"] = args.seconds
+    if args.fps is not None:
+        kw["fps"] = args.fps
     if args.map is not None:
         # a real map is usually smaller than the procedural world and has holes: a tighter
         # spiral and closer locations still fit it

@@ -1,0 +1,63 @@
+"""`skyloc bench flight`: the per-run metrics against a hand computation, a CI-sized flight
+through `skyloc run` (tiny ONNX model, procedural world) and the real-photo measurement."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from skyloc.benchmarks.flight import DATA, flight_goals, flight_metrics, flight_rows, photo_rows
+
+from runtime_core_helpers import make_tiny_model
+
+
+def _rec(err, ver, acc, raw_acc=2.0, ferr=None, skipped=False, lat=None):
+    if skipped:
+        return {"frame": 0, "skipped": "blank", "latency_ms": {"quality": 1.0}}
+    return {"truth_error_m": err, "verified": ver, "accepted": acc, "raw_accuracy_m": raw_acc,
+            "truth_filtered_error_m": err if ferr is None else ferr,
+            "latency_ms": lat or {"infer": 10.0, "register": 5.0}}
+
+
+def test_flight_metrics_by_hand():
+    recs = [_rec(1.0, True, True), _rec(3.0, True, True, raw_acc=1.0), _rec(9.0, True, False),
+            _rec(40.0, False, True, ferr=60.0), _rec(0, False, False, skipped=True)]
+    m = flight_metrics(recs)
+    assert m["frames"] == 5 and m["skipped"] == 1 and m["verified"] == 3
+    assert m["verified_rate"] == pytest.approx(3 / 4)
+    assert m["verified_median_m"] == pytest.approx(3.0)
+    assert m["verified_p95_m"] == pytest.approx(3.0 + 0.9 * 6.0)  # numpy linear: 3 + (9-3)*0.9
+    assert m["accepted"] == 3 and m["accepted_max_m"] == pytest.approx(60.0)
+    assert m["within_2acc"] == pytest.approx(1 / 3)  # 1 <= 4 yes; 3 <= 2 no; 9 <= 4 no
+    assert m["latency_p50_ms"] == pytest.approx(15.0) and m["register_p50_ms"] == pytest.approx(5.0)
+    goals = {g.name: g for g in flight_goals([{"map": "turku", "heading": "unknown", "registration": "on", **m}], [])}
+    assert goals["accepted fix error"].met is False and goals["verified median error"].met is True
+    assert goals["verified-fix rate"].met is False  # 75 % < 80 %
+
+
+def test_ci_sized_flight_runs_through_skyloc_run(tmp_path: Path):
+    model = make_tiny_model(tmp_path / "tiny.onnx", size=32, dim=16)
+    rows = flight_rows(model, [("procedural", None)], [80.0], tmp_path / "work", seconds=3.0, fps=1.0,
+                       width=320, height=240, headings=("unknown",), registration=(True,), progress=False,
+                       world_m=500.0)
+    assert len(rows) == 1, rows
+    r = rows[0]
+    assert r["status"] == "rc 0", r
+    out = tmp_path / "work" / "procedural-80" / "fixes-unknown-reg.jsonl"
+    recs = [json.loads(l) for l in out.read_text().splitlines() if l.strip()]
+    assert r["frames"] == len(recs) == 3
+    assert r == {**r, **flight_metrics(recs)}
+    ts_meta = json.loads(json.dumps(r))  # plain numbers, CSV-able
+    assert ts_meta["tile_m"] == pytest.approx(round(0.55 * 2 * 80 * math.tan(math.radians(30)) * 240 / 320))
+
+
+def test_photo_rows_measure_the_real_pair():
+    if not (DATA / "aerovloc" / "map").exists():
+        pytest.skip(f"{DATA / 'aerovloc'} not present")
+    rows = photo_rows(cases=[("ncc", {}, "known", 0.0, 1)], offsets=[(150.0, 150.0)], progress=False)
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["verified"] and r["error_m"] < 10.0, r
+    assert r["window_m"] > 600 and r["peak"] > r["second"]
