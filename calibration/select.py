@@ -8,6 +8,7 @@ sampled from far to near). A group with fewer images than its share gives the re
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,12 @@ def list_images(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
-    return sorted(out)
+    broken = [p for p in out if not p.is_file()]  # dangling symlinks, sockets named *.png ...
+    if broken:
+        logging.getLogger("skyloc.calibration").warning(
+            "skipping %d unreadable image path(s) under %s (dangling symlink?): %s", len(broken), root,
+            ", ".join(str(p) for p in broken[:5]) + (" ..." if len(broken) > 5 else ""))
+    return sorted(p for p in out if p.is_file())
 
 
 def allocate(sizes: Sequence[int], budget: int) -> list[int]:

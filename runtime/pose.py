@@ -25,8 +25,10 @@ from __future__ import annotations
 import csv
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -125,6 +127,38 @@ def camera_to_ned(pose: FramePose, yaw_deg: float | None = None) -> np.ndarray:
                             [1.0, 0.0, 0.0],
                             [0.0, math.sin(t), math.cos(t)]])
     return body_to_ned(pose.attitude(yaw_deg)) @ cam_in_body
+
+
+POSE_FIELDS = ("altitude_m", "roll_deg", "pitch_deg", "yaw_deg", "camera_tilt_deg", "gsd_m")
+PoseValues = dict[str, float]
+
+
+def pose_field_ok(name: str, v: float) -> bool:
+    """The range FramePose accepts, checked at the edge so one bad sample is skipped, not fatal."""
+    if not math.isfinite(v):
+        return False
+    if name in ("altitude_m", "gsd_m"):
+        return v > 0
+    if name in ("roll_deg", "pitch_deg"):
+        return abs(v) < 90
+    if name == "camera_tilt_deg":
+        return 0 <= v <= MAX_TILT_DEG
+    return True
+
+
+class PoseSource(ABC):
+    """Where a frame's pose comes from (runtime.pose_sources). `values_for` gives the fields the
+    source knows for that frame (a subset of POSE_FIELDS) so sources can be chained."""
+
+    name = "pose"
+
+    @abstractmethod
+    def values_for(self, frame_time_s: float, frame_meta: dict[str, Any]) -> PoseValues:
+        """The fields this source knows for the frame (absent = unknown)."""
+
+    def pose_for(self, frame_time_s: float, frame_meta: dict[str, Any]) -> FramePose:
+        vals = self.values_for(frame_time_s, frame_meta)
+        return FramePose(time_s=frame_time_s, source=self.name, **vals)
 
 
 @dataclass

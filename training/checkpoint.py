@@ -69,6 +69,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                           "it may be truncated or not a skyloc checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SkylocError(f"{path} is not a skyloc checkpoint (format {CHECKPOINT_FORMAT})")
+    lacking = [k for k in ("model", "model_config") if not isinstance(ckpt.get(k), dict)]
+    if lacking:
+        raise SkylocError(f"checkpoint {path} has the skyloc format tag but no {' / '.join(lacking)} (no weights "
+                          f"or config): it is truncated or was not written by `skyloc train`")
     return ckpt
 
 
