@@ -57,6 +57,7 @@ class NccRegistrar(Registrar):
         gray = to_gray(patch.image)
         valid = np.asarray(patch.valid, bool)
         fail = "patch too small or featureless at the working resolution"
+        prior = (centre, half)
         if min(mfeat.shape) >= c.pyramid_min_px:
             return self._coarse_to_fine(gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half,
                                         scales, mfeat, mpp_x, mpp_y) or failed(self.name, fail)
@@ -66,12 +67,11 @@ class NccRegistrar(Registrar):
             if best is None:
                 return failed(self.name, fail)
             centre, half = best["angle"], c.coarse_rot_step_deg
-        angles = _angles(centre, half, c.rot_step_deg)
-        best = self._search(gray, valid, patch.mpp, work, angles, scales, mfeat)
+        best = self._search(gray, valid, patch.mpp, work, _angles(centre, half, c.rot_step_deg), scales, mfeat)
         if best is None:
             return failed(self.name, fail)
         second = second_peak(best["envelope"], best["x"], best["y"], max(3.0, c.exclusion_m / work))
-        return self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work)
+        return self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work, *prior)
 
     def _coarse_to_fine(self, gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half, scales,
                         mfeat, mpp_x, mpp_y) -> Registration | None:
@@ -101,7 +101,8 @@ class NccRegistrar(Registrar):
         fine = []
         for x, y in picked:
             a0 = float(cb["angles"][hyp[y, x] // len(scales)])
-            angles = _angles(a0, cstep, c.rot_step_deg) if len(cb["angles"]) > 1 else cb["angles"]
+            # the true angle is within half a coarse step of the coarse best
+            angles = _angles(a0, cstep / 2, c.rot_step_deg) if len(cb["angles"]) > 1 else cb["angles"]
             # the place's box centre in working pixels; the sub-window holds that box +- pad
             cx, cy = (x + cbw / 2) * cmx / mpp_x, (y + cbh / 2) * cmy / mpp_y
             k0 = patch.mpp / work
@@ -116,9 +117,13 @@ class NccRegistrar(Registrar):
             return None
         fine.sort(key=lambda t: -t[0]["peak"])
         best, off = fine[0]
-        second = max([fb["peak"] for fb, _ in fine[1:]] +
-                     [second_peak(best["envelope"], best["x"], best["y"], max(3.0, c.exclusion_m / work))])
-        return self._result(best, second, off, mfeat.shape, patch, mpp_x, mpp_y, work)
+        excl = max(3.0, c.exclusion_m / work)
+        bx, by = off[0] + best["x"], off[1] + best["y"]
+        # a neighbour's refinement may climb onto the best peak itself: only distinct places count
+        others = [fb["peak"] for fb, (ox, oy) in fine[1:]
+                  if (ox + fb["x"] - bx) ** 2 + (oy + fb["y"] - by) ** 2 > excl ** 2]
+        second = max(others + [second_peak(best["envelope"], best["x"], best["y"], excl)])
+        return self._result(best, second, off, mfeat.shape, patch, mpp_x, mpp_y, work, centre, half)
 
     def _search(self, gray: np.ndarray, valid: np.ndarray, patch_mpp: float, work: float,
                 angles: np.ndarray, scales: np.ndarray, mfeat: np.ndarray) -> dict | None:
@@ -165,7 +170,8 @@ class NccRegistrar(Registrar):
         return best
 
     def _result(self, b: dict, second: float, off: tuple[int, int], mshape: tuple[int, int], patch: PatchLike,
-                mpp_x: float, mpp_y: float, work: float) -> Registration:
+                mpp_x: float, mpp_y: float, work: float, centre: float, half: float) -> Registration:
+        """`centre` +- `half`: the rotation range of the prior (a best on its edge may lie beyond)."""
         c = self.conf
         res, x, y = b["res"], b["x"], b["y"]
         dx, dy, cx, cy = subpixel_peak(res, x, y)
@@ -195,7 +201,7 @@ class NccRegistrar(Registrar):
             reasons.append("peak on the edge of the search window")
         elif x in (0, w - 1) or y in (0, h - 1):
             reasons.append("fine peak on the edge of its refinement window")
-        if len(angles) > 1 and b["i"] in (0, len(angles) - 1):
+        if 0 < half < 180 and abs((b["angle"] - centre + 180) % 360 - 180) >= half - 1e-6:
             reasons.append("best rotation on the edge of the searched range")
         if len(scales) > 1 and b["j"] in (0, len(scales) - 1):
             reasons.append("best scale on the edge of the searched range")

@@ -179,3 +179,25 @@ def test_schema_markdown_lists_every_field():
     assert SCHEMA_VERSION in md
     for f in FIELDS:
         assert f"| `{f.name}` |" in md
+
+
+def test_gpx_time_only_from_the_absolute_capture_time(tmp_path):
+    import datetime
+
+    from skyloc.runtime.track_export import write_tracks
+
+    base = {"schema": SCHEMA_VERSION, "source": "cam", "latency_ms": {"total": 1.0}, "raw_lat": 0.0, "raw_lon": 0.0}
+    recs = [{**base, "frame": 0, "time_s": 5.0, "lat": 60.25, "lon": 22.5, "accepted": True,
+             "capture_unix_s": 1767225600.25},  # 2026-01-01T00:00:00.25Z
+            {**base, "frame": 1, "time_s": 6.0, "lat": 60.2501, "lon": 22.5001, "accepted": True}]
+    for r in recs:
+        validate_record(r, strict=True)
+    paths = write_tracks(recs, tmp_path)
+    gpx = ET.parse(paths["gpx"]).getroot()
+    times = [(w.find(f"{GPX}time").text if w.find(f"{GPX}time") is not None else None) for w in gpx.iter(f"{GPX}wpt")]
+    assert times == ["2026-01-01T00:00:00.250Z", None]
+    got = datetime.datetime.strptime(times[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    assert got.timestamp() == pytest.approx(1767225600.25, abs=1e-3)
+    # a single accepted fix has no line, but every format still holds its point
+    one = write_tracks(recs[:1], tmp_path / "one")
+    assert [f["geometry"]["type"] for f in json.loads(one["geojson"].read_text())["features"]] == ["Point"]
