@@ -123,10 +123,10 @@ def bench_accuracy(
         trainer = _Trainer(data_dir, work, budget, progress)
         # +reweights reuses the +KL weights: train +KL if msba is asked for.
         per_seed: dict[str, dict[int, dict[str, float]]] = {}
-        for p in presets:
-            src = KL_ROW if p == RW_ROW else p
-            per_seed[p] = {s: trainer.result(src, size, s, reweight=True if p == RW_ROW else None)
-                           for s in seed_list}
+        for sd in seed_list:  # seed outer: +KL and +reweights of one seed share one feature extraction
+            for p in presets:
+                src = KL_ROW if p == RW_ROW else p
+                per_seed.setdefault(p, {})[sd] = trainer.result(src, size, sd, reweight=True if p == RW_ROW else None)
         rows = []
         for p in presets:
             src = KL_ROW if p == RW_ROW else p
@@ -210,6 +210,7 @@ class _Trainer:
     def __init__(self, data_dir: Path, work: Path, budget: dict[str, Any], progress: bool):
         self.data_dir, self.work, self.budget, self.progress = data_dir, work, budget, progress
         self.cache: dict[tuple[str, int, int, Any], dict[str, float]] = {}
+        self.runners: dict[tuple[str, int, int], Any] = {}
 
     def config(self, preset_name: str, size: int, seed: int):
         from skyloc.training.config import preset
@@ -229,13 +230,20 @@ class _Trainer:
         return run / "last.pt"
 
     def result(self, preset_name: str, size: int, seed: int, reweight: bool | None) -> dict[str, float]:
+        """Test metrics of one run; both reweight settings come from one feature extraction."""
         key = (preset_name, size, seed, reweight)
         if key not in self.cache:
             from skyloc.training.checkpoint import load_model
-            from skyloc.training.evaluate import evaluate
+            from skyloc.training.evaluate import EvalOptions, PartSpec, _Runner
 
-            model, _, _ = load_model(self.checkpoint(preset_name, size, seed))
-            self.cache[key] = _flat(evaluate(model, self.data_dir, size, reweight=reweight, progress=self.progress))
+            runner_key = (preset_name, size, seed)
+            if runner_key not in self.runners:
+                self.runners.clear()  # one model's features at a time
+                model, _, _ = load_model(self.checkpoint(preset_name, size, seed))
+                self.runners[runner_key] = _Runner(model, self.data_dir, EvalOptions(image_size=size,
+                                                                                      progress=self.progress))
+            row = self.runners[runner_key].row(size, 0, PartSpec("All", None, reweight))
+            self.cache[key] = _flat(row)
         return self.cache[key]
 
 

@@ -1,4 +1,4 @@
-"""`skyloc bench latency|search|accuracy|runtime|faults`.
+"""`skyloc bench latency|search|accuracy|runtime|faults|soak`.
 
 Thin layer: each sub-subcommand parses its options and calls one benchmark function, which
 writes benchmarks/results/<name>.{csv,md,png}. Nothing here imports torch; only `accuracy` and
@@ -143,6 +143,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, help="keep the cases' worlds here; None = a temp dir")
     _common(p, "faults")
 
+    p = sub.add_parser("soak", formatter_class=fmt,
+                       help="long run with black / featureless frames and NaN headings injected: no wrong 3D fix")
+    p.add_argument("--frames", type=_int_like, default=10_000, help="frames (a short closed flight replayed in a loop)")
+    p.add_argument("--share", type=float, default=0.10, help="share of frames of each injected kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, help="keep the world and the outputs here; None = a temp dir")
+    _common(p, "soak")
+
 
 def _limit_threads(n: int) -> None:
     """--threads for the libraries that read it from the environment at load time (OpenBLAS /
@@ -189,6 +197,13 @@ def main(args: argparse.Namespace) -> int:
 
         paths = bench_faults(work_dir=args.work_dir, groups=args.groups, results_dir=args.results_dir,
                              name=args.name, command=command, progress=progress)
+    elif args.bench == "soak":
+        from skyloc.benchmarks.soak import SoakConfig, bench_soak
+
+        cfg = SoakConfig(frames=args.frames, black=args.share, featureless=args.share, nan_heading=args.share,
+                         seed=args.seed)
+        paths = bench_soak(cfg, work_dir=args.work_dir, results_dir=args.results_dir, name=args.name,
+                           command=command, progress=progress)
     elif args.bench == "flight":
         from skyloc.benchmarks.flight import bench_flight
 

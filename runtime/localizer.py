@@ -446,7 +446,8 @@ class Localizer:
                 turn = 0.0 if known else pred[2]
                 cands.append(("track", score, tile, pred[0], pred[1], turn))
             for sc, t, rr in hits:
-                cands.append(("retrieval", sc, t, *(float(v) for v in self.ts.centers[t]), 0.0 if known else angles[rr]))
+                lat, lon = (float(v) for v in self.ts.centers[t])
+                cands.append(("retrieval", sc, t, lat, lon, 0.0 if known else angles[rr]))
             regs: list[tuple[int, Any, GroundPatch]] = []
             # no track to say the heading: the rotation search's 45-degree guess may be wrong, so
             # registration searches the whole circle (costlier, only until the first verified fix)

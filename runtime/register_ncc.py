@@ -37,7 +37,7 @@ class NccConf:
     acc_floor_m: float = 1.0       # accuracy never claimed better than this (map georeference, rectification)
     acc_k: float = 1.0             # scale of the peak-curvature term of accuracy_m
     pyramid_min_px: int = 320      # windows this large (working px, shorter side) go coarse-to-fine
-    candidates: int = 4            # coarse places refined at the working resolution
+    candidates: int = 6            # coarse places refined at the working resolution
 
 
 class NccRegistrar(Registrar):
