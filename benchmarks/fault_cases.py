@@ -17,6 +17,22 @@ from skyloc.benchmarks.fault_checks import (
     black, thumb, corrupt_frame, tampered_index_for_run, judge_run_rebuilt,
 )
 
+from skyloc.benchmarks.fault_run import (
+    featureless, gradient_frame, missing_file, judge_missing_file, telemetry_cells, binary_telemetry, corrupt_video,
+    judge_corrupt_video, resolution_change, judge_resolution,
+)
+from skyloc.benchmarks.fault_io import (
+    mavlink_attitude, judge_mavlink_nan, judge_mavlink_control, serial_pty, judge_serial, reconnect_policy,
+    judge_reconnect, run_disk_full, run_dev_full, run_broken_pipe, judge_output_failure, run_sighup, judge_sighup,
+)
+
+# open bugs the matrix exposes (tests/test_faults.py: xfail strict until fixed)
+OUTPUT_ORDER = ("runtime/run_cli.py _open_outputs opens (and, with --overwrite, truncates) the --out file before "
+                "the --mavlink / --udp outputs, so their startup error empties the previous fixes file")
+UNCOUNTED_TELEMETRY = ("runtime/pose_sources.py TelemetryCsvPose.problems (rows with NaN/Inf cells) is never logged nor "
+                       "reported by runtime/loop.py / run_stats.py")
+UNCOUNTED_MAVLINK = ("runtime/mavlink_link.py LinkStats.nonfinite_dropped (NaN/Inf messages dropped) is never logged nor "
+                     "reported in the run summary / --stats-json")
 S = "survived"
 E = "error"
 CASES: list[Case] = [
@@ -129,34 +145,75 @@ CASES: list[Case] = [
          suite=False),
     Case("calibrate killed mid-write (previous INT8 kept)", "calibrate", S, runner=calibrate_killed,
          judge=judge_calibrate_killed, suite=False),
-    # run side (owned by the run / loop / outputs helpers; measured here)
-    Case("run: black frame", "run", S, lambda w: w.run_argv(), prepare=black, judge=judge_frame("f003.png"),
-         suite=False),
-    Case("run: --yaw nan", "run", E, lambda w: w.run_argv("--yaw", "nan"), "yaw", suite=False),
+    # run side (tests/test_faults.py runs these too)
+    Case("run: black frame", "run", S, lambda w: w.run_argv(), prepare=black, judge=judge_frame("f003.png")),
+    Case("run: --yaw nan", "run", E, lambda w: w.run_argv("--yaw", "nan"), "yaw"),
     Case("run: NaN yaw in the telemetry CSV", "run", S,
-         lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv")), prepare=telemetry,
-         judge=judge_nan_telemetry, suite=False),
+         lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv"), "--stats-json", str(w.root / "stats.json")),
+         prepare=telemetry, judge=judge_nan_telemetry, known_bug=UNCOUNTED_TELEMETRY, bug_verdict="survived, not counted"),
     Case("run: thumbnail first in the folder", "run", S, lambda w: w.run_argv(), prepare=thumb,
-         judge=judge_thumbnail, suite=False),
+         judge=judge_thumbnail),
     Case("run: undecodable frame in the folder", "run", S, lambda w: w.run_argv(), prepare=corrupt_frame,
-         judge=judge_frame("f002.png"), suite=False),
-    Case("run: --max-speed nan", "run", E, lambda w: w.run_argv("--max-speed", "nan"), "max.speed", suite=False),
-    Case("run: --fps 0", "run", E, lambda w: w.run_argv("--fps", "0"), "fps", suite=False),
-    Case("run: --fps nan", "run", E, lambda w: w.run_argv("--fps", "nan"), "fps", suite=False),
-    Case("run: --altitude nan", "run", E, lambda w: w.run_argv("--altitude", "nan"), "altitude", suite=False),
-    Case("run: --mavlink-sysid 999", "run", E, lambda w: w.run_argv("--mavlink-sysid", "999"), "sysid",
-         suite=False),
+         judge=judge_frame("f002.png")),
+    Case("run: --max-speed nan", "run", E, lambda w: w.run_argv("--max-speed", "nan"), "max.speed"),
+    Case("run: --fps 0", "run", E, lambda w: w.run_argv("--fps", "0"), "fps"),
+    Case("run: --fps nan", "run", E, lambda w: w.run_argv("--fps", "nan"), "fps"),
+    Case("run: --altitude nan", "run", E, lambda w: w.run_argv("--altitude", "nan"), "altitude"),
+    Case("run: --mavlink-sysid 999", "run", E, lambda w: w.run_argv("--mavlink-sysid", "999"), "sysid"),
     Case("run: --out equal to the tile set", "run", E,
-         lambda w: w.run_argv(out=w.tiles), "tiles|input", protect=("tiles",), suite=False),
+         lambda w: w.run_argv(out=w.tiles), "tiles|input", protect=("tiles",)),
     Case("run: --out equal to the model", "run", E, lambda w: w.run_argv(out=w.model), "model|input",
-         protect=("model",), suite=False),
+         protect=("model",)),
     Case("run: startup error keeps the previous fixes file", "run", E,
          lambda w: ["run", "--model", str(w.model), "--tiles", str(w.root / "no-such.npz"), "--source",
-                    str(w.frames), "--out", str(w.fixes), "--overwrite"], "no-such|not found", protect=("fixes",),
-         suite=False),
+                    str(w.frames), "--out", str(w.fixes), "--overwrite"], "no-such|not found", protect=("fixes",)),
     Case("run: existing --out without --overwrite", "run", E,
          lambda w: ["run", "--model", str(w.model), "--tiles", str(w.tiles), "--source", str(w.frames), "--out",
-                    str(w.fixes)], "exists|overwrite", protect=("fixes",), suite=False),
+                    str(w.fixes)], "exists|overwrite", protect=("fixes",)),
     Case("run: tampered faiss index", "run", S, lambda w: w.run_argv("--index", "flat"),
-         prepare=tampered_index_for_run, judge=judge_run_rebuilt, suite=False),
+         prepare=tampered_index_for_run, judge=judge_run_rebuilt),
+    # run side, added with the soak: frames, headings, sources, links, outputs, signals
+    Case("run: featureless frame (flat grey + sensor noise sigma 2)", "run", S, lambda w: w.run_argv(),
+         prepare=featureless(2.0), judge=judge_frame("f003.png")),
+    Case("run: featureless frame (flat grey + sensor noise sigma 8)", "run", S, lambda w: w.run_argv(),
+         prepare=featureless(8.0), judge=judge_frame("f003.png")),
+    Case("run: featureless frame (smooth gradient + sensor noise)", "run", S, lambda w: w.run_argv(),
+         prepare=gradient_frame, judge=judge_frame("f003.png"),
+         known_bug="runtime/quality.py: sensor noise (sigma >= 1) passes the Laplacian texture test on a featureless "
+                   "ramp; the retrieval-only fix is accepted by the filter", bug_verdict="wrong"),
+    Case("run: --yaw inf", "run", E, lambda w: w.run_argv("--yaw", "inf"), "yaw"),
+    Case("run: Inf yaw in the telemetry CSV", "run", S,
+         lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv"), "--stats-json", str(w.root / "stats.json")),
+         prepare=telemetry_cells({2: "inf"}), judge=judge_nan_telemetry, known_bug=UNCOUNTED_TELEMETRY, bug_verdict="survived, not counted"),
+    Case("run: binary telemetry file", "run", E, lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv")),
+         "telemetry", prepare=binary_telemetry),
+    Case("run: MAVLink ATTITUDE yaw NaN (pymavlink autopilot, udp)", "run", S, runner=mavlink_attitude(float("nan")),
+         judge=judge_mavlink_nan, known_bug=UNCOUNTED_MAVLINK, bug_verdict="survived, not counted"),
+    Case("run: MAVLink ATTITUDE yaw Inf (pymavlink autopilot, udp)", "run", S, runner=mavlink_attitude(float("inf")),
+         judge=judge_mavlink_nan, known_bug=UNCOUNTED_MAVLINK, bug_verdict="survived, not counted"),
+    Case("run: MAVLink ATTITUDE finite yaw (control: the path is live)", "run", S, runner=mavlink_attitude(0.3),
+         judge=judge_mavlink_control),
+    Case("run: missing file in the image folder (telemetry joined on time)", "run", S,
+         lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv")), prepare=missing_file,
+         judge=judge_missing_file),
+    Case("run: video with undecodable frames in the middle", "run", S,
+         lambda w: w.run_argv(source=w.root / "flight.avi"), prepare=corrupt_video, judge=judge_corrupt_video),
+    Case("run: live camera reopened at another resolution", "run", S, runner=resolution_change,
+         judge=judge_resolution),
+    Case("run: ReconnectPolicy.delay at attempts 1025, 10**6, 10**18", "run", S, runner=reconnect_policy,
+         judge=judge_reconnect),
+    Case("run: serial MAVLink /dev/pts/N:921600 (pty)", "run", S, runner=serial_pty, judge=judge_serial),
+    Case("run: disk full during the run (write limit)", "run", S, runner=run_disk_full,
+         judge=judge_output_failure()),
+    Case("run: --out /dev/full", "run", S, runner=run_dev_full, judge=judge_output_failure(fixes=False)),
+    Case("run: broken pipe on --out -", "run", S, runner=run_broken_pipe, judge=judge_output_failure(fixes=False)),
+    Case("run: SIGHUP mid-run", "run", S, runner=run_sighup, judge=judge_sighup),
+    Case("run: serial MAVLink port missing (previous fixes file kept)", "run", E,
+         lambda w: w.run_argv("--mavlink", "/dev/ttyNOPE0:921600", out=w.fixes), "ttyNOPE0", protect=("fixes",),
+         known_bug=OUTPUT_ORDER, bug_verdict="data loss"),
+    Case("run: --udp host that does not resolve (previous fixes file kept)", "run", E,
+         lambda w: w.run_argv("--udp", "nohost.invalid:9", out=w.fixes), "nohost", protect=("fixes",),
+         known_bug=OUTPUT_ORDER, bug_verdict="data loss"),
+    Case("run: --fps inf", "run", E, lambda w: w.run_argv("--fps", "inf"), "fps"),
+    Case("run: --reopen-initial nan", "run", E, lambda w: w.run_argv("--reopen-initial", "nan"), "reopen"),
 ]

@@ -224,9 +224,21 @@ def judge_nan_telemetry(w: World, res: Outcome) -> tuple[str, str]:
     if not r:
         return "wrong", "no record for frame 2"
     r = r[0]
-    if r.get("skipped") or r.get("heading_source") != "pose":
-        return "survived and counted", f"frame 2: skipped={r.get('skipped')} heading_source={r.get('heading_source')}"
-    return "wrong", f"frame 2 used the NaN heading: heading_deg={r.get('heading_deg')} accepted={r.get('accepted')}"
+    if not (r.get("skipped") or r.get("heading_source") != "pose"):
+        return "wrong", f"frame 2 used the NaN heading: heading_deg={r.get('heading_deg')} accepted={r.get('accepted')}"
+    safe = f"frame 2: skipped={r.get('skipped')} heading_source={r.get('heading_source')}"
+    return counted(w, res, r"telemetry", safe)
+
+
+def counted(w: World, res: Outcome, what: str, safe: str) -> tuple[str, str]:
+    """A safely handled fault is "counted" only when stderr or --stats-json says so (names `what`
+    with a skip / non-finite / NaN word)."""
+    st = w.root / "stats.json"
+    text = res.err + "\n" + (st.read_text() if st.is_file() else "")
+    word = r"(skip|non.?finite|nan|inf|reject|drop|bad|invalid)"
+    if any(re.search(what, ln, re.I) and re.search(word, ln, re.I) for ln in text.splitlines()):
+        return "survived and counted", safe
+    return "survived, not counted", safe + "; but nothing in the log, summary or --stats-json reports it"
 
 
 def telemetry(w: World) -> None:

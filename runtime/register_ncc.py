@@ -35,7 +35,7 @@ class NccConf:
     min_valid_px: int = 400        # valid template pixels needed at the working resolution
     min_texture: float = 2.0       # std of the template's gradient image needed (featureless: below)
     acc_floor_m: float = 1.0       # accuracy never claimed better than this (map georeference, rectification)
-    acc_k: float = 1.0             # scale of the peak-curvature term of accuracy_m
+    acc_k: float = 0.6             # scale of the curvature term (real pair: 0.9 m off, 3.2 m claimed)
     pyramid_min_px: int = 320      # windows this large (working px, shorter side) go coarse-to-fine
     candidates: int = 6            # coarse places refined at the working resolution
 
