@@ -3,23 +3,28 @@
 `Localizer.step(frame, pose)` runs the whole per-frame pipeline and returns a `Fix` (the record
 fields). Each stage is a method with the name of the stage, timed into `fix.latency_ms`:
 
-- **quality**: unusable frames (corrupt, grayscale, no texture) are skipped with the reason;
+- **quality**: unusable frames (corrupt, grayscale, low contrast or texture, saturated) are
+  skipped with the reason, before the model; so is a frame whose embedding sits at the
+  embedding of a blank image (`blank-embedding`);
 - **rectify**: the frame goes through the flat-ground homography (camera model + pose) to a
   metric patch at the registration resolution, centred on the ground point under the optical
   axis, north-up when the heading is known, heading-up otherwise. The tile scale level is the
-  largest whose tile side the frame covers (its diagonal when the heading is unknown, so every
-  rotation stays on the picture). Without altitude or GSD the scale is unknown: the frame's
-  centre square is matched against every level and the best level wins (`scale_source`);
+  largest whose tile side the frame covers (at every rotation when the heading is unknown).
+  Without altitude or GSD the scale is unknown: the same patch is matched as every level and the
+  best level wins (`scale_source` = search). Without a camera model the frame's centre square
+  stands in for a nadir view;
 - **embed**: the patch cut to exactly the level's tile side, at the model's input size; with an
   unknown heading R rotations (default 8) go through the model in one batch;
 - **retrieve**: cosine search over the level's tiles, inside the start prior / the window around
   the track when one applies; the hits of every rotation are pooled and reduced to distinct
   places (centres more than `distinct_m` apart), best first;
-- **register**: the top few places are registered against the map imagery around them; the best
-  verified registration gives the ground point to metres, the heading and `accuracy_m`. Without
-  imagery (or when no place verifies) the fix is retrieval-only and labelled unverified, with
-  an accuracy from the tile stride / size;
-- **filter**: the temporal filter (runtime/filter.py) gates and smooths by accuracy.
+- **register**: the track's predicted place and the top few retrieved places are registered
+  against the map imagery around them (`register` doc); a trusted registration gives the ground
+  point to metres, the heading and `accuracy_m`, and makes the fix `verified`. Without imagery
+  (or when nothing verifies) the fix is retrieval-only and unverified, with an accuracy from the
+  tile stride / size;
+- **filter**: the temporal filter (runtime/filter.py) gates and smooths by accuracy; with map
+  imagery only verified fixes reach it.
 
 A fix goes out as a 3D position only when `send_3d`: verified, accepted, and every number finite.
 """
@@ -427,8 +432,9 @@ class Localizer:
         A registration is trusted when the registrar verifies it (peak and peak / second peak
         inside its crop), it claims an accuracy of at most max_accuracy_m, and it beats every other
         candidate place's peak by the registrar's ratio (a look-alike elsewhere makes it
-        ambiguous). The first candidate inside the window around a track is taken as soon as it
-        verifies (the track vouches for the place); otherwise every candidate is registered.
+        ambiguous). While a verified track is recent (track_s), the place it predicts is registered
+        first and taken as soon as it verifies (the track vouches for it); otherwise every
+        candidate place is registered. Heading unknown and no track yet: the whole circle.
         """
         known = patch.heading_deg is not None
         score, tile, r = hits[0]

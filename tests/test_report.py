@@ -65,7 +65,7 @@ def real_run(tmp_path_factory) -> dict[str, Path]:
         w.writerows(truth_rows)
     fixes = tmp / "fixes.jsonl"
     assert skyloc_main(["run", "--model", str(model), "--tiles", str(tiles), "--source", str(frames),
-                        "--out", str(fixes), "--max-speed", "25"]) == 0
+                        "--out", str(fixes), "--max-speed", "25", "--no-register"]) == 0  # retrieval only: fast
     return {"fixes": fixes, "map": mp, "truth": truth, "tmp": tmp, "n": n}
 
 
@@ -187,7 +187,7 @@ def test_gpx_time_only_from_the_absolute_capture_time(tmp_path):
     from skyloc.runtime.track_export import write_tracks
 
     base = {"schema": SCHEMA_VERSION, "source": "cam", "latency_ms": {"total": 1.0}, "raw_lat": 0.0, "raw_lon": 0.0}
-    recs = [{**base, "frame": 0, "time_s": 5.0, "lat": 60.25, "lon": 22.5, "accepted": True,
+    recs = [{**base, "frame": 0, "time_s": 5.0, "lat": 60.25, "lon": 22.5, "accepted": True, "verified": True,
              "capture_unix_s": 1767225600.25},  # 2026-01-01T00:00:00.25Z
             {**base, "frame": 1, "time_s": 6.0, "lat": 60.2501, "lon": 22.5001, "accepted": True}]
     for r in recs:
@@ -196,6 +196,10 @@ def test_gpx_time_only_from_the_absolute_capture_time(tmp_path):
     gpx = ET.parse(paths["gpx"]).getroot()
     times = [(w.find(f"{GPX}time").text if w.find(f"{GPX}time") is not None else None) for w in gpx.iter(f"{GPX}wpt")]
     assert times == ["2026-01-01T00:00:00.250Z", None]
+    assert [w.find(f"{GPX}type").text for w in gpx.iter(f"{GPX}wpt")] == ["verified", "accepted"]
+    kml = ET.parse(paths["kml"]).getroot()
+    folders = {f.find(f"{KML}name").text: [c.text for c in f.iter(f"{KML}coordinates")] for f in kml.iter(f"{KML}Folder")}
+    assert folders == {"verified (1)": ["22.5,60.25"], "accepted (1)": ["22.5001,60.2501"]}
     got = datetime.datetime.strptime(times[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
     assert got.timestamp() == pytest.approx(1767225600.25, abs=1e-3)
     # a single accepted fix has no line, but every format still holds its point
