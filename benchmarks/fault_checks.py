@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from skyloc.benchmarks.faults import Outcome, World
+from skyloc.benchmarks.faults import Outcome, World, run_cli
 from skyloc.benchmarks.fault_world import (
     tiny_model, map_image, edit_sidecar, records, stale_name, spawn, kill_when, LAT0, LON0,
 )

@@ -204,8 +204,11 @@ def bench_faults(work_dir: str | os.PathLike | None = None, groups: Sequence[str
                              "verdict": "not run", "detail": f"needs {case.needs}", "seconds": 0.0})
                 continue
             cdir = work / f"case-{i:02d}"
-            res, lost = execute(case, base, cdir, inprocess=False)
-            verdict, why = classify(case, World(cdir / "world"), res, lost)
+            try:
+                res, lost = execute(case, base, cdir, inprocess=False)
+                verdict, why = classify(case, World(cdir / "world"), res, lost)
+            except Exception as exc:  # noqa: BLE001 - a bug of this harness, not of skyloc: not counted
+                res, verdict, why = Outcome(-1), "not run", f"harness error: {type(exc).__name__}: {exc}"
             if case.known_bug and verdict not in ("clear error", "survived and counted"):
                 why = f"{why} [open bug: {case.known_bug}]"
             rows.append({"group": case.group, "case": case.name, "expected": case.expect, "verdict": verdict,

@@ -41,7 +41,7 @@ def list_images(root: Path) -> list[Path]:
         out.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
     broken = [p for p in out if not p.is_file()]  # dangling symlinks, sockets named *.png ...
     if broken:
-        logging.getLogger("skyloc.calibration").warning(
+        logging.getLogger(__name__).warning(
             "skipping %d unreadable image path(s) under %s (dangling symlink?): %s", len(broken), root,
             ", ".join(str(p) for p in broken[:5]) + (" ..." if len(broken) > 5 else ""))
     return sorted(p for p in out if p.is_file())

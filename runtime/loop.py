@@ -30,6 +30,7 @@ from skyloc.runtime.geo import haversine_m
 from skyloc.runtime.localizer import Fix, Localizer, LocalizerOptions
 from skyloc.runtime.options import opt
 from skyloc.runtime.outputs import Output
+from skyloc.runtime.run_inputs import open_camera, open_imagery, open_pose_source
 from skyloc.runtime.run_stats import RunStats, load_truth
 from skyloc.runtime.sources import Frame, FrameSource, ReconnectPolicy, open_source
 from skyloc.runtime.tileset import TileSet
@@ -174,9 +175,9 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
             ts = tiles
         else:
             ts = TileSet.load(tiles, expect_model=backend.sidecar)
-        cam = camera if camera is not None else _camera(opt)
-        img = imagery if imagery is not None else (_imagery(ts, opt) if opt.register else None)
-        pose_src = poses if poses is not None else _pose_source(opt, source)
+        cam = camera if camera is not None else open_camera(opt)
+        img = imagery if imagery is not None else (open_imagery(ts, opt) if opt.register else None)
+        pose_src = poses if poses is not None else open_pose_source(opt, source)
         truth = load_truth(opt.truth) if opt.truth else None
         localizer = Localizer(backend, ts, opt, camera=cam, imagery=img)
         src = source if isinstance(source, FrameSource) else open_source(
@@ -191,6 +192,10 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
             o.close()
         raise
     stats.backend = getattr(backend, "description", backend.name)
+    problems = getattr(pose_src, "problems", [])
+    stats.telemetry_rows_skipped = len(problems)
+    for p in problems[:5]:
+        log.warning("telemetry row skipped: %s", p)
     stats.registration = "off" if img is None else str(getattr(localizer.registrar, "name", "on"))
     log.info("run: %s, %d tiles, source %s, %s", stats.backend, len(ts), src.name,
              "retrieval only (no map imagery): fixes unverified" if img is None else "registration on")
@@ -212,6 +217,8 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
                 stats.output_errors += o in outs
                 log.warning("closing %s failed: %s", type(o).__name__, exc)
         stats.output_errors += sum(int(getattr(o, "errors", 0) or 0) for o in outs)
+        stats.mavlink_nonfinite_dropped = sum(int(getattr(getattr(getattr(o, "link", None), "stats", None),
+                                                          "nonfinite_dropped", 0) or 0) for o in outs)
     return stats
 
 
@@ -280,84 +287,3 @@ def _truth(rec: dict[str, Any], fix: Fix, t: tuple[float, float, float | None, f
         rec["truth_filtered_error_m"] = _num(float(haversine_m(alat, alon, fix.lat, fix.lon)), 2)
     if fix.ground_lat is not None and fix.ground_lon is not None:
         rec["truth_ground_error_m"] = _num(float(haversine_m(clat, clon, fix.ground_lat, fix.ground_lon)), 2)
-
-
-# ---- inputs ----------------------------------------------------------------------------------
-
-def _camera(opt: RunOptions) -> Any:
-    from skyloc.runtime.camera import CameraModel, load_camera
-
-    if opt.camera is not None:
-        return load_camera(opt.camera)
-    if opt.hfov is not None:
-        return _HfovCamera(opt.hfov, CameraModel)
-    return None
-
-
-class _HfovCamera:
-    """--hfov without a resolution: the ideal camera for whatever size the frames have."""
-
-    def __init__(self, hfov_deg: float, cls: Any) -> None:
-        self.hfov_deg, self._cls = hfov_deg, cls
-        cls.from_hfov(hfov_deg, 640, 480)  # validates the angle now, before any output opens
-
-    def scaled_to(self, width: int, height: int) -> Any:
-        return self._cls.from_hfov(self.hfov_deg, width, height)
-
-
-def _imagery(ts: TileSet, opt: RunOptions) -> Any:
-    """--imagery, else the imagery the tile set records (checksum-checked); None: retrieval only."""
-    from skyloc.runtime.imagery import MapImagery
-
-    if opt.imagery:
-        return MapImagery(opt.imagery)
-    return MapImagery.for_tileset(ts.path, ts.meta)
-
-
-class Poses:
-    """The run's pose source: each field from the first source that has it: --telemetry CSV (joined
-    on time), MAVLink telemetry (when --mavlink), the image files' EXIF/DJI XMP (image folders),
-    then the fixed flags; --no-heading drops every heading. Also the camera from EXIF when no
-    --camera / --hfov is given."""
-
-    def __init__(self, opt: RunOptions, source_kind: str) -> None:
-        from skyloc.runtime import pose_sources as ps
-
-        chain: list[Any] = []
-        if opt.telemetry:
-            chain.append(ps.TelemetryCsvPose(opt.telemetry))
-        self.mavlink = ps.MavlinkPoseListener() if opt.mavlink else None
-        if self.mavlink is not None:
-            chain.append(self.mavlink)
-        self.exif = ps.ExifPose() if source_kind in ("folder", "image") else None
-        if self.exif is not None:
-            chain.append(self.exif)
-        chain.append(ps.FlagPose(opt.altitude, opt.roll, opt.pitch, opt.yaw,
-                                 opt.camera_tilt if opt.camera_tilt else None, opt.gsd))
-        self.chain = ps.ChainPose(chain, no_heading=not opt.use_heading)
-
-    def pose_for(self, frame_time_s: float, frame_meta: dict[str, Any]) -> Any:
-        return self.chain.pose_for(frame_time_s, frame_meta)
-
-    def camera_for(self, frame: Frame) -> Any:
-        if self.exif is None or frame.image is None or not frame.meta.get("path"):
-            return None
-        h, w = frame.image.shape[:2]
-        return self.exif.camera_for(frame.meta, w, h)
-
-    def attach(self, outputs: Sequence[Output]) -> None:
-        """MAVLink outputs own the link: they hand every received message to our listener."""
-        if self.mavlink is None:
-            return
-        for o in outputs:
-            if hasattr(o, "add_listener"):
-                o.add_listener(self.mavlink.feed)
-
-
-def _pose_source(opt: RunOptions, source: str | FrameSource) -> Poses:
-    from skyloc.runtime.sources import source_kind
-
-    kind = "stream" if isinstance(source, FrameSource) else source_kind(str(source))
-    if isinstance(source, FrameSource) and type(source).__name__ == "ImageFolderSource":
-        kind = "folder"
-    return Poses(opt, kind)

@@ -128,9 +128,8 @@ def write_report(fixes_path: str | os.PathLike, out_dir: str | os.PathLike, map_
     from skyloc.runtime import report_plots as plots
     from skyloc.runtime.track_export import write_tracks
 
+    records = load_fixes(fixes_path)  # inputs first: a bad file leaves no empty report folder
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    records = load_fixes(fixes_path)
     title = title or Path(fixes_path).stem
     fixes = [r for r in records if r.get("skipped") is None]
     truth = None
@@ -148,6 +147,7 @@ def write_report(fixes_path: str | os.PathLike, out_dir: str | os.PathLike, map_
     for f in fixes:  # the tracks carry the error of each point when truth is known
         if f["frame"] in by_frame:
             f["report_error_m"] = round(by_frame[f["frame"]], 2)
+    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = dict(write_tracks(fixes, out, "track", title))
     truth_line = []
     if truth:

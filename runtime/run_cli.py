@@ -99,13 +99,14 @@ def _open_outputs(opt: object) -> list:
 
     outs: list = []
     try:
-        outs.append(JsonLinesOutput(opt.out, overwrite=opt.overwrite))  # existing files: checked above
+        # links first: when one cannot open, the fixes file has not been touched (nor truncated)
         if opt.udp:
             outs.append(UdpOutput(*parse_host_port(opt.udp)))
         if opt.mavlink:
             outs.append(MavlinkOutput(opt.mavlink, fix_type=opt.fix_type, satellites=opt.satellites,
                                       gps_id=opt.gps_id, rejected_fix_type=opt.rejected_fix_type,
                                       source_system=opt.mavlink_sysid, source_component=opt.mavlink_compid))
+        outs.insert(0, JsonLinesOutput(opt.out, overwrite=opt.overwrite))  # existing files: checked above
     except BaseException:
         for o in outs:
             o.close()

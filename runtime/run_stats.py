@@ -36,6 +36,8 @@ class RunStats:
     source_failed: bool = False  # the source raised and ended the run
     reopens: int = 0
     dropped: int = 0  # live frames replaced by newer ones before being processed
+    telemetry_rows_skipped: int = 0  # --telemetry rows with a bad / non-finite cell (never used)
+    mavlink_nonfinite_dropped: int = 0  # MAVLink messages with NaN / Inf fields (never used)
     stopped_by: str | None = None  # signal name, "max-frames", or None (source ended)
     backend: str = ""
     registration: str = ""
@@ -111,6 +113,8 @@ class RunStats:
             "heading_sources": dict(self.heading_sources), "scale_levels": dict(self.scale_levels),
             "errors": self.errors, "output_errors": self.output_errors, "source_failed": self.source_failed,
             "reopens": self.reopens, "dropped": self.dropped, "stopped_by": self.stopped_by,
+            "telemetry_rows_skipped": self.telemetry_rows_skipped,
+            "mavlink_nonfinite_dropped": self.mavlink_nonfinite_dropped,
             "backend": self.backend, "registration": self.registration, "exit_code": self.exit_code,
             "latency_ms": self.latency_summary(), "truth": self.truth_summary(),
         }
@@ -127,6 +131,10 @@ class RunStats:
             + (f", stopped by {self.stopped_by}" if self.stopped_by else "")
             + (", SOURCE FAILED" if self.source_failed else ""),
         ]
+        if self.telemetry_rows_skipped:
+            lines.append(f"telemetry: {self.telemetry_rows_skipped} rows skipped (bad or non-finite cells; never used)")
+        if self.mavlink_nonfinite_dropped:
+            lines.append(f"MAVLink: {self.mavlink_nonfinite_dropped} messages dropped (NaN/Inf fields; never used)")
         lat = self.latency_summary()
         parts = [f"{s} {v['p50']:.1f}/{v['p99']:.1f}" for s, v in lat.items() if v["p50"] is not None]
         if parts:

@@ -82,6 +82,16 @@ def configure_logging(level: str, log_file: str | None) -> None:
     root.setLevel(getattr(logging, level))
 
 
+def restore_logging(level: int) -> None:
+    """Remove the handlers configure_logging added and put the root level back."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_skyloc_cli", False):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     from skyloc import __version__
 
@@ -140,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="also append every message, with timestamps, to this file")
     args = parser.parse_args(rest)
     level = top_args.log_level or getattr(args, "log_level", None) or getattr(module, "LOG_LEVEL", "WARNING")
+    saved_level = logging.getLogger().level
     try:
         configure_logging(str(level).upper() if str(level).upper() in LOG_LEVELS else "WARNING",
                           getattr(args, "log_file", None) or top_args.log_file)
@@ -156,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        # main() called in-process (tests, harnesses) leaves the root logger as it found it
+        restore_logging(saved_level)
 
 
 if __name__ == "__main__":

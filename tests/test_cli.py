@@ -205,3 +205,12 @@ def test_a_missing_optional_package_names_what_to_install(tmp_path) -> None:
     assert "RC 2" in r.stdout, r.stderr[-2000:]
     assert "torch is not installed" in r.stderr and 'pip install -e ".[train]"' in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_main_in_process_leaves_the_root_logger_as_it_was(tmp_path) -> None:
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    assert main(["--log-level", "DEBUG", "--log-file", str(tmp_path / "l.log"), "report",
+                 str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "rep")]) == 2
+    assert (root.level, list(root.handlers)) == before
+    assert not (tmp_path / "rep").exists()  # a bad input leaves no empty report folder
