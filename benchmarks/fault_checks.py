@@ -231,12 +231,13 @@ def judge_nan_telemetry(w: World, res: Outcome) -> tuple[str, str]:
 
 
 def counted(w: World, res: Outcome, what: str, safe: str) -> tuple[str, str]:
-    """A safely handled fault is "counted" only when stderr or --stats-json says so (names `what`
-    with a skip / non-finite / NaN word)."""
+    """A safely handled fault is "counted" only when stderr or --stats-json says so: a line naming
+    `what` with a skip / non-finite / NaN word and a non-zero count."""
     st = w.root / "stats.json"
     text = res.err + "\n" + (st.read_text() if st.is_file() else "")
     word = r"(skip|non.?finite|nan|inf|reject|drop|bad|invalid)"
-    if any(re.search(what, ln, re.I) and re.search(word, ln, re.I) for ln in text.splitlines()):
+    if any(re.search(what, ln, re.I) and re.search(word, ln, re.I) and re.search(r"\b[1-9]\d*\b", ln)
+           for ln in text.splitlines()):  # a non-zero count on the same line
         return "survived and counted", safe
     return "survived, not counted", safe + "; but nothing in the log, summary or --stats-json reports it"
 

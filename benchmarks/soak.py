@@ -162,7 +162,8 @@ def judge_channel(channel: str, fixes: list[tuple[int, float, float]], kinds: li
 def run_soak(cfg: SoakConfig, work: Path, progress: bool = False) -> dict[str, Any]:
     """Run the soak in `work`; returns the counts (see `judge`) and the per-kind table."""
     from skyloc.runtime.geo import haversine_m
-    from skyloc.runtime.loop import Poses, RunOptions, run
+    from skyloc.runtime.loop import RunOptions, run
+    from skyloc.runtime.run_inputs import Poses
     from skyloc.runtime.nmea import NmeaOutput
     from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput
     from skyloc.runtime.run_stats import RunStats
@@ -229,6 +230,9 @@ def run_soak(cfg: SoakConfig, work: Path, progress: bool = False) -> dict[str, A
         "heartbeats_received": ap.heartbeats, "nan_attitudes_sent": ap.attitudes_sent,
         "nan_attitudes_dropped": link.nonfinite_dropped if link else 0,
         "telemetry_rows_skipped": poses.chain.sources[0].skipped if hasattr(poses.chain, "sources") else None,
+        # what the run itself reports (summary / --stats-json) for the same drops
+        "run_telemetry_rows_skipped": getattr(stats, "telemetry_rows_skipped", None),
+        "run_mavlink_nonfinite_dropped": getattr(stats, "mavlink_nonfinite_dropped", None),
         "wrong_3d": sum(wrong.values()), "channels": rows, "by_kind": by_kind, "kinds": kinds,
         "frame_records": sorted(r["frame"] for r in recs),
         "channel_frames": {ch: sorted(f for f, *_ in fixes) for ch, fixes in channels.items()},
@@ -256,7 +260,8 @@ def bench_soak(cfg: SoakConfig | None = None, work_dir: str | Path | None = None
             tmp.cleanup()
     keys = ("frames", "records", "seconds", "exit_code", "errors", "output_errors", "sent_3d", "gps_input_sent",
             "gps_input_received", "nmea_sentences", "nmea_bad_checksum", "heartbeats_received",
-            "nan_attitudes_sent", "nan_attitudes_dropped", "telemetry_rows_skipped", "wrong_3d")
+            "nan_attitudes_sent", "nan_attitudes_dropped", "run_mavlink_nonfinite_dropped", "telemetry_rows_skipped",
+            "run_telemetry_rows_skipped", "wrong_3d")
     summary = [{"quantity": k, "value": res[k]} for k in keys]
     missing = cfg.frames - len(set(res["frame_records"]))
     goals = [

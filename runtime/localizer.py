@@ -32,137 +32,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import cv2
 import numpy as np
 
 from skyloc.runtime import geo
-from skyloc.runtime.geo import haversine_m
 from skyloc.runtime.backends import Backend
-from skyloc.runtime.errors import SkylocError
 from skyloc.runtime.filter import FixCandidate, TemporalFilter, distinct_places, place_margin, refine_position
-from skyloc.runtime.matcher import Matcher, SearchWindow, make_matcher, topk
+from skyloc.runtime.geo import haversine_m
+# Fix and LocalizerOptions live in localizer_options.py; imported here, the names callers use
+from skyloc.runtime.localizer_options import Fix, LocalizerOptions, parse_start
+from skyloc.runtime.matcher import EXACT_MAX_TILES, Matcher, SearchWindow, make_matcher, topk
 from skyloc.runtime.metrics import l2_normalize
-from skyloc.runtime.options import check_options, opt
 from skyloc.runtime.pose import FramePose
 from skyloc.runtime.preprocess import check_frame, to_model_input
 from skyloc.runtime.quality import BlankEmbedding, QualityGate
 from skyloc.runtime.rectify import GroundPatch, crop_centre, ground_coverage_m, pick_scale_level, rectify, rotate_patch
 from skyloc.runtime.tileset import TileSet
 
+__all__ = ["Fix", "Localizer", "LocalizerOptions", "nadir_patch"]
+
 SQRT2 = math.sqrt(2.0)
-
-
-def _parse_start(start: tuple[float, ...] | None) -> SearchWindow | None:
-    if start is None:
-        return None
-    if len(start) not in (2, 3) or not all(math.isfinite(v) for v in start):
-        raise SkylocError(f"--start {start}: need LAT,LON[,RADIUS_M] with finite numbers")
-    lat, lon = start[0], start[1]
-    radius = start[2] if len(start) == 3 else 500.0
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and radius > 0):
-        raise SkylocError(f"--start {start}: latitude in [-90, 90], longitude in [-180, 180], radius > 0")
-    return SearchWindow(float(lat), float(lon), float(radius))
-
-
-@dataclass
-class LocalizerOptions:
-    """The per-frame pipeline's knobs; RunOptions (runtime/loop.py) extends it with the run's own.
-    The `skyloc run` flags are derived from these fields (runtime/options.py)."""
-
-    k: int = opt(20, "tiles fetched per rotation and scale level (distinct places are taken from them)", ge=1)
-    candidates: int = opt(3, "distinct places registered against the map imagery per frame", ge=1)
-    rotations: int = opt(8, "rotations embedded in one batch when the heading is unknown", ge=1, le=72)
-    distinct_m: float | None = opt(None, "two tiles are distinct places when their centres are farther "
-                                         "apart than this, metres [the tile side]", gt=0)
-    window_m: float | None = opt(None, "search only within this radius (+ max speed x elapsed) of the last "
-                                       "accepted fix, metres; 0 searches the whole map [the tile side]", ge=0)
-    window_margin: float = opt(0.02, "...unless a tile outside the window scores higher by more than this",
-                               ge=0, le=2)
-    start: tuple[float, ...] | None = opt(None, "start prior LAT,LON[,RADIUS_M]: search only there until "
-                                                "the first accepted fix [radius 500 m]", metavar="LAT,LON[,R]")
-    refine_m: float | None = opt(None, "retrieval-only fix = score-weighted centre of the hits this close to "
-                                       "the best tile, metres; 0 = the best tile's centre [1.5 x stride]", ge=0)
-    register: bool = opt(True, "register candidates against the map imagery; --no-register: retrieval only "
-                               "(every fix unverified, never sent as a 3D fix)")
-    registrar: str = opt("ncc", "registration method (runtime/register.py)")
-    register_px: int = opt(160, "side of the tile-sized patch registered against the map, pixels", ge=32, le=2048)
-    max_accuracy_m: float = opt(5.0, "a registration claiming a worse 1-sigma accuracy than this is not "
-                                     "trusted (the fix stays unverified), metres", gt=0)
-    heading_tol_deg: float = opt(5.0, "registration's heading search around the known / estimated heading, "
-                                       "degrees", ge=0, le=180)
-    scale_tol: float = opt(0.03, "registration's relative scale search (altitude error)", ge=0, lt=1)
-    max_speed_mps: float = opt(30.0, "m/s; fixes implying a faster move (beyond their accuracies) are rejected",
-                               gt=0, le=1000, flag="--max-speed")
-    accel_mps2: float = opt(3.0, "filter process noise: unmodelled acceleration, m/s^2", gt=0, le=100,
-                            flag="--accel")
-    gate_sigmas: float = opt(3.0, "speed gate slack in accuracy sigmas (candidate + track)", ge=0, le=100)
-    noise_m: float = opt(0.0, "extra fixed slack of the speed gate, metres", ge=0)
-    confirm: int = opt(2, "a new track's fixes are accepted once this many agree (the first alone is "
-                          "'tentative', never sent)", ge=1, le=100)
-    acquire_full_circle: bool = opt(True, "with the heading unknown and no track yet, registration searches "
-                                          "every heading (slower, until the first verified fix)")
-    track_s: float = opt(3.0, "register around the track's predicted position first while its last verified "
-                               "fix is at most this old, seconds (0: never)", ge=0, le=600)
-    max_rejections: int = opt(5, "re-initialise the filter after this many consistent rejections in a row",
-                              ge=1)
-    min_confidence: float | None = opt(None, "reject fixes whose score margin to another place is below this",
-                                       ge=-2, le=2)
-    blank_cos: float = opt(0.95, "skip a frame whose embedding has this cosine (or more) with the embedding "
-                                  "of a blank (black, grey, white) image", gt=0, le=1)
-    use_heading: bool = opt(True, "use the heading of the pose source; --no-heading ignores every heading "
-                                  "source (compass failure) and searches the rotations", flag="--heading")
-    index: str = opt("auto", "tile search index", choices=("auto", "exact", "flat", "hnsw", "ivfpq"))
-
-    def __post_init__(self) -> None:
-        check_options(self)
-        if self.start is not None:
-            _parse_start(self.start)
-
-
-@dataclass
-class Fix:
-    """Everything the pipeline decided about one frame (the record, before JSON)."""
-
-    frame: int
-    time_s: float
-    source: str = ""
-    skipped: str | None = None
-    error: str | None = None
-    lat: float | None = None  # aircraft: filtered when accepted, else this frame's estimate
-    lon: float | None = None
-    raw_lat: float | None = None  # aircraft, this frame's estimate before the filter
-    raw_lon: float | None = None
-    ground_lat: float | None = None  # the ground point under the optical axis (patch centre)
-    ground_lon: float | None = None
-    heading_deg: float | None = None
-    heading_source: str | None = None  # pose | rotation-search | register
-    accuracy_m: float | None = None  # 1-sigma of lat/lon
-    raw_accuracy_m: float | None = None  # 1-sigma of raw_lat/raw_lon
-    verified: bool = False
-    accepted: bool = False
-    reason: str | None = None
-    score: float | None = None
-    confidence: float | None = None
-    tile: int | None = None
-    scale_level: float | None = None
-    scale_source: str | None = None  # coverage | gsd-search | smallest
-    coverage_m: float | None = None
-    speed_mps: float | None = None
-    vn_mps: float | None = None  # track velocity north / east (accepted fixes)
-    ve_mps: float | None = None
-    window_m: float | None = None
-    registration: dict[str, Any] | None = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def send_3d(self) -> bool:
-        """Only a verified, accepted fix with finite numbers may go out as a 3D position."""
-        nums = (self.lat, self.lon, self.accuracy_m)
-        return bool(self.verified and self.accepted and self.skipped is None
-                    and all(v is not None and math.isfinite(v) for v in nums))
 
 
 def _rot_ne(n: float, e: float, angle_deg: float) -> tuple[float, float]:
@@ -219,7 +111,7 @@ class Localizer:
         self._emb = np.ascontiguousarray(tiles.embeddings, dtype=np.float32)
         self.filter = TemporalFilter(opt.max_speed_mps, opt.accel_mps2, opt.noise_m, opt.gate_sigmas,
                                      opt.max_rejections, opt.min_confidence, confirm=opt.confirm)
-        self.start = _parse_start(opt.start)
+        self.start = parse_start(opt.start)
         self._cameras: dict[tuple[int, int], Any] = {}
         self._track_ground: tuple[float, float, float, float] | None = None  # lat, lon, t, heading
         self._in_window: set[int] = set()
@@ -383,14 +275,18 @@ class Localizer:
         window = self._window(fix.time_s)
         best = None
         for level in levels:
-            ids = self._level_ids[level] if len(self.levels) > 1 else None
-            s, i = self.matcher.search(q, k) if ids is None else topk(q @ self._emb[ids].T, k, ids)
+            ids = self._level_ids[level] if len(self.levels) > 1 else np.arange(len(self.ts))
+            full = None
+            if len(ids) <= EXACT_MAX_TILES:  # one product serves the global and the window search
+                full = q @ self._emb[ids].T if len(ids) < len(self.ts) else q @ self._emb.T
+                s, i = topk(full, k, ids)
+            else:
+                s, i = self.matcher.search(q, k) if len(self.levels) == 1 else topk(q @ self._emb[ids].T, k, ids)
             ws = wi = None
             if window is not None:
-                wids = self.matcher.window_ids(window)
-                if ids is not None:
-                    wids = np.intersect1d(wids, ids, assume_unique=True)
-                ws, wi = topk(q @ self._emb[wids].T, k, wids)
+                wids = np.intersect1d(self.matcher.window_ids(window), ids, assume_unique=True)
+                cols = np.searchsorted(ids, wids)  # ids are ascending
+                ws, wi = topk(full[:, cols] if full is not None else q @ self._emb[wids].T, k, wids)
                 if not (wi >= 0).any():
                     ws = wi = None
             top = float(s.max()) if ws is None else max(float(ws.max()) + self.opt.window_margin, float(s.max()))

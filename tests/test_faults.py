@@ -1,5 +1,5 @@
-"""Fault injection (issue 13) for artifacts, maps, sidecars, faiss indexes and scratch files: one
-case per fault, run through the real `skyloc` CLI (in-process, or a subprocess where a signal or
+"""Fault injection (issue 13) for artifacts, maps, sidecars, faiss indexes, scratch files and `skyloc
+run`: one case per fault, run through the real `skyloc` CLI (in-process, or a subprocess where a signal or
 a write limit is needed) on its own copy of a tiny world. Each asserts the outcome itself: exit
 code 2 with a message naming the problem, or the fault survived and accounted for; and in every
 case the files that must survive (previous artifact, inputs) are byte-identical.
@@ -63,6 +63,15 @@ def test_matrix_covers_every_fault_class() -> None:
     groups = {c.group for c in SUITE}
     assert {"tiles", "maps", "sidecar", "faiss", "scratch", "run"} <= groups
     assert len({c.name for c in CASES}) == len(CASES)
+    # the run-side classes issue 13 lists, each with a case the suite runs
+    names = " | ".join(c.name for c in SUITE)
+    for fault in ("black frame", "featureless frame", "--yaw nan", "NaN yaw in the telemetry CSV",
+                  "ATTITUDE yaw NaN", "thumbnail first", "another resolution", "undecodable frames in the middle",
+                  "missing file in the image folder", "ReconnectPolicy", "serial MAVLink /dev/pts",
+                  "--out equal to the tile set", "--out equal to the model", "existing --out without --overwrite",
+                  "disk full during the run", "broken pipe", "SIGHUP", "--max-speed nan", "--fps 0", "--fps nan",
+                  "--mavlink-sysid 999", "binary telemetry", "--tile-m nan"):
+        assert fault in names, fault
 
 
 # --- the atomic-write helper itself ----------------------------------------------------------------

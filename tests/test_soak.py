@@ -34,6 +34,9 @@ def test_the_soak_is_not_vacuous(soak: dict) -> None:
         assert sum(x == k for x in soak["kinds"]) >= 10
     assert soak["nan_attitudes_sent"] > 0 and soak["nan_attitudes_dropped"] > 0
     assert soak["telemetry_rows_skipped"] == sum(x == "nan-heading" for x in soak["kinds"])
+    # ... and the run reports those drops itself (summary / --stats-json)
+    assert soak["run_telemetry_rows_skipped"] == soak["telemetry_rows_skipped"]
+    assert soak["run_mavlink_nonfinite_dropped"] == soak["nan_attitudes_dropped"]
 
 
 def test_bad_frames_never_sent_and_nan_heading_never_used(soak: dict) -> None:
