@@ -14,7 +14,7 @@ with a paired t-test, naming the significant steps (benchmarks.ablation). `--siz
 paper's Table 6: the final row trained *and* tested at each size (`skyloc eval --test-size` only
 resizes one checkpoint's test images).
 
-Without --data a procedural University-1652-layout dataset is generated (training.synth).
+Without --data a procedural University-1652-layout dataset is generated (runtime.synth).
 Needs torch (training).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _dataset(data: Path | None, work: Path, locations: int, size: int, seed: int
             print(f"[bench accuracy] generating a procedural dataset ({locations} locations) in {out}", flush=True)
         make_dataset(None, out, SynthDatasetConfig(locations=locations, image_px=max(size, 64), seed=seed,
                                                    overwrite=True))
-    return out, f"procedural dataset (training.synth, {locations} locations, seed {seed}) generated in the work dir"
+    return out, f"procedural dataset (runtime.synth, {locations} locations, seed {seed}) generated in the work dir"
 
 
 def bench_accuracy(

@@ -2,11 +2,11 @@
 
 runtime.loop.run is driven as `skyloc run` drives it, with a looping video source and a
 recording output. Per frame the loop reports its stage latencies; frame -> fix is everything
-after the frame is in hand (preprocess + inference + search + filter), compared with the
+after the frame is in hand (pose .. filter), compared with the
 inference stage of the same frames — so the ratio needs no second run. Resident memory is
 sampled every few frames over the whole run (psutil) to show it stays flat.
 
-Defaults are self-contained: a synthetic flight over the procedural world (training.synth,
+Defaults are self-contained: a synthetic flight over the procedural world (skyloc.runtime.synth,
 numpy/OpenCV only), its tile set built with the model, padded to 10k tiles with random unit
 vectors as distractors.
 """
@@ -118,7 +118,7 @@ def _prepare(model: Path | None, checkpoint: Path | None, tiles: Path | None, vi
         from skyloc.runtime.synth.flight import FlightConfig, make_flight
 
         video = str(make_flight(None, work / "flight", FlightConfig(seconds=flight_seconds, fps=10.0)))
-        notes.append(f"Frames: a synthetic {flight_seconds:g} s flight (training.synth, 320x240, 10 fps) over "
+        notes.append(f"Frames: a synthetic {flight_seconds:g} s flight (runtime.synth, 320x240, 10 fps) over "
                      "the procedural world, looped.")
     else:
         notes.append(f"Frames: {video}, looped.")
@@ -154,6 +154,7 @@ def bench_runtime(
     name: str = "runtime",
     command: str | None = None,
     progress: bool = True,
+    blank_cos: float | None = None,
 ) -> dict[str, Path]:
     from skyloc.runtime.backends import open_backend
     from skyloc.runtime.loop import RunOptions, run
@@ -182,7 +183,10 @@ def bench_runtime(
         if progress:
             print(f"[bench runtime] {frames} frames, {len(ts)} tiles, {be.description}", flush=True)
         t0 = time.perf_counter()
-        stats = run(be, ts, src, [rec], RunOptions(backend=backend, max_frames=frames, handle_signals=False))
+        # blank_cos: a toy model (no centring) maps every frame near the blank image's embedding.
+        extra_opts = {} if blank_cos is None else {"blank_cos": blank_cos}
+        stats = run(be, ts, src, [rec], RunOptions(backend=backend, max_frames=frames, handle_signals=False,
+                                                   **extra_opts))
         wall = time.perf_counter() - t0
         # Inference alone in a tight loop (same backend, same preprocessed frame) for reference.
         from skyloc.benchmarks.timing import time_backend
@@ -203,7 +207,7 @@ def bench_runtime(
     notes = [*notes,
              f"Loop: runtime.loop.run with {stats.backend}; {stats.frames} frames in {wall:.1f} s, fixes "
              f"{stats.fixes}, skipped {dict(stats.skipped) or 0}, errors {stats.errors}.",
-             "frame -> fix = preprocess + inference + search + filter of each frame (the loop's total minus the "
+             "frame -> fix = every stage after the grab (pose .. filter) of each frame (the loop's total minus the "
              "time waiting for / decoding the frame); overhead = p50(frame -> fix) / p50(inference alone) - 1, "
              "where inference alone is the same backend timed in a tight loop right after the run; the ratio "
              "to the loop's own inference stage (same frames) is given too.",
@@ -229,7 +233,9 @@ def frame_to_fix(lat: dict[str, float]) -> float | None:
 
 def stage_rows(latency: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
     rows = []
-    series = {s: [v[s] for v in latency if s in v] for s in ("grab", "preprocess", "infer", "search", "filter", "total")}
+    from skyloc.runtime.run_stats import STAGES
+
+    series = {s: [v[s] for v in latency if s in v] for s in STAGES}
     series["frame -> fix"] = [x for x in map(frame_to_fix, latency) if x is not None]
     for stage, vals in series.items():
         if not vals:

@@ -156,11 +156,13 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
     clean_stale_scratch(paths["ranges"].parent)  # left by a killed calibrate
     # quantize_static writes where it is told: scratch files, so a kill never touches the previous models.
     scratch = {p: scratch_path(paths[p], ".onnx") for p in ("int8-ort", "int8-trt")}
-    paths["ranges"].unlink(missing_ok=True)  # a stale cache would silently skip calibration
+    # A fresh cache name: a stale cache would silently skip calibration, and the previous run's
+    # ranges stay in place (beside the models they made) until this run has succeeded.
+    ranges_tmp = scratch_path(paths["ranges"], ".json")
     common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                   op_types_to_quantize=list(op_types), calibrate_method=METHODS[method])
     if HAS_RANGE_CACHE:
-        common["calibration_cache_path"] = paths["ranges"]
+        common["calibration_cache_path"] = ranges_tmp
     else:
         log.warning("onnxruntime %s has no calibration cache (added in 2026): calibrating twice, once per "
                     "model; upgrade onnxruntime to share one calibration", ort_version)
@@ -194,6 +196,8 @@ def quantize_pair(model: str | os.PathLike, images: np.ndarray, out_dir: str | o
             "fp32_onnx_sha256": side.onnx_sha256, **(extra_info or {})}
     for precision in ("int8-ort", "int8-trt"):
         _finish(paths[precision], side, precision, info, src=scratch[precision])
+    if HAS_RANGE_CACHE and ranges_tmp.exists():
+        os.replace(ranges_tmp, paths["ranges"])
     return paths
 
 

@@ -49,6 +49,8 @@ class RunOptions(LocalizerOptions):
     udp: str | None = opt(None, "also send each record as a JSON datagram", metavar="HOST:PORT")
     mavlink: str | None = opt(None, "send GPS_INPUT: udpout:HOST:PORT, udpin:HOST:PORT, tcp:HOST:PORT, "
                                     "/dev/ttyX:BAUD, file:PATH", metavar="URL")
+    nmea: str | None = opt(None, "send NMEA GGA + RMC (a position only for verified, accepted fixes): "
+                                 "udp:HOST:PORT, /dev/ttyX:BAUD, file:PATH", metavar="TARGET")
     fix_type: int = opt(3, "GPS_INPUT fix_type of a verified, accepted fix", ge=2, le=3)
     rejected_fix_type: int | None = opt(None, "also send every other fix with this fix_type (0 or 1: no fix) "
                                               "[send nothing]", ge=0, le=1)

@@ -73,6 +73,8 @@ def check_paths(args: argparse.Namespace, opt: object) -> list[Path]:
         outputs["--stats-json"] = Path(opt.stats_json)
     if opt.mavlink and str(opt.mavlink).startswith("file:"):
         outputs["--mavlink file"] = Path(str(opt.mavlink)[5:])
+    if opt.nmea and str(opt.nmea).startswith("file:"):
+        outputs["--nmea file"] = Path(str(opt.nmea)[5:])
     cfg = config_path_for(opt.out, opt.stats_json)
     if cfg is not None:
         outputs["resolved config"] = cfg
@@ -88,13 +90,14 @@ def check_paths(args: argparse.Namespace, opt: object) -> list[Path]:
                 raise SkylocError(f"{a} and {b} are the same file {pa}: give them different paths")
     if not opt.overwrite:
         for oname, o in outputs.items():
-            if o.exists() and (oname != "--mavlink file"):
+            if o.exists() and oname not in ("--mavlink file", "--nmea file"):  # logs: appended to
                 raise SkylocError(f"{oname} {o} already exists: pass --overwrite to replace it, or choose "
                                   f"another path (an existing output is never truncated silently)")
     return list(outputs.values())
 
 
 def _open_outputs(opt: object) -> list:
+    from skyloc.runtime.nmea import NmeaOutput
     from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput, UdpOutput, parse_host_port
 
     outs: list = []
@@ -106,6 +109,8 @@ def _open_outputs(opt: object) -> list:
             outs.append(MavlinkOutput(opt.mavlink, fix_type=opt.fix_type, satellites=opt.satellites,
                                       gps_id=opt.gps_id, rejected_fix_type=opt.rejected_fix_type,
                                       source_system=opt.mavlink_sysid, source_component=opt.mavlink_compid))
+        if opt.nmea:
+            outs.append(NmeaOutput(opt.nmea, satellites=min(opt.satellites, 99)))
         outs.insert(0, JsonLinesOutput(opt.out, overwrite=opt.overwrite))  # existing files: checked above
     except BaseException:
         for o in outs:

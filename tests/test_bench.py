@@ -203,7 +203,7 @@ def test_bench_runtime_toy(tmp_path: Path) -> None:
     w.release()
     paths = bench_runtime(model=model, tiles=tiles, video=str(video), frames=40, pad_tiles=400, infer_runs=10,
                           work_dir=tmp_path / "work", results_dir=tmp_path / "res", command="skyloc bench runtime --toy",
-                          progress=False)
+                          progress=False, blank_cos=1.0)
     rows = {r["stage"]: r for r in read_csv(paths["csv"])}
     for stage in ("preprocess", "infer", "search", "filter", "total", "frame -> fix"):
         assert int(rows[stage]["frames"]) == 40, stage

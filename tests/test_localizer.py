@@ -51,9 +51,9 @@ def _run(case: dict, out: Path, *extra: str) -> int:
 
 
 def test_heading_unknown_flight_localizes_to_the_goal(flight, tmp_path):
-    out, stats_path = tmp_path / "fixes.jsonl", tmp_path / "stats.json"
+    out, stats_path, nmea = tmp_path / "fixes.jsonl", tmp_path / "stats.json", tmp_path / "fixes.nmea"
     rc = _run(flight, out, "--imagery", str(flight["map"]), "--stats-json", str(stats_path),
-              "--truth", str(flight["truth"]))
+              "--truth", str(flight["truth"]), "--nmea", f"file:{nmea}")
     assert rc == 0
     recs = _strict_lines(out)
     rows = flight["rows"]
@@ -84,6 +84,18 @@ def test_heading_unknown_flight_localizes_to_the_goal(flight, tmp_path):
     stats = json.loads(stats_path.read_text())
     assert stats["verified"] == len(verified) and stats["sent_3d"] == sum(r["send_3d"] for r in fixes)
     assert stats["truth"]["verified"] == len(verified)
+    # NMEA: one GGA + RMC per fix; a position only for what went out as a 3D fix, and it is the fix
+    from test_nmea import parse
+
+    sentences = [parse(line + "\r\n") for line in nmea.read_bytes().decode("ascii").split("\r\n") if line]
+    gga = [x for x in sentences if x["kind"] == "GGA"]
+    assert len(gga) == len(fixes) and sum(x["kind"] == "RMC" for x in sentences) == len(fixes)
+    for r, g in zip(fixes, gga):
+        assert (g["quality"] == 1) == r["send_3d"]
+        if r["send_3d"]:
+            assert g["lat"] == pytest.approx(r["lat"], abs=1e-5) and g["lon"] == pytest.approx(r["lon"], abs=1e-5)
+        else:
+            assert g["lat"] is None and g["lon"] is None
     # the resolved config beside the fixes reproduces the run's options
     cfg = json.loads((tmp_path / "fixes.config.json").read_text())
     assert cfg["options"]["use_heading"] is False and cfg["options"]["start"][2] == 150.0
