@@ -181,6 +181,16 @@ def test_schema_markdown_lists_every_field():
         assert f"| `{f.name}` |" in md
 
 
+def test_readme_documents_the_current_schema():
+    """The README's fix-record table is the schema's own table: a field added to the schema and not
+    documented (or documented differently) fails here."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    md = schema_markdown()
+    table = md[md.index("| field"):].strip()
+    assert table in readme
+    assert f"schema `{SCHEMA_VERSION}`" in readme
+
+
 def test_gpx_time_only_from_the_absolute_capture_time(tmp_path):
     import datetime
 
