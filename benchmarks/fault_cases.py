@@ -171,9 +171,7 @@ CASES: list[Case] = [
     Case("run: featureless frame (flat grey + sensor noise sigma 8)", "run", S, lambda w: w.run_argv(),
          prepare=featureless(8.0), judge=judge_frame("f003.png")),
     Case("run: featureless frame (smooth gradient + sensor noise)", "run", S, lambda w: w.run_argv(),
-         prepare=gradient_frame, judge=judge_frame("f003.png"),
-         known_bug="runtime/quality.py: sensor noise (sigma >= 1) passes the Laplacian texture test on a featureless "
-                   "ramp; the retrieval-only fix is accepted by the filter", bug_verdict="wrong"),
+         prepare=gradient_frame, judge=judge_frame("f003.png")),
     Case("run: --yaw inf", "run", E, lambda w: w.run_argv("--yaw", "inf"), "yaw"),
     Case("run: Inf yaw in the telemetry CSV", "run", S,
          lambda w: w.run_argv("--telemetry", str(w.root / "telemetry.csv"), "--stats-json", str(w.root / "stats.json")),

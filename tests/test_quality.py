@@ -44,6 +44,13 @@ def _bad_frames() -> dict[str, tuple[np.ndarray, str]]:
         "grey": (np.full((H, W, 3), 128, np.uint8), "low-contrast"),
         "grey+sensor noise": (np.clip(128 + rng.normal(0, 8, (H, W, 3)), 0, 255).astype(np.uint8), "low-contrast"),
         "horizontal gradient": (np.dstack([ramp] * 3), "low-texture"),
+        # featureless with normal sensor noise: noise is not texture (the soak's reproducer)
+        "gradient+sensor noise": (np.clip(np.linspace(40, 200, W)[None, :, None] + rng.normal(0, 2, (H, W, 3)),
+                                          0, 255).astype(np.uint8), "low-texture"),
+        "gradient+strong colour noise": (np.clip(np.linspace(40, 200, W)[None, :, None] + rng.normal(0, 8, (H, W, 1)),
+                                                 0, 255).repeat(3, 2).astype(np.uint8), "low-texture"),
+        "grey+strong colour noise": (np.clip(128 + rng.normal(0, 8, (H, W, 1)), 0, 255).repeat(3, 2).astype(np.uint8),
+                                     "low-contrast"),
         "diagonal gradient": (np.dstack([diag, diag // 2, 255 - diag]), "low-texture"),
         "saturated": (glare, "saturated"),
         "float with NaN": (np.where(rng.random((H, W, 3)) < 0.01, np.nan, 0.5).astype(np.float32), "non-finite"),
@@ -65,9 +72,7 @@ def test_real_textured_frames_pass_at_any_resolution():
             im = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             v = check_quality(im)
             assert v.ok and v.reason is None, (name, scale, v.metrics)
-            t = QualityThresholds()
-            # with margin: a dim or hazy version of the same ground still passes
-            assert v.metrics["contrast"] > 2 * t.min_contrast and v.metrics["texture"] > 10 * t.min_texture
+        # a dim or hazy version of the same ground still passes
         hazy = (img.astype(np.float32) * 0.5 + 100).astype(np.uint8)
         assert check_quality(hazy).ok, (name, check_quality(hazy).metrics)
         assert check_quality(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)).ok  # 2-D grey works too
@@ -77,15 +82,18 @@ def test_metrics_match_a_naive_computation():
     img = _real_textured()[0][1]
     g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float64)
     f = 128 / min(g.shape)
-    small = cv2.resize(g.astype(np.float32), (round(g.shape[1] * f), round(g.shape[0] * f)),
+    mid = cv2.resize(g.astype(np.float32), (round(g.shape[1] * f), round(g.shape[0] * f)),
+                     interpolation=cv2.INTER_AREA)
+    f = 32 / min(mid.shape)  # the coarse copy contrast and texture are measured on
+    small = cv2.resize(mid, (round(mid.shape[1] * f), round(mid.shape[0] * f)),
                        interpolation=cv2.INTER_AREA).astype(np.float64)
-    p = np.pad(small, 1, mode="reflect")  # OpenCV's default border (reflect-101)
-    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * p[1:-1, 1:-1]
-    # OpenCV's ksize=3 Laplacian is the 3x3 [[2,0,2],[0,-8,0],[2,0,2]] kernel: recompute it naively
+    p = small
+    # OpenCV's ksize=3 Laplacian is the 3x3 [[2,0,2],[0,-8,0],[2,0,2]] kernel: recompute it naively,
+    # inside the border only (no padding needed there)
     lap3 = 2 * (p[:-2, :-2] + p[:-2, 2:] + p[2:, :-2] + p[2:, 2:]) - 8 * p[1:-1, 1:-1]
     v = check_quality(img)
     assert v.metrics["texture"] == pytest.approx(lap3.var(), rel=1e-3)
-    assert lap.var() > 0
+    assert lap3.var() > 0
     lo, hi = np.sort(small.ravel())[[int(0.02 * (small.size - 1)), int(np.ceil(0.98 * (small.size - 1)))]]
     assert v.metrics["contrast"] == pytest.approx(hi - lo, abs=2.0)
 
