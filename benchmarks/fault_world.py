@@ -24,19 +24,22 @@ MODEL_ID = "fault-model-0"
 
 
 def tiny_model(path: Path, size: int = 32, dim: int = 16, weights: np.ndarray | None = None,
-                model_id: str = MODEL_ID) -> Path:
+               model_id: str = MODEL_ID, seed: int = 0, variant: str = "global", batch: int | str = "batch",
+               backbone: str = "fault-tiny") -> Path:
     """uint8 NHWC -> normalise -> 4x4 average pool -> linear -> L2: a real ONNX embedder in 8 nodes,
-    carrying the `skyloc.model_id` metadata `skyloc export` writes."""
+    carrying the `skyloc.model_id` metadata `skyloc export` writes (the tests' tiny model too)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from skyloc.runtime.sidecar import (IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file,
                                         write_model_sidecar)
 
-    w = np.random.default_rng(0).standard_normal((48, dim)).astype(np.float32) if weights is None else weights
+    grid = 4
+    w = (np.random.default_rng(seed).standard_normal((3 * grid * grid, dim)).astype(np.float32)
+         if weights is None else weights)
     mean = (np.array(IMAGENET_MEAN, np.float32) * 255).reshape(1, 3, 1, 1)
     std = (np.array(IMAGENET_STD, np.float32) * 255).reshape(1, 3, 1, 1)
-    k = size // 4
+    k = size // grid
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -48,18 +51,20 @@ def tiny_model(path: Path, size: int = 32, dim: int = 16, weights: np.ndarray | 
         helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
     ]
     graph = helper.make_graph(
-        nodes, "fault-tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        nodes, backbone,
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, dim])],
         initializer=[numpy_helper.from_array(mean, "mean"), numpy_helper.from_array(std, "std"),
                      numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"skyloc.model_id": model_id, "skyloc.variant": "global"})
+    onnx.checker.check_model(model)
+    helper.set_model_props(model, {"skyloc.model_id": model_id, "skyloc.variant": variant})
+    path = Path(path)
     onnx.save(model, str(path))
-    write_model_sidecar(path, ModelSidecar(variant="global", embedding_dim=dim, precision="fp32", opset=17,
+    write_model_sidecar(path, ModelSidecar(variant=variant, embedding_dim=dim, precision="fp32", opset=17,
                                            model_id=model_id, onnx_sha256=sha256_file(path),
-                                           input=InputContract(height=size, width=size), backbone="fault-tiny"))
+                                           input=InputContract(height=size, width=size), backbone=backbone))
     return path
 
 

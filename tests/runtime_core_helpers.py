@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
 
 GRID = 4  # the model average-pools the image to GRID x GRID cells
 
@@ -18,41 +18,12 @@ def tiny_weights(dim: int, seed: int = 0) -> np.ndarray:
 
 def make_tiny_model(path: Path, size: int = 32, dim: int = 16, seed: int = 0, model_id: str = "tiny-model-0",
                     variant: str = "global", batch: int | str = "batch") -> Path:
-    """uint8 NHWC RGB 'image' -> normalise -> GRIDxGRID average pool -> linear -> L2 'embedding'."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """uint8 NHWC RGB 'image' -> normalise -> GRIDxGRID average pool -> linear -> L2 'embedding'
+    (the benchmarks' tiny embedder; `tiny_reference` below is its independent numpy twin)."""
+    from skyloc.benchmarks.fault_world import tiny_model
 
-    w = tiny_weights(dim, seed)
-    mean = (np.array(IMAGENET_MEAN, np.float32) * 255).reshape(1, 3, 1, 1)
-    std = (np.array(IMAGENET_STD, np.float32) * 255).reshape(1, 3, 1, 1)
-    k = size // GRID
-    nodes = [
-        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("Transpose", ["f"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Sub", ["nchw", "mean"], ["c"]),
-        helper.make_node("Div", ["c", "std"], ["n"]),
-        helper.make_node("AveragePool", ["n"], ["p"], kernel_shape=[k, k], strides=[k, k]),
-        helper.make_node("Flatten", ["p"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "w"], ["raw"]),
-        helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, size, size, 3])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, dim])],
-        initializer=[numpy_helper.from_array(mean, "mean"), numpy_helper.from_array(std, "std"),
-                     numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    onnx.save(model, str(path))
-    sc = ModelSidecar(variant=variant, embedding_dim=dim, precision="fp32", opset=17, model_id=model_id,
-                      onnx_sha256=sha256_file(path), input=InputContract(height=size, width=size),
-                      backbone="tiny-test")
-    write_model_sidecar(path, sc)
-    return path
+    return tiny_model(Path(path), size=size, dim=dim, weights=tiny_weights(dim, seed), model_id=model_id,
+                      variant=variant, batch=batch, backbone="tiny-test")
 
 
 def tiny_reference(batch_nhwc_uint8: np.ndarray, dim: int = 16, seed: int = 0) -> np.ndarray:

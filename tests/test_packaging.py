@@ -2,7 +2,6 @@
 `skyloc` / `python -m skyloc` entry points."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -148,7 +148,6 @@ def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Pat
     # the report any run gets (`skyloc report`): trajectory / error / latency PNGs, GeoJSON, GPX, KML
     run_report = write_run_report(fixes, out, gmap, truth, title="skyloc demo", name="run-report")
     run_files = json.loads(run_report.read_text())["files"]
-    traj = out / run_files["trajectory"]
     retrieval = plot_retrieval(out / "retrieval.png", gmap, model, tiles, video, tr, frame_index=len(tr) // 2)
     report = {"summary": summary, "latency_ms": lat, "backend": stats.backend, "precision": side.precision,
               "variant": side.variant, "model_id": side.model_id, "tiles": len(ts), "run": stats.to_dict(),
