@@ -1,4 +1,4 @@
-"""`skyloc bench latency|search|accuracy|runtime|faults|soak`.
+"""`skyloc bench latency|search|accuracy|runtime|flight|flight-latency|faults|soak`.
 
 Thin layer: each sub-subcommand parses its options and calls one benchmark function, which
 writes benchmarks/results/<name>.{csv,md,png}. Nothing here imports torch; only `accuracy` and
@@ -136,6 +136,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, help="keep flights and tile sets here; None = a temp dir")
     _common(p, "flight")
 
+    p = sub.add_parser("flight-latency", formatter_class=fmt,
+                       help="issue 12 latency goal: frame -> fix p50 over inference alone, heading known/unknown "
+                            "x registration on/off (ResNet-50 INT8, 256 px)")
+    p.add_argument("--model", type=Path, help="ONNX model with sidecar; None = a random-init msba preset "
+                                              "(ResNet-50, 256 px) exported and quantized to INT8 here")
+    p.add_argument("--frames", type=int, default=12, help="frames of the synthetic flight")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second of the flight")
+    p.add_argument("--world-m", type=float, default=1000.0, help="side of the procedural world, m")
+    p.add_argument("--stride-m", type=float, default=40.0, help="tile stride, m")
+    p.add_argument("--calib-count", type=int, default=16, help="calibration crops for the INT8 model")
+    p.add_argument("--infer-runs", type=int, default=30, help="timed inference-alone runs per case")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, help="keep the model, flight and tile set here; None = a temp dir")
+    _common(p, "flight-latency")
+
     p = sub.add_parser("faults", formatter_class=fmt,
                        help="fault-injection matrix (issue 13): counts per verdict, clear error ... data loss")
     p.add_argument("--groups", type=_csv(), default=None,
@@ -212,6 +227,14 @@ def main(args: argparse.Namespace) -> int:
             work_dir=args.work_dir, photo=not args.no_photo, stage=not args.no_stage,
             results_dir=args.results_dir, name=args.name,
             command=command, progress=progress,
+        )
+    elif args.bench == "flight-latency":
+        from skyloc.benchmarks.flight_latency import bench_flight_latency
+
+        paths = bench_flight_latency(
+            model=args.model, frames=args.frames, fps=args.fps, world_size_m=args.world_m, stride_m=args.stride_m,
+            calib_count=args.calib_count, infer_runs=args.infer_runs, seed=args.seed, threads=args.threads,
+            work_dir=args.work_dir, results_dir=args.results_dir, name=args.name, command=command, progress=progress,
         )
     elif args.bench == "accuracy":
         from skyloc.benchmarks.accuracy import bench_accuracy
