@@ -26,6 +26,8 @@ from skyloc.runtime.outputs import Output
 from skyloc.runtime.run_stats import STAGES
 
 TARGETS = {True: 2.0, False: 1.15}  # registration on / off: frame -> fix p50 over inference alone
+# they change how the BLAS search and the ONNX Runtime threads share the cores: recorded per run
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
 CASES = ((True, True), (True, False), (False, True), (False, False))  # (heading known, registration)
 
 
@@ -233,6 +235,8 @@ def bench_flight_latency(
         f"blank_cos = {blank_cos:g}: the blank-frame skip is {'off' if blank_cos >= 1 else 'on'}, so every frame "
         "goes through every stage (a random-weight model maps most frames near the blank embedding).",
         "Every frame's stage latencies are in the `-frames.csv` beside this file.",
+        "Thread settings from the environment: " + (", ".join(f"{k}={os.environ[k]}" for k in THREAD_ENV
+                                                         if k in os.environ) or "none (library defaults)") + ".",
     ] + load_notes(machine)
     md_cols = ["heading", "registration", "frames", "fix_frames", "skipped", "verified", "batch",
                "frame_to_fix_p50_ms", "infer_alone_p50_ms", "ratio", "target", "met"]
