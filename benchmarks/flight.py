@@ -19,7 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -68,6 +68,20 @@ def _tile_m(altitude: float, fov_deg: float, width: int, height: int) -> float:
     return float(round(0.55 * short))
 
 
+
+def _present_maps(maps: Sequence[tuple[str, Path | None]], rows: list[dict], work_dir: Path, seed: int,
+                  world_m: float) -> Iterator[tuple[str, Path]]:
+    """The maps to fly: None = the procedural world (made here); a missing file adds a skipped row."""
+    from skyloc.runtime.synth.world import make_world
+
+    for map_name, map_path in maps:
+        if map_path is None:
+            map_path = make_world(work_dir / "world", seed=seed, size_m=world_m, mpp=0.5)
+        elif not Path(map_path).exists():
+            rows.append({"map": map_name, "status": f"skipped: {map_path} not present"})
+            continue
+        yield map_name, Path(map_path)
+
 def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes: Sequence[float],
                 work_dir: Path, seconds: float = 20.0, fps: float = 1.0, tilt_max: float = 15.0,
                 width: int = 640, height: int = 480, fov_deg: float = 60.0, seed: int = 0,
@@ -76,16 +90,10 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
     from skyloc.cli import main as skyloc
     from skyloc.runtime.imagery import imagery_record
     from skyloc.runtime.synth.flight import FlightConfig, make_flight
-    from skyloc.runtime.synth.world import make_world
     from skyloc.runtime.tileset import build_tileset
 
     rows = []
-    for map_name, map_path in maps:
-        if map_path is None:
-            map_path = make_world(work_dir / "world", seed=seed, size_m=world_m, mpp=0.5)
-        elif not Path(map_path).exists():
-            rows.append({"map": map_name, "status": f"skipped: {map_path} not present"})
-            continue
+    for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
         for alt in altitudes:
             case = work_dir / f"{map_name}-{alt:g}"
             fov = _fov(alt, fov_deg, ground_width_m)
@@ -142,17 +150,11 @@ def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes:
     from skyloc.runtime.rectify import rectify, rotate_patch
     from skyloc.runtime.register import make_registrar
     from skyloc.runtime.synth.flight import FlightConfig, make_flight
-    from skyloc.runtime.synth.world import make_world
 
     reg = make_registrar(registrar)
     rng = np.random.default_rng(seed)
     rows = []
-    for map_name, map_path in maps:
-        if map_path is None:
-            map_path = make_world(work_dir / "world", seed=seed, size_m=world_m, mpp=0.5)
-        elif not Path(map_path).exists():
-            rows.append({"map": map_name, "status": f"skipped: {map_path} not present"})
-            continue
+    for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
         imagery = MapImagery(map_path)
         for alt in altitudes:
             fov = _fov(alt, fov_deg, ground_width_m)
