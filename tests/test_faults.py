@@ -5,10 +5,10 @@ code 2 with a message naming the problem, or the fault survived and accounted fo
 case the files that must survive (previous artifact, inputs) are byte-identical.
 
 The cases are the ones `skyloc bench faults` counts (benchmarks/fault_cases.py, `suite=True`):
-artifacts, maps, sidecars, faiss, scratch files, and the run side (black / featureless frames,
+artifacts, maps, sidecars, faiss, scratch files, export / train / calibrate, and the run side (black / featureless frames,
 NaN / Inf headings from flags, telemetry CSV and a real pymavlink autopilot over UDP, sources that
 change size or lose frames, a serial MAVLink pty, disk full, /dev/full, broken pipe, SIGHUP).
-Export / train / calibrate cases need torch and minutes; only the benchmark runs them.
+Export / train / calibrate cases (about 40 s together) need torch and skip without it.
 """
 from __future__ import annotations
 
