@@ -3,6 +3,8 @@ random-init checkpoint whose BatchNorm statistics come from those images (as tra
 set them), so its embeddings are not dominated by arbitrary BN scales."""
 from __future__ import annotations
 
+import importlib.util
+
 from pathlib import Path
 
 import cv2
@@ -63,3 +65,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+HAVE_CUDA_BINDING = any(importlib.util.find_spec(m) is not None for m in ("cuda", "pycuda"))
+
+
+def gpu_skip_reason() -> str | None:
+    """Why the GPU tests cannot run here (None: TensorRT, a CUDA binding and a usable GPU exist)."""
+    if not HAVE_TRT:
+        return ("TensorRT (python package `tensorrt`) is not installed here; these tests also need cuda-python "
+                "or pycuda and an NVIDIA GPU")
+    if not HAVE_CUDA_BINDING:
+        return "TensorRT is installed but neither cuda-python nor pycuda (pip install cuda-python)"
+    from skyloc.runtime.backends.cuda_memory import open_cuda
+    from skyloc.runtime.errors import SkylocError
+
+    try:
+        open_cuda(0).release()
+    except SkylocError as exc:
+        return f"TensorRT is installed but no GPU is usable: {exc}"
+    return None

@@ -30,8 +30,7 @@ from skyloc.runtime.sidecar import (
 )
 from runtime_core_helpers import make_tiny_model, tiny_reference
 
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
-HAVE_CUDA_BINDING = any(importlib.util.find_spec(m) is not None for m in ("cuda", "pycuda"))
+from export_helpers import HAVE_TRT, gpu_skip_reason  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -346,25 +345,11 @@ def test_exported_msba_matches_torch(tmp_path: Path) -> None:
     assert cos.min() >= 0.9999, cos
 
 
-def _gpu_skip_reason() -> str | None:
-    if not HAVE_TRT:
-        return "TensorRT (python package `tensorrt`) is not installed here; these tests also need cuda-python or pycuda and an NVIDIA GPU"
-    if not HAVE_CUDA_BINDING:
-        return "TensorRT is installed but neither cuda-python nor pycuda (pip install cuda-python)"
-    from skyloc.runtime.backends.cuda_memory import open_cuda
-
-    try:
-        open_cuda(0).release()
-    except SkylocError as exc:
-        return f"TensorRT is installed but no GPU is usable: {exc}"
-    return None
-
-
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_reference(tiny: Path, tmp_path: Path) -> None:
     """Production path: build_engine (strongly typed, batch profile, test-run before commit),
     then the tensorrt backend. Tolerances hold with TF32 (Ampere / Orin): cosine, not 1e-4."""
-    reason = _gpu_skip_reason()
+    reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
     from skyloc.export.engine import build_engine

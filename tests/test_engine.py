@@ -4,7 +4,6 @@ engines built by `build_engine` from the FP32, FP16 and S8S8 exports agree with 
 through the runtime's TensorRT backend (GPU tests skip here with the reason)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ from skyloc.runtime.sidecar import (
     write_model_sidecar,
 )
 
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
-HAVE_CUDA_BINDING = any(importlib.util.find_spec(m) is not None for m in ("cuda", "pycuda"))
+from export_helpers import HAVE_TRT, gpu_skip_reason  # noqa: E402
 
 
 def _tiny_onnx_with_sidecar(path: Path, precision: str = "fp32") -> Path:
@@ -105,21 +103,6 @@ def test_engine_and_sidecar_are_committed_as_a_pair(tmp_path: Path) -> None:
 
 # --- GPU ---------------------------------------------------------------------------------------
 
-def _gpu_skip_reason() -> str | None:
-    if not HAVE_TRT:
-        return "TensorRT (python package `tensorrt`) is not installed here; these tests also need cuda-python or pycuda and an NVIDIA GPU"
-    if not HAVE_CUDA_BINDING:
-        return "TensorRT is installed but neither cuda-python nor pycuda (pip install cuda-python)"
-    from skyloc.runtime.backends.cuda_memory import open_cuda
-    from skyloc.runtime.errors import SkylocError
-
-    try:
-        open_cuda(0).release()
-    except SkylocError as exc:
-        return f"TensorRT is installed but no GPU is usable: {exc}"
-    return None
-
-
 def _run(engine: Path, x: np.ndarray) -> np.ndarray:
     """The runtime's TensorRT backend: what the drone runs."""
     from skyloc.runtime.backends import open_backend
@@ -130,7 +113,7 @@ def _run(engine: Path, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gpu_models(tmp_path_factory) -> dict[str, Path]:
-    reason = _gpu_skip_reason()
+    reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
     from skyloc.calibration.quantize import quantize_pair
