@@ -129,10 +129,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="ONNX model with sidecar for the simulated flights; None = photo only")
     p.add_argument("--maps", type=_csv(), default=["procedural", "turku", "aerovloc"])
     p.add_argument("--altitudes", type=_csv(float), default=[80.0, 150.0, 250.0], help="flight altitude bands, m")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each simulated flight")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each simulated flight")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second of the simulated flights")
     p.add_argument("--no-photo", action="store_true", help="skip the real-photo registration")
     p.add_argument("--no-stage", action="store_true", help="skip the registration-stage flights (right place given)")
+    p.add_argument("--no-prior", action="store_true",
+                   help="pipeline flights without the take-off start prior (300 m radius, centred 150 m off)")
     p.add_argument("--work-dir", type=Path, help="keep flights and tile sets here; None = a temp dir")
     _common(p, "flight")
 
@@ -224,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
 
         paths = bench_flight(
             model=args.model, maps=args.maps, altitudes=args.altitudes, seconds=args.seconds, fps=args.fps,
-            work_dir=args.work_dir, photo=not args.no_photo, stage=not args.no_stage,
+            work_dir=args.work_dir, photo=not args.no_photo, stage=not args.no_stage, prior=not args.no_prior,
             results_dir=args.results_dir, name=args.name,
             command=command, progress=progress,
         )

@@ -10,7 +10,10 @@ Two parts, one results set (`flight.{csv,md,png}`, `flight-photo.csv`):
   `tilt_max` deg, random-walk heading) over the procedural world, ../shared/data/turku-satellite
   and ../shared/data/aerovloc/map, each localized by `skyloc run` with the flight's telemetry for
   {heading known, unknown (--no-heading)} x {registration on, off (--no-register)}; the tile set
-  of each map / altitude band is cut by the model with the map recorded as its imagery.
+  of each map / altitude band is cut by the model with the map recorded as its imagery. Each run
+  gets the start prior an operator gives at take-off (`--start`, 300 m radius, centred 150 m off
+  the first true position; `--no-prior` flies without). A map too small for the flight at 8 m/s
+  gets a slower one, then a narrower lens (`FLIGHT_FITS`; the row records speed and lens).
 """
 from __future__ import annotations
 
@@ -69,6 +72,45 @@ def _tile_m(altitude: float, fov_deg: float, width: int, height: int) -> float:
 
 
 
+# (speed m/s, share of the ground width) tried in turn: the real maps are small (Turku: 0.2 km tiles
+# with gaps) and a flight keeps its whole footprint on valid imagery; slower first, then a narrower lens
+FLIGHT_FITS = ((8.0, 1.0), (4.0, 1.0), (4.0, 0.7), (2.0, 0.7))
+PRIOR_M, PRIOR_OFFSET_M = 300.0, 150.0  # start prior of the pipeline flights: radius, centre off the truth
+
+
+def fit_flight(map_path: Path, out: Path, alt: float, seconds: float, fps: float, tilt_max: float, width: int,
+               height: int, fov_deg: float, seed: int, ground_width_m: float) -> tuple[Path, dict[str, Any]]:
+    """The flight video at this altitude, slowed down or with a narrower lens when the map is too
+    small for the first try; (video, the case's row fields). SkylocError when nothing fits."""
+    from skyloc.runtime.synth.flight import FlightConfig, make_flight
+
+    last: SkylocError | None = None
+    for speed, share in FLIGHT_FITS:
+        fov = _fov(alt, fov_deg, share * ground_width_m)
+        tile_m = _tile_m(alt, fov, width, height)
+        cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=speed, altitude_range_m=(alt, 1.1 * alt),
+                           tilt_max_deg=tilt_max, attitude_deg=3.0, yaw_mode="random-walk", seed=seed,
+                           width=width, height=height, fov_deg=fov, overwrite=True)
+        try:
+            video = make_flight(map_path, out, cfg)
+        except SkylocError as exc:
+            last = exc
+            continue
+        return video, {"altitude_m": alt, "fov_deg": round(fov, 1), "tile_m": tile_m, "speed_mps": speed}
+    assert last is not None
+    raise last
+
+
+def start_prior(truth_csv: Path, seed: int, radius_m: float = PRIOR_M, off_m: float = PRIOR_OFFSET_M) -> str:
+    """--start for a flight: a disc of radius_m whose centre is off_m from the first true position,
+    in a random direction (an operator's take-off estimate, not the truth)."""
+    with open(truth_csv, newline="") as f:
+        first = next(csv.DictReader(f))
+    a = np.random.default_rng(seed).uniform(0.0, 2.0 * math.pi)
+    lat, lon = geo.offset_latlon(float(first["lat"]), float(first["lon"]), off_m * math.sin(a), off_m * math.cos(a))
+    return f"{float(lat):.7f},{float(lon):.7f},{radius_m:g}"
+
+
 def _present_maps(maps: Sequence[tuple[str, Path | None]], rows: list[dict], work_dir: Path, seed: int,
                   world_m: float) -> Iterator[tuple[str, Path]]:
     """The maps to fly: None = the procedural world (made here); a missing file adds a skipped row."""
@@ -86,27 +128,26 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                 work_dir: Path, seconds: float = 20.0, fps: float = 1.0, tilt_max: float = 15.0,
                 width: int = 640, height: int = 480, fov_deg: float = 60.0, seed: int = 0,
                 headings: Sequence[str] = ("known", "unknown"), registration: Sequence[bool] = (True, False),
-                progress: bool = True, world_m: float = 1500.0, ground_width_m: float = 100.0) -> list[dict]:
+                progress: bool = True, world_m: float = 1500.0, ground_width_m: float = 100.0,
+                prior: bool = True) -> list[dict]:
+    """`skyloc run` end to end over simulated flights (with a start prior, see `start_prior`, unless
+    prior is False)."""
     from skyloc.cli import main as skyloc
     from skyloc.runtime.imagery import imagery_record
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
     from skyloc.runtime.tileset import build_tileset
 
     rows = []
     for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
         for alt in altitudes:
             case = work_dir / f"{map_name}-{alt:g}"
-            fov = _fov(alt, fov_deg, ground_width_m)
-            tile_m = _tile_m(alt, fov, width, height)
-            base = {"map": map_name, "altitude_m": alt, "fov_deg": round(fov, 1), "tile_m": tile_m}
+            base = {"map": map_name, "altitude_m": alt}
             try:
-                cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=8.0, altitude_range_m=(alt, 1.1 * alt),
-                                   tilt_max_deg=tilt_max, attitude_deg=3.0, yaw_mode="random-walk", seed=seed,
-                                   width=width, height=height, fov_deg=fov, overwrite=True)
-                video = make_flight(map_path, case / "flight", cfg)
+                video, base = fit_flight(map_path, case / "flight", alt, seconds, fps, tilt_max, width, height,
+                                         fov_deg, seed, ground_width_m)
+                base = {"map": map_name, **base}
                 tiles = case / "tiles.npz"
-                build_tileset(model, map_path, tiles, tile_m=tile_m, stride_m=max(5.0, tile_m / 3), progress=False,
-                              imagery=imagery_record(map_path, tiles), overwrite=True)
+                build_tileset(model, map_path, tiles, tile_m=base["tile_m"], stride_m=max(5.0, base["tile_m"] / 3),
+                              progress=False, imagery=imagery_record(map_path, tiles), overwrite=True)
             except SkylocError as exc:
                 rows.append({**base, "status": f"skipped: {exc}"})
                 continue
@@ -117,6 +158,7 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                     argv = ["run", "--model", str(model), "--tiles", str(tiles), "--source", str(video),
                             "--camera", str(video.parent / "flight.json"), "--telemetry", str(truth),
                             "--truth", str(truth), "--out", str(out), "--overwrite"]
+                    argv += ["--start", start_prior(truth, seed)] if prior else []
                     argv += [] if heading == "known" else ["--no-heading"]
                     argv += [] if reg else ["--no-register"]
                     rc = skyloc(argv)
@@ -149,7 +191,6 @@ def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes:
     from skyloc.runtime.pose import FramePose
     from skyloc.runtime.rectify import rectify, rotate_patch
     from skyloc.runtime.register import make_registrar
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
 
     reg = make_registrar(registrar)
     rng = np.random.default_rng(seed)
@@ -157,18 +198,16 @@ def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes:
     for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
         imagery = MapImagery(map_path)
         for alt in altitudes:
-            fov = _fov(alt, fov_deg, ground_width_m)
-            tile_m = _tile_m(alt, fov, width, height)
-            stride = max(5.0, tile_m / 3)
-            base = {"map": map_name, "altitude_m": alt, "fov_deg": round(fov, 1), "tile_m": tile_m}
+            base = {"map": map_name, "altitude_m": alt}
             try:
-                cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=8.0, altitude_range_m=(alt, 1.1 * alt),
-                                   tilt_max_deg=tilt_max, attitude_deg=3.0, yaw_mode="random-walk", seed=seed,
-                                   width=width, height=height, fov_deg=fov, overwrite=True)
-                video = make_flight(map_path, work_dir / f"{map_name}-{alt:g}" / "flight", cfg)
+                video, base = fit_flight(map_path, work_dir / f"{map_name}-{alt:g}" / "flight", alt, seconds, fps,
+                                         tilt_max, width, height, fov_deg, seed, ground_width_m)
+                base = {"map": map_name, **base}
             except SkylocError as exc:
                 rows.append({**base, "status": f"skipped: {exc}"})
                 continue
+            tile_m = base["tile_m"]
+            stride = max(5.0, tile_m / 3)
             cam = load_camera(video.parent / "flight.json")
             with open(video.parent / "truth.csv", newline="") as f:
                 truth = list(csv.DictReader(f))
@@ -271,10 +310,10 @@ def flight_goals(rows: Sequence[dict], reg_rows: Sequence[dict], photo: Sequence
 
 
 def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural", "turku", "aerovloc"),
-                 altitudes: Sequence[float] = (80.0, 150.0, 250.0), seconds: float = 10.0, fps: float = 1.0,
+                 altitudes: Sequence[float] = (80.0, 150.0, 250.0), seconds: float = 20.0, fps: float = 1.0,
                  work_dir: Path | None = None, photo: bool = True, stage: bool = True,
                  results_dir: Path | None = None, name: str = "flight", command: str | None = None,
-                 progress: bool = True, data: Path = DATA) -> dict[str, Path]:
+                 progress: bool = True, data: Path = DATA, prior: bool = True) -> dict[str, Path]:
     import tempfile
 
     known = {"procedural": None, "turku": data / "turku-satellite", "aerovloc": data / "aerovloc" / "map"}
@@ -293,7 +332,10 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
         if stage:
             reg_rows = registration_flight_rows(chosen, altitudes, wd / "stage", seconds, fps, progress=progress)
         if model is not None:
-            rows = flight_rows(Path(model), chosen, altitudes, wd / "pipeline", seconds, fps, progress=progress)
+            rows = flight_rows(Path(model), chosen, altitudes, wd / "pipeline", seconds, fps, progress=progress,
+                               prior=prior)
+            notes.append(f"pipeline: start prior of {PRIOR_M:g} m radius centred {PRIOR_OFFSET_M:g} m off the first "
+                         "true position (`--start`)." if prior else "pipeline: no start prior (--no-prior).")
         else:
             notes.append("Pipeline flights not run: pass --model (an exported ONNX model with its sidecar).")
     if photo and not photo_res:

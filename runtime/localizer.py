@@ -113,7 +113,9 @@ class Localizer:
                                      opt.max_rejections, opt.min_confidence, confirm=opt.confirm)
         self.start = parse_start(opt.start)
         self._cameras: dict[tuple[int, int], Any] = {}
-        self._track_ground: tuple[float, float, float, float] | None = None  # lat, lon, t, heading
+        # lat, lon, t, heading of the last verified fix the filter took into its track; confirmed
+        # once the track is (before that the prediction is only registered first, never trusted alone)
+        self._track_ground: tuple[float, float, float, float, bool] | None = None
         self._in_window: set[int] = set()
         self.blank = BlankEmbedding(backend, threshold=opt.blank_cos)
 
@@ -329,8 +331,9 @@ class Localizer:
         inside its crop), it claims an accuracy of at most max_accuracy_m, and it beats every other
         candidate place's peak by the registrar's ratio (a look-alike elsewhere makes it
         ambiguous). While a verified track is recent (track_s), the place it predicts is registered
-        first and taken as soon as it verifies (the track vouches for it); otherwise every
-        candidate place is registered. Heading unknown and no track yet: the whole circle.
+        first and, once the track is confirmed, taken as soon as it verifies (the track vouches for
+        it); otherwise every candidate place is registered too (a tentative track's prediction is one
+        candidate among them: it finds the confirming fix, it never vouches). Heading unknown and no track yet: the whole circle.
         """
         known = patch.heading_deg is not None
         score, tile, r = hits[0]
@@ -346,7 +349,7 @@ class Localizer:
             pred = self._predicted_ground(fix.time_s)
             if pred is not None:
                 turn = 0.0 if known else pred[2]
-                cands.append(("track", score, tile, pred[0], pred[1], turn))
+                cands.append(("track" if pred[3] else "tentative", score, tile, pred[0], pred[1], turn))
             for sc, t, rr in hits:
                 lat, lon = (float(v) for v in self.ts.centers[t])
                 cands.append(("retrieval", sc, t, lat, lon, 0.0 if known else angles[rr]))
@@ -407,15 +410,15 @@ class Localizer:
     def _near(a: tuple[float, float] | None, b: tuple[float, float] | None, within_m: float) -> bool:
         return a is not None and b is not None and float(haversine_m(a[0], a[1], b[0], b[1])) <= within_m
 
-    def _predicted_ground(self, t: float) -> tuple[float, float, float] | None:
-        """(lat, lon, heading) where the track puts the patch centre now: the last verified, accepted
-        ground point moved by the track's velocity; None without a recent one."""
+    def _predicted_ground(self, t: float) -> tuple[float, float, float, bool] | None:
+        """(lat, lon, heading, confirmed) where the track puts the patch centre now: the last verified
+        ground point the filter took moved by the track's velocity; None without a recent one."""
         g = self._track_ground
         if g is None or not 0.0 <= t - g[2] <= self.opt.track_s:
             return None
         v = self.filter.velocity_ne() or (0.0, 0.0)
         lat, lon = geo.offset_latlon(g[0], g[1], v[1] * (t - g[2]), v[0] * (t - g[2]))
-        return float(lat), float(lon), g[3]
+        return float(lat), float(lon), g[3], g[4]
 
     def _trusted(self, reg: Any) -> bool:
         return bool(reg.verified and all(math.isfinite(v) for v in (reg.east_m, reg.north_m, reg.heading_deg))
@@ -456,7 +459,10 @@ class Localizer:
         fix.lat, fix.lon, fix.accuracy_m = out.lat, out.lon, out.accuracy_m
         fix.accepted, fix.reason, fix.verified = out.accepted, out.reason, c.verified
         fix.speed_mps = out.speed_mps
-        if fix.accepted and fix.verified and fix.ground_lat is not None and fix.heading_deg is not None:
-            self._track_ground = (fix.ground_lat, fix.ground_lon, fix.time_s, fix.heading_deg)
+        # a tentative track's verified fix is predicted too: registering there first is how the
+        # confirming second fix is found when retrieval alone rarely ranks the place
+        took = fix.accepted or out.reason in ("init", "reinit", "tentative")
+        if took and fix.verified and fix.ground_lat is not None and fix.heading_deg is not None:
+            self._track_ground = (fix.ground_lat, fix.ground_lon, fix.time_s, fix.heading_deg, fix.accepted)
         v = self.filter.velocity_ne() if fix.accepted else None
         fix.vn_mps, fix.ve_mps = (v if v is not None else (None, None))

@@ -56,6 +56,32 @@ def test_ci_sized_flight_runs_through_skyloc_run(tmp_path: Path):
     fov = min(60.0, 2 * math.degrees(math.atan(50.0 / 80.0)))  # the lens keeps ~100 m of ground
     assert ts_meta["fov_deg"] == pytest.approx(fov, abs=0.05)
     assert ts_meta["tile_m"] == pytest.approx(round(0.55 * 2 * 80 * math.tan(math.radians(fov / 2)) * 240 / 320))
+    assert ts_meta["speed_mps"] == 8.0  # the 500 m world holds the first try
+    # the run had the take-off prior: 300 m radius, centred 150 m off the first true position
+    start = json.loads((out.parent / "fixes-unknown-reg.config.json").read_text())["options"]["start"]
+    import csv
+
+    with open(tmp_path / "work" / "procedural-80" / "flight" / "truth.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert start[2] == 300.0
+    assert _haversine(start[0], start[1], float(first["lat"]), float(first["lon"])) == pytest.approx(150.0, abs=0.5)
+
+
+def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    r = 6378137.0
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+def test_a_map_too_small_for_the_first_flight_gets_a_slower_one(tmp_path: Path):
+    from skyloc.benchmarks.flight import FLIGHT_FITS, fit_flight
+    from skyloc.runtime.synth.world import make_world
+
+    world = make_world(tmp_path / "world", seed=0, size_m=300.0, mpp=0.5)
+    video, row = fit_flight(world, tmp_path / "flight", 80.0, 10.0, 1.0, 5.0, 320, 240, 60.0, 0, 100.0)
+    assert video.exists()
+    assert row["speed_mps"] < FLIGHT_FITS[0][0] or row["fov_deg"] < 64.0
 
 
 def test_photo_rows_measure_the_real_pair():

@@ -65,6 +65,16 @@ def test_heading_unknown_flight_localizes_to_the_goal(flight, tmp_path):
     verified = [r for r in fixes if r["verified"]]
     assert len(verified) / len(recs) >= 0.8, [r.get("registration") for r in fixes]
     assert float(np.median([err[r["frame"]] for r in verified])) <= 5.0
+    # the first verified fix only starts a tentative track (not sent); the next frame is registered
+    # at that track's prediction first, which confirms it; the confirmed track's prediction then
+    # vouches alone
+    first = next(i for i, r in enumerate(fixes) if r["verified"])
+    assert fixes[first]["reason"] == "init" and not fixes[first]["accepted"]
+    nxt = fixes[first + 1]
+    assert nxt["verified"] and nxt["accepted"] and nxt["registration"]["candidate"] == "tentative"
+    assert nxt["registration"]["tried"] > 1  # a tentative prediction never vouches alone
+    assert any(r["registration"]["candidate"] == "track" and r["registration"]["tried"] == 1
+               for r in fixes[first + 2:])
     # integrity: nothing accepted is far off, and only verified, accepted fixes go out as 3D
     for r in fixes:
         if r["accepted"]:

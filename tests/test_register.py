@@ -117,11 +117,15 @@ def _case(gmap, east: float, north: float, up_deg: float, scale: float, seed: in
     return patch, mrgb, crop_m / mrgb.shape[1], mvalid
 
 
+# narrow 1: every rotation x scale of the +-6 deg range; 2.5: the two-pass search (rotations every
+# 2.5 deg at the middle scale, then the fine grid around the best)
+@pytest.mark.parametrize("narrow", [1.0, 2.5])
 @pytest.mark.parametrize("east,north,up,scale", [(23.4, -17.8, 37.0, 1.04), (-31.0, 12.5, 250.0, 0.97)])
-def test_ncc_recovers_offset_heading_scale_on_real_map(east, north, up, scale):
+def test_ncc_recovers_offset_heading_scale_on_real_map(east, north, up, scale, narrow):
     gmap = _open(TURKU)
     patch, mrgb, mpp, mvalid = _case(gmap, east, north, up, scale, seed=3)
-    reg = make_registrar("ncc").register(patch, mrgb, mpp, up + 4.0, 6.0, 0.06, map_valid=mvalid)
+    reg = make_registrar("ncc", narrow_step_factor=narrow).register(patch, mrgb, mpp, up + 4.0, 6.0, 0.06,
+                                                                    map_valid=mvalid)
     assert reg.verified, reg
     assert math.hypot(reg.east_m - east, reg.north_m - north) < 1.5, reg
     assert abs((reg.heading_deg - up + 180) % 360 - 180) < 1.0, reg
