@@ -299,6 +299,8 @@ class Localizer:
         fix.scale_level = level
         distinct = self.tile_m * level if self.opt.distinct_m is None else self.opt.distinct_m
         n = max(1, self.opt.candidates)
+        if self.imagery is not None and self._predicted_ground(fix.time_s) is None:
+            n = max(n, self.opt.acquire_candidates)  # no track to say where: look at more places
         places = self._places(s, i, distinct, n)
         if ws is not None and wi is not None:
             fix.window_m = window.radius_m if window is not None else None

@@ -31,6 +31,8 @@ class LocalizerOptions:
 
     k: int = opt(20, "tiles fetched per rotation and scale level (distinct places are taken from them)", ge=1)
     candidates: int = opt(3, "distinct places registered against the map imagery per frame", ge=1)
+    acquire_candidates: int = opt(8, "...while no recent verified fix predicts the place (acquisition: "
+                                     "slower frames until the track is found)", ge=1)
     rotations: int = opt(8, "rotations embedded in one batch when the heading is unknown", ge=1, le=72)
     distinct_m: float | None = opt(None, "two tiles are distinct places when their centres are farther "
                                          "apart than this, metres [the tile side]", gt=0)

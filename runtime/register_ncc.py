@@ -70,30 +70,52 @@ class NccRegistrar(Registrar):
             if best is None:
                 return failed(self.name, fail)
             centre, half = best["angle"], c.coarse_rot_step_deg
-        first = None
+        # one box for the passes below (room for one more rotation and scale step), so their NCC
+        # surfaces share one geometry and the second peak is read over every hypothesis tried
+        k0, grow = patch.mpp / work, scales.max() + (c.scale_step if len(scales) > 1 else 0.0)
+        box = _box(gray.shape[1] * k0 * grow, gray.shape[0] * k0 * grow,
+                   _angles(centre, half + c.rot_step_deg, c.rot_step_deg))
+        tried = []
         if prior[1] <= c.fine_range_deg and c.narrow_step_factor > 1 and half > c.narrow_step_factor * c.rot_step_deg:
             # a narrow range (heading known to a few degrees): its rotations every narrow_step_factor
             # fine steps at the middle scale, then the fine grid (every scale) around the best of
-            # them: about 2.5x fewer correlations than the full grid, the same fine peak. One box
-            # for both passes, so the second peak is read over every hypothesis tried
-            k0 = patch.mpp / work
-            box = _box(gray.shape[1] * k0 * scales.max(), gray.shape[0] * k0 * scales.max(),
-                       _angles(centre, half + c.rot_step_deg, c.rot_step_deg))
+            # them: about 2.5x fewer correlations than the full grid, the same fine peak
             coarse = _angles(centre, half, c.narrow_step_factor * c.rot_step_deg)
             first = self._search(gray, valid, patch.mpp, work, coarse, scales[len(scales) // 2:][:1], mfeat, box)
             if first is None:
                 return failed(self.name, fail)
+            tried.append(first)
             centre, half = first["angle"], c.rot_step_deg
-            best = self._search(gray, valid, patch.mpp, work, _angles(centre, half, c.rot_step_deg), scales, mfeat,
-                                box)
-        else:
-            best = self._search(gray, valid, patch.mpp, work, _angles(centre, half, c.rot_step_deg), scales, mfeat)
+        fine = _angles(centre, half, c.rot_step_deg)
+        best = self._search(gray, valid, patch.mpp, work, fine, scales, mfeat, box)
         if best is None:
             return failed(self.name, fail)
-        envelope = best["envelope"] if first is None else np.maximum(best["envelope"], first["envelope"])
-        best["min_ratio"] = c.min_ratio if first is None else max(c.min_ratio, c.narrow_min_ratio)
+        if len(scales) > 1 and best["j"] in (0, len(scales) - 1):
+            # best scale on the edge: the peak may lie one step beyond (a flat scale response does
+            # that often with small patches); look there before calling it an edge
+            best = self._extend_scale(best, gray, valid, patch.mpp, work, fine, mfeat, box)
+        tried.append(best)
+        envelope = np.maximum.reduce([t["envelope"] for t in tried])
+        best["min_ratio"] = c.min_ratio if len(tried) == 1 else max(c.min_ratio, c.narrow_min_ratio)
         second = second_peak(envelope, best["x"], best["y"], max(3.0, c.exclusion_m / work))
         return self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work, *prior)
+
+    def _extend_scale(self, best: dict, gray: np.ndarray, valid: np.ndarray, patch_mpp: float, work: float,
+                      angles: np.ndarray, mfeat: np.ndarray, box: tuple[int, int]) -> dict:
+        """The search of `best` with one more scale step beyond the edge its best scale is on."""
+        scales, low = best["scales"], best["j"] == 0
+        s_new = scales[0] - self.conf.scale_step if low else scales[-1] + self.conf.scale_step
+        extra = self._search(gray, valid, patch_mpp, work, angles, np.array([s_new]), mfeat, box)
+        if extra is None:
+            return best
+        merged = np.concatenate([[s_new], scales]) if low else np.concatenate([scales, [s_new]])
+        table = np.hstack([extra["table"], best["table"]] if low else [best["table"], extra["table"]])
+        if extra["peak"] > best["peak"]:
+            out = dict(extra, j=0 if low else len(merged) - 1)
+        else:
+            out = dict(best, j=best["j"] + 1 if low else best["j"])
+        out.update(table=table, scales=merged, envelope=np.maximum(best["envelope"], extra["envelope"]))
+        return out
 
     def _coarse_to_fine(self, gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half, scales,
                         mfeat, mpp_x, mpp_y) -> Registration | None:
