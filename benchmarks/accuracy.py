@@ -67,7 +67,7 @@ def bench_accuracy(
     size: int = 64,
     backbone: str = "resnet18",
     batch_size: int = 16,
-    lr: float = 1e-2,
+    lr: float = 3e-3,
     seed: int = 0,
     locations: int = 40,
     drones_per_location: int = 4,

@@ -113,9 +113,9 @@ class Localizer:
                                      opt.max_rejections, opt.min_confidence, confirm=opt.confirm)
         self.start = parse_start(opt.start)
         self._cameras: dict[tuple[int, int], Any] = {}
-        # lat, lon, t, heading of the last verified fix the filter took into its track; confirmed
-        # once the track is (before that the prediction is only registered first, never trusted alone)
-        self._track_ground: tuple[float, float, float, float, bool] | None = None
+        # aircraft lat, lon, t, heading of the last verified fix the filter took into its track;
+        # confirmed once the track is (before, its prediction is registered first, never trusted alone)
+        self._track_fix: tuple[float, float, float, float, bool] | None = None
         self._in_window: set[int] = set()
         self.blank = BlankEmbedding(backend, threshold=opt.blank_cos)
 
@@ -299,8 +299,8 @@ class Localizer:
         fix.scale_level = level
         distinct = self.tile_m * level if self.opt.distinct_m is None else self.opt.distinct_m
         n = max(1, self.opt.candidates)
-        if self.imagery is not None and self._predicted_ground(fix.time_s) is None:
-            n = max(n, self.opt.acquire_candidates)  # no track to say where: look at more places
+        if self.imagery is not None and self._recent_track(fix.time_s) is None and self._scan_window() is None:
+            n = max(n, self.opt.acquire_candidates)  # no track to say where, no prior scan: look at more places
         places = self._places(s, i, distinct, n)
         if ws is not None and wi is not None:
             fix.window_m = window.radius_m if window is not None else None
@@ -348,10 +348,13 @@ class Localizer:
             tol = self.opt.heading_tol_deg if known else 180.0 / len(angles) + 1.0
             # (label, retrieval score, tile or -1, lat, lon, patch turn): the track's prediction first
             cands: list[tuple[str, float, int, float, float, float]] = []
-            pred = self._predicted_ground(fix.time_s)
+            pred = self._predicted_ground(fix.time_s, patch)
             if pred is not None:
                 turn = 0.0 if known else pred[2]
                 cands.append(("track" if pred[3] else "tentative", score, tile, pred[0], pred[1], turn))
+            scan = self._scan_window()
+            if scan is not None:  # no fix yet: the whole start prior, whatever retrieval ranked
+                cands.append(("prior-scan", score, tile, scan.lat, scan.lon, 0.0))
             for sc, t, rr in hits:
                 lat, lon = (float(v) for v in self.ts.centers[t])
                 cands.append(("retrieval", sc, t, lat, lon, 0.0 if known else angles[rr]))
@@ -368,8 +371,8 @@ class Localizer:
                     # unknown altitude: the level only brackets the scale, registration must find it
                     tol_n = tol
                     scale_tol = self.opt.scale_tol if fix.scale_source != "search" else max(self.opt.scale_tol, 0.3)
-                reg = self._register_one(reg_patch, lat, lon, side_m, tol_n, scale_tol,
-                                         side_m if label == "retrieval" else 0.5 * side_m)
+                margin = {"retrieval": side_m, "prior-scan": scan.radius_m if scan else 0.0}.get(label, 0.5 * side_m)
+                reg = self._register_one(reg_patch, lat, lon, side_m, tol_n, scale_tol, margin)
                 regs.append((n, reg, reg_patch))
                 if label == "track" and self._trusted(reg):
                     break  # the track vouches for the place: no need to look at look-alikes
@@ -401,6 +404,13 @@ class Localizer:
         acc = max(self.stride_m, 0.25 * side_m)  # right place: within about a stride; the filter gates the rest
         return self._aircraft(patch, fix, FixCandidate(glat, glon, acc, False, score, fix.confidence or 0.0, tile))
 
+    def _scan_window(self) -> SearchWindow | None:
+        """The start prior, while no fix has reached the filter, when it is small enough to scan."""
+        w = self.start
+        if w is None or self.filter.last is not None or not 0 < w.radius_m <= self.opt.scan_m:
+            return None
+        return w
+
     @staticmethod
     def _registered_at(cand: tuple, reg: Any) -> tuple[float, float] | None:
         if not (math.isfinite(reg.east_m) and math.isfinite(reg.north_m)):
@@ -412,14 +422,23 @@ class Localizer:
     def _near(a: tuple[float, float] | None, b: tuple[float, float] | None, within_m: float) -> bool:
         return a is not None and b is not None and float(haversine_m(a[0], a[1], b[0], b[1])) <= within_m
 
-    def _predicted_ground(self, t: float) -> tuple[float, float, float, bool] | None:
-        """(lat, lon, heading, confirmed) where the track puts the patch centre now: the last verified
-        ground point the filter took moved by the track's velocity; None without a recent one."""
-        g = self._track_ground
-        if g is None or not 0.0 <= t - g[2] <= self.opt.track_s:
+    def _recent_track(self, t: float) -> tuple[float, float, float, float, bool] | None:
+        g = self._track_fix
+        return g if g is not None and 0.0 <= t - g[2] <= self.opt.track_s else None
+
+    def _predicted_ground(self, t: float, patch: GroundPatch) -> tuple[float, float, float, bool] | None:
+        """(lat, lon, heading, confirmed) where the track puts this patch's centre now: the last
+        verified aircraft position the filter took, moved by the track's velocity, plus this frame's
+        nadir -> patch-centre offset (attitude moves the ground point far more than the aircraft
+        moves between frames at altitude); None without a recent one."""
+        g = self._recent_track(t)
+        if g is None:
             return None
         v = self.filter.velocity_ne() or (0.0, 0.0)
-        lat, lon = geo.offset_latlon(g[0], g[1], v[1] * (t - g[2]), v[0] * (t - g[2]))
+        n, e = patch.ref_offset_m
+        if patch.heading_deg is None:  # heading-up patch: its offset turns with the heading
+            n, e = _rot_ne(n, e, g[3])
+        lat, lon = geo.offset_latlon(g[0], g[1], v[1] * (t - g[2]) + e, v[0] * (t - g[2]) + n)
         return float(lat), float(lon), g[3], g[4]
 
     def _trusted(self, reg: Any) -> bool:
@@ -464,7 +483,7 @@ class Localizer:
         # a tentative track's verified fix is predicted too: registering there first is how the
         # confirming second fix is found when retrieval alone rarely ranks the place
         took = fix.accepted or out.reason in ("init", "reinit", "tentative")
-        if took and fix.verified and fix.ground_lat is not None and fix.heading_deg is not None:
-            self._track_ground = (fix.ground_lat, fix.ground_lon, fix.time_s, fix.heading_deg, fix.accepted)
+        if took and fix.verified and fix.heading_deg is not None:
+            self._track_fix = (c.lat, c.lon, fix.time_s, fix.heading_deg, fix.accepted)
         v = self.filter.velocity_ne() if fix.accepted else None
         fix.vn_mps, fix.ve_mps = (v if v is not None else (None, None))

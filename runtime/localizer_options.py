@@ -61,6 +61,9 @@ class LocalizerOptions:
     noise_m: float = opt(0.0, "extra fixed slack of the speed gate, metres", ge=0)
     confirm: int = opt(2, "a new track's fixes are accepted once this many agree (the first alone is "
                           "'tentative', never sent)", ge=1, le=100)
+    scan_m: float = opt(400.0, "until the first verified fix, also register the frame over the whole start "
+                                "prior when its radius is at most this, metres (a map scan: seconds per frame "
+                                "with the heading unknown; 0: never)", ge=0)
     acquire_full_circle: bool = opt(True, "with the heading unknown and no track yet, registration searches "
                                           "every heading (slower, until the first verified fix)")
     track_s: float = opt(3.0, "register around the track's predicted position first while its last verified "

@@ -61,7 +61,9 @@ class NccRegistrar(Registrar):
         valid = np.asarray(patch.valid, bool)
         fail = "patch too small or featureless at the working resolution"
         prior = (centre, half)
-        if min(mfeat.shape) >= c.pyramid_min_px:
+        # coarse-to-fine only when the patch keeps enough pixels at twice the working m/px
+        coarse_px = float(valid.sum()) * (patch.mpp / (2.0 * work)) ** 2
+        if min(mfeat.shape) >= c.pyramid_min_px and coarse_px >= 2 * c.min_valid_px:
             return self._coarse_to_fine(gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half,
                                         scales, mfeat, mpp_x, mpp_y) or failed(self.name, fail)
         if half > c.fine_range_deg:

@@ -214,3 +214,31 @@ def test_main_in_process_leaves_the_root_logger_as_it_was(tmp_path) -> None:
                  str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "rep")]) == 2
     assert (root.level, list(root.handlers)) == before
     assert not (tmp_path / "rep").exists()  # a bad input leaves no empty report folder
+
+
+def test_loop_commands_get_one_blas_thread_before_numpy_loads() -> None:
+    """`run` and the benches that drive its loop in-process set OPENBLAS_NUM_THREADS=1 (unless the
+    user set it) before numpy is imported; other commands leave it alone."""
+    import os
+
+    code = (
+        "import os, sys, contextlib, io\n"
+        "from skyloc.cli import main\n"
+        "assert 'numpy' not in sys.modules\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "    try:\n"
+        "        main(sys.argv[1:])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for argv, want in ((["run", "--help"], "1"), (["bench", "flight-latency", "--help"], "1"),
+                       (["bench", "flight", "--help"], "1"), (["bench", "search", "--help"], "None"),
+                       (["tiles", "--help"], "None")):
+        out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
+                             env=env).stdout
+        assert f"BLAS {want}" in out, (argv, out)
+    out = subprocess.run([sys.executable, "-c", code, "run", "--help"], check=True, capture_output=True, text=True,
+                         env={**env, "OPENBLAS_NUM_THREADS": "2"}).stdout
+    assert "BLAS 2" in out  # the user's own setting wins

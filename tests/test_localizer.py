@@ -70,6 +70,9 @@ def test_heading_unknown_flight_localizes_to_the_goal(flight, tmp_path):
     # vouches alone
     first = next(i for i, r in enumerate(fixes) if r["verified"])
     assert fixes[first]["reason"] == "init" and not fixes[first]["accepted"]
+    # ...found by scanning the whole 150 m start prior (no fix yet), whatever retrieval ranked
+    assert fixes[first]["registration"]["candidate"] == "prior-scan"
+    assert all(r["registration"]["candidate"] != "prior-scan" for r in fixes[first + 1:])
     nxt = fixes[first + 1]
     assert nxt["verified"] and nxt["accepted"] and nxt["registration"]["candidate"] == "tentative"
     assert nxt["registration"]["tried"] > 1  # a tentative prediction never vouches alone
