@@ -325,7 +325,9 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
     reg_rows: list[dict] = []
     notes = ["registration stage: frames rectified with the flight's camera + telemetry and registered "
              "against the map around a tile centre up to one stride off the truth (retrieval assumed right); "
-             "pipeline: `skyloc run` end to end with the given model."]
+             "pipeline: `skyloc run` end to end with the given model.",
+             "The simulated frames are rendered from the map they are registered against (no season, "
+             "sensor or 3D change): their decimetre errors are optimistic; the real photo's are not."]
     with tempfile.TemporaryDirectory(prefix="skyloc-flight-") as tmp:
         wd = Path(work_dir) if work_dir else Path(tmp)
         chosen = [(m, known[m]) for m in maps]
