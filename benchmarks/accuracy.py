@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from skyloc.benchmarks import goals as G
 from skyloc.benchmarks.ablation import row_summary, step_tests
-from skyloc.benchmarks.report import machine_info, write_results
+from skyloc.benchmarks.report import machine_info, write_csv, write_results
 from skyloc.runtime.errors import SkylocError
 
 KL_ROW, RW_ROW = "lpn+ms+global+ba+kl", "msba"
@@ -169,7 +169,7 @@ def bench_accuracy(
               cols_t7)]
     if steps:
         extra.append(("Steps: paired difference over seeds (later row minus earlier), 95 % interval, paired t-test",
-                      "steps", steps, ["step", "metric", "seeds", "diff", "ci95", "p", "significant"]))
+                      "steps", steps, ["step", "metric", "seeds", "diff", "ci95", "p", "test", "significant"]))
     if table6:
         extra.append(("Table 6: trained and tested at each input size (" + final + ")", "table6", table6,
                       ["size", "row", "seeds", *ci_cols]))
@@ -190,8 +190,9 @@ def bench_accuracy(
         "(global 1.5, parts 1.0): reweighting changes no trained weight.",
     ]
     if steps:
-        notes.append(f"Significant steps (paired t-test over {seeds} seeds, p < 0.05): " + (", ".join(sig) or "none")
-                     + ". A step not listed is within the noise of this budget.")
+        notes.append(f"Significant steps (paired t-test over {seeds} seeds, p < 0.05; the exact sign test where "
+                     "every seed moved by the same amount, which a t-test cannot judge): " + (", ".join(sig) or "none")
+                     + f". A step not listed is within the noise of this budget. Every seed's value: {name}-seeds.csv.")
     else:
         notes.append("One seed: differences between rows carry no error bar; use --seeds N (N >= 3) to test them.")
     if qrows:
@@ -199,9 +200,14 @@ def bench_accuracy(
                      "calibrated on 64 training images (stratified over satellite and drone views), evaluated "
                      "with ONNX Runtime on the test split without flip.")
     columns = ["row", "trained_as", *SWITCHES, "seeds", *ci_cols]
-    return write_results(name, rows, results_dir, title="Accuracy: Table 3 ablation and Table 7 parts",
-                         columns=columns, goals=goals, notes=notes, extra_tables=extra,
-                         plot=lambda fig: _plot(fig, rows, table7), command=command, machine=machine)
+    paths = write_results(name, rows, results_dir, title="Accuracy: Table 3 ablation and Table 7 parts",
+                          columns=columns, goals=goals, notes=notes, extra_tables=extra,
+                          plot=lambda fig: _plot(fig, rows, table7), command=command, machine=machine)
+    if seeds > 1:
+        seed_rows = [{"row": p, "seed": sd, **per_seed[p][sd]} for p in presets for sd in sorted(per_seed[p])]
+        paths["seeds_csv"] = write_csv(Path(paths["csv"]).parent / f"{name}-seeds.csv", seed_rows,
+                                       ["row", "seed", *FLAT_KEYS])
+    return paths
 
 
 class _Trainer:

@@ -159,7 +159,8 @@ class RegisterStage:
         shifted by up to `margin` metres (distinct places are a tile side apart: a margin of one
         side leaves no ground between candidates unsearched)."""
         work = float(getattr(getattr(self.registrar, "conf", None), "work_mpp", 0.0) or 0.0)
-        mpp = max(reg_patch.mpp, work)
+        # a big tile has pixels to spare: registration cost goes with the window's pixel count
+        mpp = max(reg_patch.mpp, work, side_m / self.opt.register_max_px)
         margin = max(1.5 * self.stride_m, margin)
         turned = math.cos(math.radians(45.0 - min(tol, 45.0))) * SQRT2  # box of the patch turned by up to tol
         crop_m = side_m * turned + 2.0 * margin

@@ -35,6 +35,13 @@ def test_paired_t_against_scipy_and_hand_values():
     assert noise["diff"] == 0 and noise["p"] == pytest.approx(1.0) and noise["significant"] is False
     # One seed: no interval, no test.
     assert paired_t([1.0], [2.0])["p"] is None
+    # The same difference on every seed (floating-point equal, not bit-equal): no spread for a t-test;
+    # the exact sign test says 4 seeds of one sign is p = 2 / 2**4 = 0.125, 6 seeds 0.03125
+    a4 = [46.666666666666664, 38.333333333333336, 36.666666666666664, 46.666666666666664]
+    same = paired_t(a4, [x - 25 / 3 for x in a4])
+    assert same["test"] == "sign" and same["p"] == pytest.approx(0.125) and same["significant"] is False
+    six = paired_t(list(range(6)), [x + 1.5 for x in range(6)])
+    assert six["p"] == pytest.approx(1 / 32) and six["significant"] is True
 
 
 def test_row_summary_and_steps():
