@@ -137,6 +137,8 @@ def bench_accuracy(
                 row["reweight"] = True
             rows.append(row)
         steps = step_tests(presets, per_seed, STEP_KEYS) if seeds > 1 and len(presets) > 1 else []
+        if steps and len(presets) > 2:  # and the whole chain: the first row against the last
+            steps += step_tests([presets[0], presets[-1]], per_seed, STEP_KEYS)
         final = RW_ROW if RW_ROW in presets else presets[-1]
         final_src = KL_ROW if final == RW_ROW else final
         final_ckpt = trainer.checkpoint(final_src, size, seed_list[0])

@@ -43,7 +43,8 @@ class RegisterStage:
         ambiguous). While a verified track is recent (track_s), the place it predicts is registered
         first and, once the track is confirmed, taken as soon as it verifies (the track vouches for
         it); otherwise every candidate place is registered too (a tentative track's prediction is one
-        candidate among them: it finds the confirming fix, it never vouches). Heading unknown and no track yet: the whole circle.
+        candidate among them: it finds the confirming fix, it never vouches). Heading unknown and no
+        track yet: the whole circle.
         """
         known = patch.heading_deg is not None
         score, tile, r = hits[0]

@@ -88,6 +88,12 @@ def test_bench_accuracy_seeds_and_sizes_tiny(tmp_path: Path):
         assert float(t6[0][k]) == pytest.approx(float(rows["msba"][k]), abs=1e-9)
     steps = _read(paths["steps_csv"])
     assert {s["step"] for s in steps} == {"lpn+ms+global+ba+kl -> msba"} and {s["seeds"] for s in steps} == {"2"}
+    # every seed's value is written, and the rows' means are their means
+    per_seed = _read(paths["seeds_csv"])
+    assert sorted((r["row"], r["seed"]) for r in per_seed) == [(p, s) for p in sorted(rows) for s in ("0", "1")]
+    for name, r in rows.items():
+        vals = [float(x["d2s_AP"]) for x in per_seed if x["row"] == name]
+        assert float(r["d2s_AP"]) == pytest.approx(sum(vals) / len(vals), abs=1e-9)
     md = paths["md"].read_text()
     assert "Significant steps" in md and "Table 6: trained and tested" in md
     # The data: one procedural world plus the shared Turku map when present, nadir + spiral views.
