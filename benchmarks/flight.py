@@ -187,6 +187,7 @@ def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes:
     import cv2
 
     from skyloc.runtime.camera import load_camera
+    from skyloc.runtime.file_sources import VideoFileSource
     from skyloc.runtime.imagery import MapImagery
     from skyloc.runtime.pose import FramePose
     from skyloc.runtime.rectify import rectify, rotate_patch
@@ -211,14 +212,8 @@ def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes:
             cam = load_camera(video.parent / "flight.json")
             with open(video.parent / "truth.csv", newline="") as f:
                 truth = list(csv.DictReader(f))
-            cap = cv2.VideoCapture(str(video))
-            frames = []
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            cap.release()
+            with VideoFileSource(video) as src:  # the runtime's reader: frames as `skyloc run` gets them
+                frames = [cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in src if f.image is not None]
             for heading in headings:
                 recs = []
                 for rgb, t in zip(frames, truth):

@@ -108,6 +108,16 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _missing_package(command: str, exc: ModuleNotFoundError) -> int:
+    """An optional package the command needs is not installed: say which extra brings it (exit 2);
+    anything else missing is a bug and re-raised."""
+    top_name = (exc.name or "").split(".")[0]
+    if top_name not in MISSING_HINTS:
+        raise exc
+    print(f"skyloc {command}: error: {top_name} is not installed; {MISSING_HINTS[top_name]}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -140,11 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        top_name = (exc.name or "").split(".")[0]
-        if top_name not in MISSING_HINTS:
-            raise
-        print(f"skyloc {name}: error: {top_name} is not installed; {MISSING_HINTS[top_name]}", file=sys.stderr)
-        return 2
+        return _missing_package(name, exc)
     parser = argparse.ArgumentParser(prog=f"skyloc {name}", description=help_, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     # --log-level / --log-file also after the command, unless the command defines its own
@@ -165,11 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skyloc {name}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        top_name = (exc.name or "").split(".")[0]
-        if top_name not in MISSING_HINTS:
-            raise
-        print(f"skyloc {name}: error: {top_name} is not installed; {MISSING_HINTS[top_name]}", file=sys.stderr)
-        return 2
+        return _missing_package(name, exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
