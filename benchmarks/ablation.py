@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 SHARED_MAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "turku-satellite"
 SHARED_MAP_SCALE = 0.25
@@ -103,9 +103,9 @@ def ablation_dataset(work: Path, *, worlds: int = 2, use_shared_map: bool = True
     (when present and `use_shared_map`), `locations_per_map` locations each (half train, half
     test), `drones` views per location, half nadir (flight-like) and half spiral
     (University-1652-like). Written under work/ablation-data; reused when already complete."""
-    from skyloc.runtime.synth.camera import SpiralConfig
-    from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
-    from skyloc.runtime.synth.nadir import NadirViewConfig
+    from skyloc.synth.camera import SpiralConfig
+    from skyloc.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.synth.nadir import NadirViewConfig
 
     # (name, map, view scale): the Turku map is ~600 x 860 m with holes, so its spirals and
     # flight altitudes are shrunk to a quarter (views reach ~80 m instead of ~310 m).

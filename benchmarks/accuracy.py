@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from skyloc.benchmarks import goals as G
 from skyloc.benchmarks.ablation import row_summary, step_tests
 from skyloc.benchmarks.report import machine_info, write_csv, write_results
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 KL_ROW, RW_ROW = "lpn+ms+global+ba+kl", "msba"
 SWITCHES = ("multiscale", "global_branch", "block_attention", "kl_loss", "reweight")
@@ -49,7 +49,7 @@ def _dataset(data: Path | None, work: Path, locations: int, size: int, seed: int
         if not (Path(data) / "train").is_dir() or not (Path(data) / "test").is_dir():
             raise SkylocError(f"--data {data}: expected a University-1652 layout (train/ and test/ folders)")
         return Path(data), f"dataset {data}"
-    from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.synth.dataset import SynthDatasetConfig, make_dataset
 
     out = work / "data"
     if not (out / "synth.json").is_file():
@@ -270,7 +270,7 @@ def _quant_rows(checkpoint: Path, data_dir: Path, work: Path, progress: bool) ->
     from skyloc.calibration.report import retrieval_metrics
     from skyloc.calibration.select import load_batch, select_images
     from skyloc.export.onnx_export import export_onnx
-    from skyloc.runtime.sidecar import read_model_sidecar
+    from skyloc.core.sidecar import read_model_sidecar
 
     qdir = work / "quant"
     qdir.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 ROLE = "bare-backbone"
 
@@ -28,7 +28,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, size:
 
     from skyloc.export.onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _check_graph, _torch_export,
                                            check_finite_weights, edge_normalize)
-    from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
+    from skyloc.core.sidecar import IMAGENET_MEAN, IMAGENET_STD
     from skyloc.training.checkpoint import load_model
 
     out = Path(out)

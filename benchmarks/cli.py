@@ -10,8 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.options import HelpFormatter
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import HelpFormatter
 
 
 def _csv(cast=str):
@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> int:
             command=command, progress=progress,
         )
     elif args.bench == "faults":
-        from skyloc.benchmarks.faults import bench_faults
+        from skyloc.benchmarks.fault_bench import bench_faults
 
         paths = bench_faults(work_dir=args.work_dir, groups=args.groups, results_dir=args.results_dir,
                              name=args.name, command=command, progress=progress)

@@ -26,7 +26,7 @@ def csv_map(rows: list[str]):
 
 
 def tl_br() -> tuple[float, float, float, float]:
-    from skyloc.runtime import geo
+    from skyloc.core import geo
 
     return geo.corners_for_centre(LAT0, LON0, 480.0, 400.0)
 
@@ -60,7 +60,8 @@ def model_id_mismatch(w: World) -> None:
 
 def forged_part(w: World) -> None:
     """Two shards of one grid, the second with a row dropped and its range edited (checksum redone)."""
-    from skyloc.runtime.tileset import TileSet, build_tileset, save_tileset
+    from skyloc.runtime.maps.tileset import TileSet, save_tileset
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     for k in (0, 1):
         build_tileset(w.model, w.map_png, w.root / f"p{k}.npz", tile_m=100, stride_m=50, shard=f"{k}/2",
@@ -73,7 +74,7 @@ def forged_part(w: World) -> None:
 
 
 def two_shards(w: World) -> None:
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     for k in (0, 1):
         build_tileset(w.model, w.map_png, w.root / f"p{k}.npz", tile_m=100, stride_m=50, shard=f"{k}/2",
@@ -82,7 +83,7 @@ def two_shards(w: World) -> None:
 
 def nan_tileset(w: World) -> None:
     """A tile set with NaN embeddings and a valid checksum (as versions before the NaN check wrote)."""
-    from skyloc.runtime.tileset import TileSet, tileset_checksum
+    from skyloc.runtime.maps.tileset import TileSet, tileset_checksum
 
     ts = TileSet.load(w.tiles)
     emb = ts.embeddings.copy()
@@ -264,8 +265,8 @@ def corrupt_frame(w: World) -> None:
 
 
 def tampered_index_for_run(w: World) -> None:
-    from skyloc.runtime.matcher import FaissMatcher
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.localize.retrieval_faiss import FaissMatcher
+    from skyloc.runtime.maps.tileset import TileSet
 
     ts = TileSet.load(w.tiles)
     m = FaissMatcher(ts, "flat")

@@ -38,7 +38,7 @@ def mavlink_attitude(yaw: float):
     """A pymavlink autopilot on udpin:127.0.0.1:PORT: once skyloc's heartbeat arrives it sends
     ATTITUDE (roll = pitch = 0, this yaw) every 20 ms; skyloc runs with --mavlink udpout:...:PORT."""
     def runner(w: World, inprocess: bool) -> Outcome:
-        from skyloc.runtime.mavlink_link import mavutil
+        from skyloc.runtime.outputs.mavlink import mavutil
 
         port = _free_port()
         conn = mavutil().mavlink_connection(f"udpin:127.0.0.1:{port}", source_system=1, source_component=1)
@@ -109,7 +109,7 @@ def serial_pty(w: World, inprocess: bool) -> Outcome:
     import pty
     import tty
 
-    from skyloc.runtime.mavlink_link import mavutil
+    from skyloc.runtime.outputs.mavlink import mavutil
 
     master, slave = pty.openpty()
     tty.setraw(slave)
@@ -159,7 +159,7 @@ def judge_serial(w: World, res: Outcome) -> tuple[str, str]:
 
 
 def reconnect_policy(w: World, inprocess: bool) -> Outcome:
-    from skyloc.runtime.sources import ReconnectPolicy
+    from skyloc.runtime.sources.base import ReconnectPolicy
 
     p = ReconnectPolicy()
     try:

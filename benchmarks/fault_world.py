@@ -31,7 +31,7 @@ def tiny_model(path: Path, size: int = 32, dim: int = 16, weights: np.ndarray | 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from skyloc.runtime.sidecar import (IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file,
+    from skyloc.core.sidecar import (IMAGENET_MEAN, IMAGENET_STD, InputContract, ModelSidecar, sha256_file,
                                         write_model_sidecar)
 
     grid = 4
@@ -84,9 +84,10 @@ def build_world(root: Path) -> World:
     from the map, a previous fixes file and 8 calibration images."""
     import cv2
 
-    from skyloc.runtime import geo
-    from skyloc.runtime.maps import open_map, write_corners_csv
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.core import geo
+    from skyloc.runtime.maps.open import open_map
+    from skyloc.runtime.maps.mosaic import write_corners_csv
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     w = World(Path(root))
     w.map_dir.mkdir(parents=True, exist_ok=True)
@@ -228,9 +229,10 @@ def faiss_case(kind: str, forge_json: bool):
         import io as _io
         import logging
 
-        from skyloc.runtime.matcher import ExactMatcher, FaissMatcher
-        from skyloc.runtime.sidecar import sha256_file
-        from skyloc.runtime.tileset import TileSet
+        from skyloc.runtime.localize.retrieval import ExactMatcher
+        from skyloc.runtime.localize.retrieval_faiss import FaissMatcher
+        from skyloc.core.sidecar import sha256_file
+        from skyloc.runtime.maps.tileset import TileSet
 
         t0 = time.perf_counter()
         ts = TileSet.load(w.tiles)
@@ -287,8 +289,8 @@ def judge_stale_cleaned(w: World, res: Outcome) -> tuple[str, str]:
 
 
 def json_nan(w: World, inprocess: bool) -> Outcome:
-    from skyloc.runtime.atomic import write_json_atomic
-    from skyloc.runtime.errors import SkylocError
+    from skyloc.core.atomic import write_json_atomic
+    from skyloc.core.errors import SkylocError
 
     try:
         write_json_atomic(w.fixes, {"lat": float("nan")})

@@ -32,7 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 VERDICTS = ("clear error", "survived and counted", "survived, not counted", "wrong", "crash", "data loss")
 
@@ -184,62 +184,3 @@ def available(needs: str) -> bool:
     return True
 
 
-def bench_faults(work_dir: str | os.PathLike | None = None, groups: Sequence[str] | None = None,
-                 results_dir: str | os.PathLike | None = None, name: str = "faults", command: str | None = None,
-                 progress: bool = True) -> dict[str, Path]:
-    """Run every case (subprocess per case) and write <name>.md / .csv with counts per verdict."""
-    import tempfile
-
-    from skyloc.benchmarks.fault_cases import CASES, build_world
-    from skyloc.benchmarks.report import write_results
-
-    tmp = tempfile.TemporaryDirectory(prefix="skyloc-bench-faults-") if work_dir is None else None
-    work = Path(tmp.name if tmp else work_dir)
-    try:
-        base = build_world(work / "base")
-        rows = []
-        for i, case in enumerate(c for c in CASES if not groups or c.group in groups):
-            if not available(case.needs):
-                rows.append({"group": case.group, "case": case.name, "expected": case.expect,
-                             "verdict": "not run", "detail": f"needs {case.needs}", "seconds": 0.0})
-                continue
-            cdir = work / f"case-{i:02d}"
-            try:
-                res, lost = execute(case, base, cdir, inprocess=False)
-                verdict, why = classify(case, World(cdir / "world"), res, lost)
-            except Exception as exc:  # noqa: BLE001 - a bug of this harness, not of skyloc: not counted
-                res, verdict, why = Outcome(-1), "not run", f"harness error: {type(exc).__name__}: {exc}"
-            if case.known_bug and verdict not in ("clear error", "survived and counted"):
-                why = f"{why} [open bug: {case.known_bug}]"
-            rows.append({"group": case.group, "case": case.name, "expected": case.expect, "verdict": verdict,
-                         "detail": why.replace("\n", " "), "seconds": round(res.seconds, 2)})
-            if progress:
-                print(f"[{verdict:>20}] {case.group}/{case.name}: {why[:100]}", file=sys.stderr)
-            shutil.rmtree(cdir, ignore_errors=True)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    counts = [{"verdict": v, "cases": sum(r["verdict"] == v for r in rows)} for v in VERDICTS]
-    counts.append({"verdict": "not run", "cases": sum(r["verdict"] == "not run" for r in rows)})
-    by_group = []
-    for g in dict.fromkeys(r["group"] for r in rows):
-        row: dict[str, Any] = {"group": g}
-        row.update({v: sum(r["verdict"] == v and r["group"] == g for r in rows) for v in VERDICTS})
-        by_group.append(row)
-    notes = [
-        "Goal (issue 13): zero wrong, zero crash, zero data loss; every fault a clear error or survived and counted "
-        "('survived, not counted' is safe but misses the issue's 'clear error or counted skip').",
-        "A case marked [open bug: ...] exposes a bug in a file this benchmark does not own; tests/test_faults.py "
-        "xfails it on exactly that verdict and fails once it is fixed (remove the mark then).",
-        "Each case runs `python -m skyloc ...` on its own copy of a tiny world (2-layer ONNX model, 480 x 400 m "
-        "synthetic map, tile set, 6 frames); the verdict is what the process did, classified by benchmarks/faults.py.",
-        "`expected` is the outcome the case asks for; a verdict of 'clear error' where 'survived' was expected "
-        "(or the reverse) is still a safe outcome and counted as such.",
-    ]
-    return write_results(
-        name, rows, results_dir, title="Fault-injection matrix (issue 13)",
-        columns=["group", "case", "expected", "verdict", "detail", "seconds"],
-        extra_tables=[("Counts per verdict", "counts", counts, ["verdict", "cases"]),
-                      ("Counts per group", "groups", by_group, ["group", *VERDICTS])],
-        notes=notes, command=command,
-    )

@@ -17,20 +17,24 @@ Two parts, one results set (`flight.{csv,md,png}`, `flight-photo.csv`):
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
-import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from skyloc.benchmarks.flight_photo import DATA, photo_rows
+from skyloc.benchmarks.flight_registration import registration_flight_rows
+from skyloc.benchmarks.flight_setup import (
+    PRIOR_M,
+    PRIOR_OFFSET_M,
+    _present_maps,
+    fit_flight,
+    start_prior,
+)
 from skyloc.benchmarks.report import Goal, write_results
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-
+from skyloc.core.errors import SkylocError
 
 # --- simulated flights ------------------------------------------------------------------------
 
@@ -59,70 +63,7 @@ def flight_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fov(altitude: float, fov_deg: float, ground_width_m: float) -> float:
-    """The lens narrows with altitude so a frame keeps ~ground_width_m of ground: the real maps are
-    only 0.4-0.6 km across, and a 60 deg lens at 250 m would need a map of over a kilometre."""
-    return min(fov_deg, 2 * math.degrees(math.atan(ground_width_m / 2 / altitude)))
 
-
-def _tile_m(altitude: float, fov_deg: float, width: int, height: int) -> float:
-    """About half the short ground side of a nadir frame at this altitude: covered at any heading."""
-    short = 2 * altitude * math.tan(math.radians(fov_deg) / 2) * min(width, height) / width
-    return float(round(0.55 * short))
-
-
-
-# (speed m/s, share of the ground width) tried in turn: the real maps are small (Turku: 0.2 km tiles
-# with gaps) and a flight keeps its whole footprint on valid imagery; slower first, then a narrower lens
-FLIGHT_FITS = ((8.0, 1.0), (4.0, 1.0), (4.0, 0.7), (2.0, 0.7))
-PRIOR_M, PRIOR_OFFSET_M = 300.0, 150.0  # start prior of the pipeline flights: radius, centre off the truth
-
-
-def fit_flight(map_path: Path, out: Path, alt: float, seconds: float, fps: float, tilt_max: float, width: int,
-               height: int, fov_deg: float, seed: int, ground_width_m: float) -> tuple[Path, dict[str, Any]]:
-    """The flight video at this altitude, slowed down or with a narrower lens when the map is too
-    small for the first try; (video, the case's row fields). SkylocError when nothing fits."""
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
-
-    last: SkylocError | None = None
-    for speed, share in FLIGHT_FITS:
-        fov = _fov(alt, fov_deg, share * ground_width_m)
-        tile_m = _tile_m(alt, fov, width, height)
-        cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=speed, altitude_range_m=(alt, 1.1 * alt),
-                           tilt_max_deg=tilt_max, attitude_deg=3.0, yaw_mode="random-walk", seed=seed,
-                           width=width, height=height, fov_deg=fov, overwrite=True)
-        try:
-            video = make_flight(map_path, out, cfg)
-        except SkylocError as exc:
-            last = exc
-            continue
-        return video, {"altitude_m": alt, "fov_deg": round(fov, 1), "tile_m": tile_m, "speed_mps": speed}
-    assert last is not None
-    raise last
-
-
-def start_prior(truth_csv: Path, seed: int, radius_m: float = PRIOR_M, off_m: float = PRIOR_OFFSET_M) -> str:
-    """--start for a flight: a disc of radius_m whose centre is off_m from the first true position,
-    in a random direction (an operator's take-off estimate, not the truth)."""
-    with open(truth_csv, newline="") as f:
-        first = next(csv.DictReader(f))
-    a = np.random.default_rng(seed).uniform(0.0, 2.0 * math.pi)
-    lat, lon = geo.offset_latlon(float(first["lat"]), float(first["lon"]), off_m * math.sin(a), off_m * math.cos(a))
-    return f"{float(lat):.7f},{float(lon):.7f},{radius_m:g}"
-
-
-def _present_maps(maps: Sequence[tuple[str, Path | None]], rows: list[dict], work_dir: Path, seed: int,
-                  world_m: float) -> Iterator[tuple[str, Path]]:
-    """The maps to fly: None = the procedural world (made here); a missing file adds a skipped row."""
-    from skyloc.runtime.synth.world import make_world
-
-    for map_name, map_path in maps:
-        if map_path is None:
-            map_path = make_world(work_dir / "world", seed=seed, size_m=world_m, mpp=0.5)
-        elif not Path(map_path).exists():
-            rows.append({"map": map_name, "status": f"skipped: {map_path} not present"})
-            continue
-        yield map_name, Path(map_path)
 
 def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes: Sequence[float],
                 work_dir: Path, seconds: float = 20.0, fps: float = 1.0, tilt_max: float = 15.0,
@@ -133,8 +74,8 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
     """`skyloc run` end to end over simulated flights (with a start prior, see `start_prior`, unless
     prior is False)."""
     from skyloc.cli import main as skyloc
-    from skyloc.runtime.imagery import imagery_record
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.runtime.maps.imagery import imagery_record
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     rows = []
     for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
@@ -170,97 +111,6 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                         print(f"flight {map_name} {alt:g} m heading {heading} reg {reg}: verified "
                               f"{row['verified_rate']:.2f}, median {row['verified_median_m']:.1f} m", flush=True)
     return rows
-
-
-def registration_flight_rows(maps: Sequence[tuple[str, Path | None]], altitudes: Sequence[float], work_dir: Path,
-                             seconds: float = 20.0, fps: float = 1.0, tilt_max: float = 15.0, width: int = 640,
-                             height: int = 480, fov_deg: float = 60.0, seed: int = 0, register_px: int = 160,
-                             headings: Sequence[str] = ("known", "unknown"), registrar: str = "ncc",
-                             progress: bool = True, world_m: float = 1500.0, ground_width_m: float = 100.0
-                             ) -> list[dict]:
-    """The fine stage alone over simulated flights, with the right place given as retrieval
-    would give it (a tile centre up to one stride off the truth). Frames are rectified with the
-    flight's camera + telemetry exactly as the Localizer does (tile-sized patch of register_px at
-    tile_m / register_px m/px); heading unknown = a heading-up patch turned by an estimate up to
-    +-22.5 deg off (half the step of an 8-rotation search), residual searched +-23.5 deg; the map
-    crop is the Localizer's (1.2 tile + 2 x max(1.5 stride, tile / 4))."""
-    import cv2
-
-    from skyloc.runtime.camera import load_camera
-    from skyloc.runtime.file_sources import VideoFileSource
-    from skyloc.runtime.imagery import MapImagery
-    from skyloc.runtime.pose import FramePose
-    from skyloc.runtime.rectify import rectify, rotate_patch
-    from skyloc.runtime.register import make_registrar
-
-    reg = make_registrar(registrar)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for map_name, map_path in _present_maps(maps, rows, work_dir, seed, world_m):
-        imagery = MapImagery(map_path)
-        for alt in altitudes:
-            base = {"map": map_name, "altitude_m": alt}
-            try:
-                video, base = fit_flight(map_path, work_dir / f"{map_name}-{alt:g}" / "flight", alt, seconds, fps,
-                                         tilt_max, width, height, fov_deg, seed, ground_width_m)
-                base = {"map": map_name, **base}
-            except SkylocError as exc:
-                rows.append({**base, "status": f"skipped: {exc}"})
-                continue
-            tile_m = base["tile_m"]
-            stride = max(5.0, tile_m / 3)
-            cam = load_camera(video.parent / "flight.json")
-            with open(video.parent / "truth.csv", newline="") as f:
-                truth = list(csv.DictReader(f))
-            with VideoFileSource(video) as src:  # the runtime's reader: frames as `skyloc run` gets them
-                frames = [cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB) for f in src if f.image is not None]
-            for heading in headings:
-                recs = []
-                for rgb, t in zip(frames, truth):
-                    pose = FramePose(altitude_m=float(t["altitude_m"]), roll_deg=float(t["roll_deg"]),
-                                     pitch_deg=float(t["pitch_deg"]), camera_tilt_deg=float(t["tilt_deg"]),
-                                     yaw_deg=float(t["yaw_deg"]) if heading == "known" else None)
-                    patch = rectify(rgb, cam, pose, tile_m / register_px, register_px)
-                    tol = 5.0
-                    if heading != "known":
-                        patch = rotate_patch(patch, float(t["yaw_deg"]) + rng.uniform(-22.5, 22.5))
-                        tol = 23.5
-                    de, dn = rng.uniform(-stride, stride, 2)
-                    clat, clon = geo.offset_latlon(float(t["center_lat"]), float(t["center_lon"]), de, dn)
-                    crop_m = 1.2 * tile_m + 2 * max(1.5 * stride, 0.25 * tile_m)
-                    mpp = max(patch.mpp, float(getattr(reg.conf, "work_mpp", 0.0) or 0.0))
-                    mrgb, mvalid = imagery.crop(clat, clon, crop_m, mpp)
-                    t0 = time.perf_counter()
-                    r = reg.register(patch, mrgb, crop_m / mrgb.shape[1], None, tol, 0.03, map_valid=mvalid)
-                    dt = time.perf_counter() - t0
-                    if math.isfinite(r.east_m):
-                        glat, glon = geo.offset_latlon(clat, clon, r.east_m, r.north_m)
-                        err = float(geo.haversine_m(glat, glon, float(t["center_lat"]), float(t["center_lon"])))
-                    else:
-                        err = math.nan
-                    recs.append({"verified": r.verified, "error_m": err, "accuracy_m": r.accuracy_m,
-                                 "heading_err": abs((r.heading_deg - float(t["yaw_deg"]) + 180) % 360 - 180),
-                                 "ms": 1000 * dt})
-                row = {**base, "heading": heading, "status": "ok", **_reg_metrics(recs)}
-                rows.append(row)
-                if progress:
-                    print(f"registration flight {map_name} {alt:g} m heading {heading}: verified "
-                          f"{row['verified_rate']:.2f}, median {row['verified_median_m']:.2f} m, "
-                          f"p95 {row['verified_p95_m']:.2f} m, max {row['verified_max_m']:.1f} m, "
-                          f"{row['register_p50_ms']:.0f} ms", flush=True)
-    return rows
-
-
-def _reg_metrics(recs: Sequence[dict]) -> dict[str, Any]:
-    ver = [r for r in recs if r["verified"]]
-    err = np.array([r["error_m"] for r in ver], float)
-    return {"frames": len(recs), "verified": len(ver), "verified_rate": len(ver) / len(recs) if recs else math.nan,
-            "verified_median_m": float(np.median(err)) if err.size else math.nan,
-            "verified_p95_m": float(np.percentile(err, 95)) if err.size else math.nan,
-            "verified_max_m": float(err.max()) if err.size else math.nan,
-            "within_2acc": float(np.mean([r["error_m"] <= 2 * r["accuracy_m"] for r in ver])) if ver else math.nan,
-            "heading_err_p50_deg": float(np.median([r["heading_err"] for r in ver])) if ver else math.nan,
-            "register_p50_ms": float(np.median([r["ms"] for r in recs])) if recs else math.nan}
 
 
 def flight_goals(rows: Sequence[dict], reg_rows: Sequence[dict], photo: Sequence[dict]) -> list[Goal]:

@@ -21,9 +21,9 @@ import numpy as np
 from skyloc.benchmarks.goals import busy, load_notes
 from skyloc.benchmarks.report import Goal, default_results_dir, machine_info, write_csv, write_results
 from skyloc.benchmarks.runtime_bench import frame_to_fix
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.outputs import Output
-from skyloc.runtime.run_stats import STAGES
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.writers import Output
+from skyloc.runtime.run.stats import STAGES
 
 TARGETS = {True: 2.0, False: 1.15}  # registration on / off: frame -> fix p50 over inference alone
 # they change how the BLAS search and the ONNX Runtime threads share the cores: recorded per run
@@ -156,13 +156,13 @@ def bench_flight_latency(
     from skyloc.benchmarks.timing import time_backend
     from skyloc.pipelines.demo import lowest_altitude_m
     from skyloc.runtime.backends import open_backend
-    from skyloc.runtime.imagery import imagery_record
-    from skyloc.runtime.loop import RunOptions, run
-    from skyloc.runtime.run_stats import load_truth_table
-    from skyloc.runtime.synth.camera import SpiralConfig, mid_spiral_ground_width_m
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
-    from skyloc.runtime.synth.world import make_world
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.runtime.maps.imagery import imagery_record
+    from skyloc.runtime.run.loop import RunOptions, run
+    from skyloc.runtime.run.stats import load_truth_table
+    from skyloc.synth.camera import SpiralConfig, mid_spiral_ground_width_m
+    from skyloc.synth.flight import FlightConfig, make_flight
+    from skyloc.synth.world import make_world
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     if not (isinstance(frames, int) and 2 <= frames <= 10_000):
         raise SkylocError(f"--frames {frames!r}: give 2 to 10000 frames")

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # (registrar, conf, heading, scale_tol, prior centres used); heading: "known" = +-3 deg search;
@@ -30,7 +30,7 @@ def aerovloc_patch(root: Path, mpp: float = 0.25) -> tuple[Any, float, float]:
     """The photo (north-up, 0.065 m/px) as a GroundPatch at ~mpp, and the truth (lat, lon)."""
     import cv2
 
-    from skyloc.runtime.rectify import GroundPatch
+    from skyloc.runtime.localize.rectify import GroundPatch
 
     q = root / "query" / "aerovloc_q0.jpg"
     bgr = cv2.imread(str(q))
@@ -49,8 +49,8 @@ def photo_rows(root: Path = DATA / "aerovloc", prior_m: float = 300.0, cases: Se
                offsets: Sequence[tuple[float, float]] = PRIOR_OFFSETS_M, progress: bool = True) -> list[dict]:
     from dataclasses import replace
 
-    from skyloc.runtime.maps import open_map
-    from skyloc.runtime.register import make_registrar
+    from skyloc.runtime.maps.open import open_map
+    from skyloc.runtime.register.registry import make_registrar
 
     patch, lat, lon = aerovloc_patch(root)
     gmap = open_map(root / "map")
@@ -94,7 +94,7 @@ def _turned(patch: Any, angle_deg: float) -> Any:
     all of it (rectify.rotate_patch keeps a square patch's size; the photo is not square)."""
     import cv2
 
-    from skyloc.runtime.register_ncc import _affine, _box
+    from skyloc.runtime.register.ncc import _affine, _box
 
     h, w = patch.valid.shape
     box = _box(w, h, np.array([angle_deg]))

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from skyloc.runtime.matcher import KINDS, ExactMatcher, FaissMatcher, Matcher
-from skyloc.runtime.tileset import TileSet
+from skyloc.runtime.localize.retrieval import KINDS, ExactMatcher, Matcher
+from skyloc.runtime.localize.retrieval_faiss import FaissMatcher
+from skyloc.runtime.maps.tileset import TileSet
 
 __all__ = ["KINDS", "Searcher", "build_searcher", "estimate_index_bytes"]
 

@@ -23,8 +23,8 @@ import numpy as np
 from skyloc.benchmarks import goals as G
 from skyloc.benchmarks.report import machine_info, percentiles_ms, write_results
 from skyloc.benchmarks.timing import interleaved_times, make_input
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import ModelSidecar, read_engine_sidecar, read_model_sidecar
 
 # Short backend names -> (runtime backend, conf). ORT's execution providers are separate rows.
 BACKEND_SPECS = {
@@ -87,7 +87,7 @@ def _applies(backend: str, path: Path) -> bool:
 def random_tiles_matcher(n: int, dim: int, seed: int = 0) -> Any:
     """The runtime's `auto` matcher over n random unit vectors (exact up to 100k tiles)."""
     from skyloc.benchmarks.indexes import tileset_in_memory
-    from skyloc.runtime.matcher import make_matcher
+    from skyloc.runtime.localize.retrieval_faiss import make_matcher
 
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((n, dim), dtype=np.float32)

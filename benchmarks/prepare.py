@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 
 def checkpoint_with(checkpoint: str | os.PathLike, work: Path, tag: str, **model_config: object) -> Path:
@@ -46,7 +46,7 @@ def calibration_images(contract_size: int, count: int, folder: str | os.PathLike
     its accuracy (the accuracy benchmark calibrates on real training images)."""
     if folder is not None:
         from skyloc.calibration.select import load_batch, select_images
-        from skyloc.runtime.sidecar import InputContract
+        from skyloc.core.sidecar import InputContract
 
         chosen = select_images([folder], count)
         return load_batch([s.path for s in chosen], InputContract(height=contract_size, width=contract_size))
@@ -126,7 +126,7 @@ def build_engines(onnx_paths: Sequence[Path], work: Path, max_batch: int, progre
     """TensorRT engines for every ONNX TensorRT can take (not the U8S8 int8-ort build, whose
     uint8 activations are ONNX Runtime's format), written to `work`."""
     from skyloc.export.engine import build_engine
-    from skyloc.runtime.sidecar import read_model_sidecar
+    from skyloc.core.sidecar import read_model_sidecar
 
     work.mkdir(parents=True, exist_ok=True)
     out = []

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from skyloc.runtime.atomic import atomic_open, atomic_path, write_text_atomic
+from skyloc.core.atomic import atomic_open, atomic_path, write_text_atomic
 
 
 
@@ -40,7 +40,7 @@ def default_results_dir(cwd: str | os.PathLike | None = None) -> Path:
     """benchmarks/results of a skyloc checkout: the one this code runs from (source tree or
     editable install), else the current folder when it is one. Never site-packages: an installed
     package has no checkout, and then the caller must say where (--results-dir)."""
-    from skyloc.runtime.errors import SkylocError
+    from skyloc.core.errors import SkylocError
 
     here = Path(__file__).resolve().parent
     for root in (here.parent, Path(cwd or os.getcwd()).resolve()):

@@ -6,7 +6,7 @@ after the frame is in hand (pose .. filter), compared with the
 inference stage of the same frames — so the ratio needs no second run. Resident memory is
 sampled every few frames over the whole run (psutil) to show it stays flat.
 
-Defaults are self-contained: a synthetic flight over the procedural world (skyloc.runtime.synth,
+Defaults are self-contained: a synthetic flight over the procedural world (skyloc.synth,
 numpy/OpenCV only), its tile set built with the model, padded to 10k tiles with random unit
 vectors as distractors.
 """
@@ -22,9 +22,10 @@ import numpy as np
 
 from skyloc.benchmarks import goals as G
 from skyloc.benchmarks.report import Goal, machine_info, percentiles_ms, write_csv, write_results
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.outputs import Output
-from skyloc.runtime.sources import Frame, FrameSource, open_source
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.writers import Output
+from skyloc.runtime.sources.base import Frame, FrameSource
+from skyloc.runtime.sources.open import open_source
 
 
 def _rss_mb() -> float:
@@ -82,7 +83,8 @@ class Recorder(Output):
 def pad_tileset(ts: Any, count: int, seed: int = 0) -> tuple[Any, int]:
     """Copy of `ts` with random unit-vector distractor tiles appended up to `count` tiles, placed
     at random inside the real tiles' bounding box. Returns (tile set, distractors added)."""
-    from skyloc.runtime.tileset import TileSet, footprints_for
+    from skyloc.runtime.maps.tileset import TileSet
+    from skyloc.runtime.maps.tileset_build import footprints_for
 
     n = len(ts)
     extra = max(0, int(count) - n)
@@ -115,7 +117,7 @@ def _prepare(model: Path | None, checkpoint: Path | None, tiles: Path | None, vi
         notes.append(f"Model exported from {checkpoint} (FP32, full). The export loaded torch into this process, so "
                      "resident memory includes it: pass --model for the onboard (torch-free) memory figure.")
     if video is None:
-        from skyloc.runtime.synth.flight import FlightConfig, make_flight
+        from skyloc.synth.flight import FlightConfig, make_flight
 
         video = str(make_flight(None, work / "flight", FlightConfig(seconds=flight_seconds, fps=10.0)))
         notes.append(f"Frames: a synthetic {flight_seconds:g} s flight (runtime.synth, 320x240, 10 fps) over "
@@ -123,11 +125,11 @@ def _prepare(model: Path | None, checkpoint: Path | None, tiles: Path | None, vi
     else:
         notes.append(f"Frames: {video}, looped.")
     if tiles is None:
-        from skyloc.runtime.tileset import build_tileset
+        from skyloc.runtime.maps.tileset_build import build_tileset
 
         flight_map = work / "flight" / "map" / "map.csv"
         if not flight_map.is_file():
-            from skyloc.runtime.synth.world import make_world
+            from skyloc.synth.world import make_world
 
             flight_map = make_world(work / "world")
             notes.append("Tile set built on the procedural world, which is not the video's area: fixes are "
@@ -157,8 +159,8 @@ def bench_runtime(
     blank_cos: float | None = None,
 ) -> dict[str, Path]:
     from skyloc.runtime.backends import open_backend
-    from skyloc.runtime.loop import RunOptions, run
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.run.loop import RunOptions, run
+    from skyloc.runtime.maps.tileset import TileSet
 
     if model is None and checkpoint is None:
         raise SkylocError("bench runtime needs --model M.onnx (from `skyloc export`) or --checkpoint CKPT")
@@ -233,7 +235,7 @@ def frame_to_fix(lat: dict[str, float]) -> float | None:
 
 def stage_rows(latency: Sequence[dict[str, float]]) -> list[dict[str, Any]]:
     rows = []
-    from skyloc.runtime.run_stats import STAGES
+    from skyloc.runtime.run.stats import STAGES
 
     series = {s: [v[s] for v in latency if s in v] for s in STAGES}
     series["frame -> fix"] = [x for x in map(frame_to_fix, latency) if x is not None]

@@ -24,8 +24,8 @@ import numpy as np
 from skyloc.benchmarks.indexes import KINDS, build_searcher, estimate_index_bytes
 from skyloc.benchmarks.goals import load_notes
 from skyloc.benchmarks.report import Goal, machine_info, percentiles_ms, write_results
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.metrics import l2_normalize
+from skyloc.core.errors import SkylocError
+from skyloc.core.metrics import l2_normalize
 
 GOAL_TILES, GOAL_DIM, GOAL_MS, GOAL_AGREEMENT = 1_000_000, 512, 5.0, 0.99
 
@@ -111,7 +111,7 @@ def _load_tileset_embeddings(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise SkylocError(f"tile set {path} not found: build one with `skyloc tiles --model ... --map ... --out {path}`")
     try:
-        from skyloc.runtime.tileset import TileSet
+        from skyloc.runtime.maps.tileset import TileSet
 
         return np.asarray(TileSet.load(path).embeddings, dtype=np.float32)
     except ImportError:

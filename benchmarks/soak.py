@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from skyloc.benchmarks.soak_link import T0_UNIX, Autopilot, NmeaSink, free_udp_port, nmea_fixes  # noqa: F401
-from skyloc.runtime.sources import Frame, FrameSource
+from skyloc.runtime.sources.base import Frame, FrameSource
 
 BAD = ("black", "featureless", "nan-heading")
 
@@ -74,9 +74,10 @@ def build_soak_world(root: Path, cfg: SoakConfig) -> dict[str, Any]:
     import cv2
 
     from skyloc.benchmarks.fault_world import LAT0, LON0, map_image, tiny_model
-    from skyloc.runtime import geo
-    from skyloc.runtime.maps import open_map, write_corners_csv
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.core import geo
+    from skyloc.runtime.maps.open import open_map
+    from skyloc.runtime.maps.mosaic import write_corners_csv
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "map").mkdir(exist_ok=True)
@@ -161,12 +162,12 @@ def judge_channel(channel: str, fixes: list[tuple[int, float, float]], kinds: li
 
 def run_soak(cfg: SoakConfig, work: Path, progress: bool = False) -> dict[str, Any]:
     """Run the soak in `work`; returns the counts (see `judge`) and the per-kind table."""
-    from skyloc.runtime.geo import haversine_m
-    from skyloc.runtime.loop import RunOptions, run
-    from skyloc.runtime.run_inputs import Poses
-    from skyloc.runtime.nmea import NmeaOutput
-    from skyloc.runtime.outputs import JsonLinesOutput, MavlinkOutput
-    from skyloc.runtime.run_stats import RunStats
+    from skyloc.core.geo import haversine_m
+    from skyloc.runtime.run.loop import RunOptions, run
+    from skyloc.runtime.run.inputs import Poses
+    from skyloc.runtime.outputs.nmea import NmeaOutput
+    from skyloc.runtime.outputs.writers import JsonLinesOutput, MavlinkOutput
+    from skyloc.runtime.run.stats import RunStats
 
     world = build_soak_world(work / "world", cfg)
     kinds = plan(cfg)
@@ -286,7 +287,7 @@ def bench_soak(cfg: SoakConfig | None = None, work_dir: str | Path | None = None
         "NaN yaw every 0.1 s once it hears skyloc's heartbeat (`nan_attitudes_dropped`: dropped by the link; the "
         "few not counted arrived after the link closed).",
         "The quality gate stops the black and flat frames (low-contrast); the noisy ramps pass it (sensor noise "
-        "reads as texture, an open bug in runtime/quality.py) and give fixes that registration never verifies, "
+        "reads as texture, an open bug in runtime/localize/quality.py) and give fixes that registration never verifies, "
         "so none is sent: the `fixes` / `verified` / `sent_3d` columns of the per-kind table show both layers.",
         f"Wrong 3D fix: a 3D fix farther than {cfg.wrong_m:g} m from the truth, or any 3D fix for a black / "
         "featureless frame. A NaN-heading frame may be localized by rotation search (its heading is unknown, its "

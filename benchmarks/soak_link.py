@@ -20,7 +20,7 @@ class Autopilot:
     """A pymavlink udpin endpoint: decodes every GPS_INPUT; answers with ATTITUDE whose yaw is NaN."""
 
     def __init__(self, port: int) -> None:
-        from skyloc.runtime.mavlink_link import mavutil
+        from skyloc.runtime.outputs.mavlink import mavutil
 
         self.mu = mavutil()
         self.conn = self.mu.mavlink_connection(f"udpin:127.0.0.1:{port}", source_system=1, source_component=1)
@@ -56,7 +56,7 @@ class Autopilot:
 
 
 class NmeaSink:
-    """UDP receiver of NMEA sentences; checks each checksum independently of runtime/nmea.py."""
+    """UDP receiver of NMEA sentences; checks each checksum independently of runtime/outputs/nmea.py."""
 
     def __init__(self, port: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

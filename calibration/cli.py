@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

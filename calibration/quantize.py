@@ -44,9 +44,9 @@ from onnxruntime.quantization import (
 from onnxruntime import __version__ as ort_version
 from tqdm import tqdm
 
-from skyloc.runtime.atomic import atomic_path, clean_stale_scratch, scratch_path
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.core.atomic import atomic_path, clean_stale_scratch, scratch_path
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

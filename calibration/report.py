@@ -14,10 +14,10 @@ import numpy as np
 from tqdm import tqdm
 
 from skyloc.calibration.select import IMAGE_EXTS, load_batch
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.metrics import cosine_rows
-from skyloc.runtime.atomic import write_json_atomic
-from skyloc.runtime.sidecar import read_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.metrics import cosine_rows
+from skyloc.core.atomic import write_json_atomic
+from skyloc.core.sidecar import read_model_sidecar
 
 REPORT_JSON = "accuracy-report.json"
 REPORT_MD = "accuracy-report.md"
@@ -80,7 +80,7 @@ def embed_paths(models: dict[str, Path], paths: Sequence[Path], chunk: int = 64,
 
 def retrieval_metrics(models: dict[str, Path], eval_data: str | os.PathLike, progress: bool = True) -> dict[str, dict]:
     """Drone -> satellite R@1/R@5/R@10/R@top1%/AP (%) of every model on `eval_data`'s test split."""
-    from skyloc.runtime.metrics import evaluate_retrieval  # owned by the data/eval helper
+    from skyloc.core.metrics import evaluate_retrieval  # owned by the data/eval helper
 
     root = Path(eval_data)
     q_paths, q_labels = _view_samples(root, QUERY_VIEW)

@@ -16,11 +16,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.preprocess import read_image, to_model_input
-from skyloc.runtime.atomic import write_json_atomic
-from skyloc.runtime.sidecar import InputContract, sha256_file
-from skyloc.runtime.sources import IMAGE_EXTS  # the one list of image file types
+from skyloc.core.errors import SkylocError
+from skyloc.core.preprocess import read_image, to_model_input
+from skyloc.core.atomic import write_json_atomic
+from skyloc.core.sidecar import InputContract, sha256_file
+from skyloc.runtime.sources.base import IMAGE_EXTS  # the one list of image file types
 
 MANIFEST_NAME = "calibration-manifest.json"
 MANIFEST_FORMAT = "skyloc-calibration-manifest/1"

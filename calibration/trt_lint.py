@@ -44,7 +44,7 @@ from skyloc.calibration.trt_ops import (
     ACTIVATIONS,
     COMPUTE,
 )
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 T = TensorProto
 

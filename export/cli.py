@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skyloc.runtime.options import HelpFormatter
+from skyloc.core.options import HelpFormatter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

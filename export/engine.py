@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from skyloc.runtime.atomic import scratch_path, write_bytes_atomic
+from skyloc.core.atomic import scratch_path, write_bytes_atomic
 from skyloc.runtime.backends.tensorrt_backend import import_tensorrt, np_dtype, tensor_io
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import EngineSidecar, ModelSidecar, model_sidecar_path, read_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import EngineSidecar, ModelSidecar, model_sidecar_path, read_model_sidecar
 
 log = logging.getLogger(__name__)
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8-trt")

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from skyloc.runtime.errors import SkylocError
-    from skyloc.runtime.sidecar import model_sidecar_path
+    from skyloc.core.errors import SkylocError
+    from skyloc.core.sidecar import model_sidecar_path
 
     if (args.out is None) == (args.adopt is None):
         raise SkylocError("give exactly one of --out ENGINE (build) or --adopt ENGINE (write the sidecar of a "

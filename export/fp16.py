@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from skyloc.runtime.atomic import atomic_path
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.core.atomic import atomic_path
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -145,7 +145,7 @@ def convert_model_to_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = N
 
 
 def _parity(fp32_path: Path, fp16_path: Path, size: int, input_name: str) -> float:
-    from skyloc.runtime.metrics import cosine_rows
+    from skyloc.core.metrics import cosine_rows
     from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
     rng = np.random.default_rng(0)

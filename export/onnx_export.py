@@ -19,10 +19,10 @@ import onnx
 import torch
 import torch.nn as nn
 
-from skyloc.runtime.atomic import atomic_path
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.metrics import cosine_rows
-from skyloc.runtime.sidecar import (
+from skyloc.core.atomic import atomic_path
+from skyloc.core.errors import SkylocError
+from skyloc.core.metrics import cosine_rows
+from skyloc.core.sidecar import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InputContract,

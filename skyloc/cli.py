@@ -14,22 +14,22 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.options import HelpFormatter
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import HelpFormatter
 
 # name -> (module, one-line help). Modules are named as strings so this file stays torch-free.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("skyloc.runtime.synth.cli", "make synthetic cross-view datasets and simulated flights from a map"),
+    "synth": ("skyloc.synth.cli", "make synthetic cross-view datasets and simulated flights from a map"),
     "train": ("skyloc.training.train_cli", "train an MSBA model (resumable, TensorBoard, torchrun)"),
     "eval": ("skyloc.training.eval_cli", "University-1652 evaluation: R@K and AP in both directions"),
     "export": ("skyloc.export.cli", "checkpoint -> ONNX (full / global) with its JSON sidecar"),
     "calibrate": ("skyloc.calibration.cli", "INT8 post-training quantization (QDQ ONNX for ORT and TensorRT)"),
     "engine": ("skyloc.export.engine_cli", "ONNX -> TensorRT engine (needs TensorRT and a GPU)"),
     "check": ("skyloc.calibration.check_cli", "lint an ONNX model against TensorRT's parser constraints"),
-    "tiles": ("skyloc.runtime.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
-    "run": ("skyloc.runtime.run_cli", "localize frames from a camera, video or folder against a tile set"),
+    "tiles": ("skyloc.runtime.maps.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
+    "run": ("skyloc.runtime.run.cli", "localize frames from a camera, video or folder against a tile set"),
     "bench": ("skyloc.benchmarks.cli", "latency, search-scaling, accuracy and runtime benchmarks"),
-    "report": ("skyloc.runtime.report", "plots and GeoJSON / GPX / KML tracks from a run's fixes"),
+    "report": ("skyloc.runtime.report.build", "plots and GeoJSON / GPX / KML tracks from a run's fixes"),
     "demo": ("skyloc.pipelines.demo", "the whole pipeline on a procedural world, in one command"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -79,7 +79,7 @@ def gpu_skip_reason() -> str | None:
     if not HAVE_CUDA_BINDING:
         return "TensorRT is installed but neither cuda-python nor pycuda (pip install cuda-python)"
     from skyloc.runtime.backends.cuda_memory import open_cuda
-    from skyloc.runtime.errors import SkylocError
+    from skyloc.core.errors import SkylocError
 
     try:
         open_cuda(0).release()

@@ -1,6 +1,6 @@
 """Plain-Python University-1652 metrics, written from the reference evaluation
 (University-1652 `evaluate_gpu.py`: `compute_mAP` and its caller), independently of
-skyloc.runtime.metrics. Shared by the metric and eval tests so both check one definition.
+skyloc.core.metrics. Shared by the metric and eval tests so both check one definition.
 
 Per query: score = cosine, gallery sorted by score descending; `good` = gallery items of the
 query's location. The CMC curve is 0 before the first good rank r0 and 1 from r0 on; the

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD
+from skyloc.core.sidecar import IMAGENET_MEAN, IMAGENET_STD
 
 GRID = 4  # the model average-pools the image to GRID x GRID cells
 
@@ -41,8 +41,8 @@ def tiny_reference(batch_nhwc_uint8: np.ndarray, dim: int = 16, seed: int = 0) -
 def make_map(folder: Path, width_px: int = 480, height_px: int = 400, m_per_px: float = 1.0,
              lat0: float = 60.40, lon0: float = 22.46, seed: int = 0) -> Path:
     """A textured north-up PNG with a sibling corners CSV; returns the PNG path."""
-    from skyloc.runtime import geo
-    from skyloc.runtime.maps import write_corners_csv
+    from skyloc.core import geo
+    from skyloc.runtime.maps.mosaic import write_corners_csv
 
     rng = np.random.default_rng(seed)
     img = np.zeros((height_px, width_px, 3), np.float32)
@@ -68,9 +68,9 @@ def make_flight_case(folder: Path, seconds: float = 10.0, fps: float = 2.0, tile
     wandering 100-140 m, the camera tilted up to 10 deg, the airframe rolling / pitching up to 3 deg
     and the heading random-walking (the run is told none of it but the altitude and attitude).
     Returns the paths: model, tiles, map (corners CSV), video, truth, camera (flight.json)."""
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
-    from skyloc.runtime.synth.world import make_world
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.synth.flight import FlightConfig, make_flight
+    from skyloc.synth.world import make_world
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     folder = Path(folder)
     world = make_world(folder / "world", seed=world_seed, size_m=world_m, mpp=1.0)

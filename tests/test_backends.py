@@ -19,8 +19,8 @@ from skyloc.runtime.backends.tensorrt_backend import (
     find_source_onnx,
     runtime_accepts,
 )
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import (
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import (
     EngineSidecar,
     read_engine_sidecar,
     read_model_sidecar,

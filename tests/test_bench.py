@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from skyloc.benchmarks.report import Goal, percentiles_ms, read_csv, write_results
-from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.core.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -165,7 +165,8 @@ def test_benchmarks_run_without_torch(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- runtime
 def _toy_tileset(path: Path, n: int, dim: int) -> Path:
-    from skyloc.runtime.tileset import TileSet, footprints_for, save_tileset
+    from skyloc.runtime.maps.tileset import TileSet, save_tileset
+    from skyloc.runtime.maps.tileset_build import footprints_for
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((n, dim)).astype(np.float32)
@@ -178,7 +179,7 @@ def _toy_tileset(path: Path, n: int, dim: int) -> Path:
 
 def test_pad_tileset_keeps_real_tiles(tmp_path: Path) -> None:
     from skyloc.benchmarks.runtime_bench import pad_tileset
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.maps.tileset import TileSet
 
     ts = TileSet.load(_toy_tileset(tmp_path / "t.npz", 40, 8))
     padded, extra = pad_tileset(ts, 100)
@@ -247,7 +248,7 @@ def test_export_backbone_matches_torch(tiny_checkpoint: Path, tmp_path: Path) ->
     import torch
 
     from skyloc.benchmarks.backbone_export import export_backbone
-    from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, read_model_sidecar
+    from skyloc.core.sidecar import IMAGENET_MEAN, IMAGENET_STD, read_model_sidecar
     from skyloc.training.checkpoint import load_model
 
     out = export_backbone(tiny_checkpoint, tmp_path / "bb.onnx", size=32)

@@ -75,8 +75,8 @@ def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def test_a_map_too_small_for_the_first_flight_gets_a_slower_one(tmp_path: Path):
-    from skyloc.benchmarks.flight import FLIGHT_FITS, fit_flight
-    from skyloc.runtime.synth.world import make_world
+    from skyloc.benchmarks.flight_setup import FLIGHT_FITS, fit_flight
+    from skyloc.synth.world import make_world
 
     world = make_world(tmp_path / "world", seed=0, size_m=300.0, mpp=0.5)
     video, row = fit_flight(world, tmp_path / "flight", 80.0, 10.0, 1.0, 5.0, 320, 240, 60.0, 0, 100.0)
@@ -98,7 +98,7 @@ def test_registration_stage_flight_heading_unknown_meets_the_goal(tmp_path: Path
     """CI-sized: frames of a tilted, rolling, turning flight over the procedural world, rectified
     with the flight's camera + telemetry, heading unknown (estimate up to 22.5 deg off), place given
     up to one stride off: registered to metres, with honest accuracy."""
-    from skyloc.benchmarks.flight import registration_flight_rows
+    from skyloc.benchmarks.flight_registration import registration_flight_rows
 
     rows = registration_flight_rows([("procedural", None)], [80.0], tmp_path, seconds=5.0, fps=1.0, width=320,
                                     height=240, headings=("unknown",), progress=False, world_m=600.0)

@@ -19,8 +19,8 @@ from skyloc.calibration.select import allocate, load_batch, select_images
 from skyloc.calibration.trt_lint import errors, lint_model
 from export_helpers import cosine, make_tiny_checkpoint, structured_image, structured_images
 from skyloc.cli import main as skyloc
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import InputContract, read_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import InputContract, read_model_sidecar
 
 
 def _write_images(folder: Path, n: int, seed: int, ext: str = ".png", size: tuple[int, int] = (80, 96)) -> None:

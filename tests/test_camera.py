@@ -1,4 +1,4 @@
-"""skyloc.runtime.camera: CameraModel validation, resolution scaling and the camera-file readers."""
+"""skyloc.runtime.pose.camera: CameraModel validation, resolution scaling and the camera-file readers."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime.camera import CameraModel, load_camera
-from skyloc.runtime.errors import SkylocError
+from skyloc.runtime.pose.camera import CameraModel, load_camera
+from skyloc.core.errors import SkylocError
 
 
 def test_from_hfov_matches_the_field_of_view():
@@ -83,7 +83,7 @@ def test_missing_and_unknown_files(tmp_path):
 
 def test_flight_json_from_synth_flight(tmp_path):
     """The flight.json `skyloc synth flight` writes is a camera file (its 'camera' block)."""
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
+    from skyloc.synth.flight import FlightConfig, make_flight
 
     cfg = FlightConfig(seconds=0.3, fps=10, width=64, height=48, fov_deg=50.0, altitude_m=60.0,
                        world_size_m=400.0, world_mpp=2.0)

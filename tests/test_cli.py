@@ -160,15 +160,15 @@ before = (root.level, list(root.handlers), logging.root.manager.disable)
 tmp = Path({str(tmp_path)!r})
 model = make_tiny_model(tmp / "m.onnx")
 mp = make_map(tmp / "map", width_px=160, height_px=160)
-from skyloc.runtime.tileset import build_tileset
+from skyloc.runtime.maps.tileset_build import build_tileset
 tiles = build_tileset(model, mp, tmp / "t.npz", tile_m=60, stride_m=40, progress=False)
-from skyloc.runtime.loop import RunOptions, run
-from skyloc.runtime.outputs import JsonLinesOutput
+from skyloc.runtime.run.loop import RunOptions, run
+from skyloc.runtime.outputs.writers import JsonLinesOutput
 import cv2
 frames = tmp / "frames"; frames.mkdir()
 cv2.imwrite(str(frames / "0.png"), cv2.imread(str(mp))[:64, :64])
 run(model, tiles, str(frames), [JsonLinesOutput(tmp / "fixes.jsonl")], RunOptions(handle_signals=False))
-from skyloc.runtime.report import write_report
+from skyloc.runtime.report.build import write_report
 write_report(tmp / "fixes.jsonl", tmp / "rep", mp)
 calibrated = False
 try:

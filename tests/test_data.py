@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 from skyloc.training.config import preset
 from skyloc.training.data import (IMAGE_EXTS, PairedTrainSet, U1652Folder, distance_groups, eval_transform, read_rgb,
                            spiral_index, train_transform)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from export_helpers import cosine, make_tiny_checkpoint, structured_images
 from skyloc.cli import main as skyloc
-from skyloc.runtime.sidecar import (
+from skyloc.core.sidecar import (
     EngineSidecar,
     ModelSidecar,
     model_sidecar_path,

@@ -236,8 +236,8 @@ def test_eval_path_equals_the_runtime_onnx_path(tmp_path):
     from export_helpers import make_tiny_checkpoint, structured_image
     from skyloc.export.onnx_export import export_onnx
     from skyloc.runtime.backends import open_backend
-    from skyloc.runtime.preprocess import to_model_input
-    from skyloc.runtime.sources import ImageFolderSource
+    from skyloc.core.preprocess import to_model_input
+    from skyloc.runtime.sources.files import ImageFolderSource
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
     onnx_path = export_onnx(ckpt, tmp_path / "model.onnx")
@@ -258,7 +258,7 @@ def test_eval_path_equals_the_runtime_onnx_path(tmp_path):
     batch = to_model_input([f.image for f in frames], be.contract)  # BGR camera-style frames
     # The bytes both paths feed the network are identical, not merely close.
     prepare = folder.transform.transforms[0]
-    from skyloc.runtime.preprocess import read_image
+    from skyloc.core.preprocess import read_image
 
     eval_bytes = np.stack([prepare(read_image(p)) for p in paths])
     np.testing.assert_array_equal(eval_bytes, batch)

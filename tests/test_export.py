@@ -16,8 +16,8 @@ import torch
 from export_helpers import cosine, make_tiny_checkpoint, normalise_reference, structured_images
 from skyloc.cli import main as skyloc
 from skyloc.calibration.trt_lint import lint_model
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import (
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import (
     EngineSidecar,
     ModelSidecar,
     read_engine_sidecar,

@@ -24,8 +24,8 @@ import pytest
 
 from skyloc.benchmarks.fault_cases import CASES, build_world
 from skyloc.benchmarks.faults import World, available, classify, execute
-from skyloc.runtime.atomic import atomic_path, clean_stale_scratch, scratch_path, write_json_atomic
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.atomic import atomic_path, clean_stale_scratch, scratch_path, write_json_atomic
+from skyloc.core.errors import SkylocError
 
 SUITE = [c for c in CASES if c.suite]
 

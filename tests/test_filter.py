@@ -1,4 +1,4 @@
-"""skyloc.runtime.filter: accuracy-aware speed gate, inverse-variance smoothing, verified-first
+"""skyloc.runtime.localize.filter: accuracy-aware speed gate, inverse-variance smoothing, verified-first
 trust, tentative tracks, re-initialisation and distinct-place confidence."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from skyloc.runtime.filter import FixCandidate, TemporalFilter, distinct_places, place_margin
+from skyloc.runtime.localize.filter import FixCandidate, TemporalFilter, distinct_places, place_margin
 
 LAT0, LON0 = 60.45, 22.27
 R = 6378137.0

@@ -1,4 +1,4 @@
-"""skyloc.runtime.geo: lat/lon <-> local metres <-> corner-georeferenced pixels, against hand computations."""
+"""skyloc.core.geo: lat/lon <-> local metres <-> corner-georeferenced pixels, against hand computations."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
+from skyloc.core import geo
 
 
 def test_haversine_known_distances():

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.imagery import MapImagery, imagery_record, imagery_sha256, pack_imagery
-from skyloc.runtime.maps import open_map
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.imagery import MapImagery, imagery_record, imagery_sha256, pack_imagery
+from skyloc.runtime.maps.open import open_map
 
 from runtime_core_helpers import make_map, make_tiny_model
 
@@ -117,7 +117,7 @@ def test_crop_validates_inputs(src_map: Path):
 
 def test_tiles_cli_pack_imagery_records_it(src_map: Path, tmp_path: Path):
     from skyloc.cli import main
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.maps.tileset import TileSet
 
     model = make_tiny_model(tmp_path / "tiny.onnx", size=32, dim=16)
     out = tmp_path / "ts" / "tiles.npz"

@@ -1,4 +1,4 @@
-"""The per-frame pipeline (runtime/localizer.py) on a CI-sized flight: heading unknown, altitude
+"""The per-frame pipeline (runtime/localize/localizer.py) on a CI-sized flight: heading unknown, altitude
 wandering 100-140 m, camera tilted up to 10 deg; retrieval with a tiny (torch-free) ONNX model
 narrows the search, registration against the map imagery does the metre-level work. Errors are
 recomputed here from the flight's truth.csv with a haversine written out in this file."""
@@ -137,8 +137,9 @@ def test_retrieval_only_is_unverified_and_never_sent(flight, tmp_path):
 @pytest.fixture(scope="module")
 def multiscale(tmp_path_factory) -> dict:
     from skyloc.runtime.backends import open_backend
-    from skyloc.runtime.localizer import Localizer, LocalizerOptions
-    from skyloc.runtime.tileset import TileSet, build_tileset
+    from skyloc.runtime.localize.localizer import Localizer, LocalizerOptions
+    from skyloc.runtime.maps.tileset import TileSet
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     d = tmp_path_factory.mktemp("ms")
     png = make_map(d / "map", width_px=360, height_px=360)
@@ -156,9 +157,9 @@ def multiscale(tmp_path_factory) -> dict:
     (20.0, 0.0, None),     # ~17 m: no level fits -> skipped, counted
 ])
 def test_rectify_picks_the_largest_scale_level_the_frame_covers(multiscale, altitude, heading, level):
-    from skyloc.runtime.camera import CameraModel
-    from skyloc.runtime.localizer import Fix
-    from skyloc.runtime.pose import FramePose
+    from skyloc.runtime.pose.camera import CameraModel
+    from skyloc.runtime.localize.localizer import Fix
+    from skyloc.runtime.pose.frame_pose import FramePose
 
     cam = CameraModel.from_hfov(60.0, 320, 240)
     loc = multiscale["Localizer"](multiscale["backend"], multiscale["tiles"], multiscale["Options"](), camera=cam)
@@ -179,9 +180,9 @@ def test_rectify_picks_the_largest_scale_level_the_frame_covers(multiscale, alti
 
 
 def test_unknown_altitude_searches_every_scale_level(multiscale):
-    from skyloc.runtime.camera import CameraModel
-    from skyloc.runtime.localizer import Fix
-    from skyloc.runtime.pose import FramePose
+    from skyloc.runtime.pose.camera import CameraModel
+    from skyloc.runtime.localize.localizer import Fix
+    from skyloc.runtime.pose.frame_pose import FramePose
 
     loc = multiscale["Localizer"](multiscale["backend"], multiscale["tiles"], multiscale["Options"](),
                                   camera=CameraModel.from_hfov(60.0, 320, 240))
@@ -195,9 +196,9 @@ def test_unknown_altitude_searches_every_scale_level(multiscale):
 
 
 def test_a_black_frame_is_skipped_before_the_model(multiscale):
-    from skyloc.runtime.localizer import Fix  # noqa: F401
-    from skyloc.runtime.pose import FramePose
-    from skyloc.runtime.sources import Frame
+    from skyloc.runtime.localize.localizer import Fix  # noqa: F401
+    from skyloc.runtime.pose.frame_pose import FramePose
+    from skyloc.runtime.sources.base import Frame
 
     # (the tiny model sees any grey-ish texture near the blank embeddings: a stricter cosine here)
     loc = multiscale["Localizer"](multiscale["backend"], multiscale["tiles"], multiscale["Options"](blank_cos=0.999))

@@ -1,4 +1,4 @@
-"""skyloc.runtime.maps: tiled PNG mosaics with a corners CSV, GeoTIFF in any CRS, crops, grids, no-data."""
+"""skyloc.runtime.maps.base: tiled PNG mosaics with a corners CSV, GeoTIFF in any CRS, crops, grids, no-data."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import TiledMap, image_size, open_map, read_corners_csv, write_corners_csv
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.mosaic import TiledMap, image_size, read_corners_csv, write_corners_csv
+from skyloc.runtime.maps.open import open_map
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 R = 6378137.0

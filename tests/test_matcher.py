@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.matcher import ExactMatcher, FaissMatcher, SearchWindow, index_paths, make_matcher
-from skyloc.runtime.tileset import TileSet, footprints_for, save_tileset
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.localize.retrieval import ExactMatcher, SearchWindow
+from skyloc.runtime.localize.retrieval_faiss import FaissMatcher, index_paths, make_matcher
+from skyloc.runtime.maps.tileset import TileSet, save_tileset
+from skyloc.runtime.maps.tileset_build import footprints_for
 
 N, D, CLUSTERS = 2500, 32, 50
 LAT0, LON0 = 60.40, 22.46

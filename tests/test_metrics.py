@@ -1,4 +1,4 @@
-"""skyloc.runtime.metrics against a naive loop-based reference and hand-computed rankings."""
+"""skyloc.core.metrics against a naive loop-based reference and hand-computed rankings."""
 from __future__ import annotations
 
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naive_retrieval import naive_from_rankings, naive_metrics
-from skyloc.runtime import metrics
+from skyloc.core import metrics
 
 
 def test_random_features_match_naive_reference():

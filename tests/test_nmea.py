@@ -1,4 +1,4 @@
-"""skyloc.runtime.nmea: GGA + RMC parsed back by an independent parser written here (checksum,
+"""skyloc.runtime.outputs.nmea: GGA + RMC parsed back by an independent parser written here (checksum,
 fields, ddmm.mmmm -> degrees), over UDP, a serial pty and a file; unvouched fixes carry no position."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from functools import reduce
 
 import pytest
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.nmea import NmeaOutput, nmea_sentences
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.nmea import NmeaOutput, nmea_sentences
 
 T = datetime(2025, 3, 14, 15, 9, 26, 730000, tzinfo=timezone.utc)
 REC = {"frame": 1, "lat": 45.0701234, "lon": 7.6809876, "accepted": True, "verified": True, "accuracy_m": 12.5,

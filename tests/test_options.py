@@ -1,4 +1,4 @@
-"""Options derived from dataclasses (skyloc.runtime.options): the CLI's defaults are the dataclass's,
+"""Options derived from dataclasses (skyloc.core.options): the CLI's defaults are the dataclass's,
 a TOML config merges under typed flags, NaN / out-of-range values are refused, the resolved config
 round-trips; and `skyloc tiles` uses all of it."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from skyloc.cli import HelpFormatter, main as skyloc_main
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.options import (add_options, check_options, load_config, opt, options_from_args,
-                                    write_resolved_config)
-from skyloc.runtime.tiles_cli import TilesOptions, add_arguments, resolved_config_path
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import add_options, check_options, opt
+from skyloc.core.config import load_config, options_from_args, write_resolved_config
+from skyloc.runtime.maps.tiles_cli import TilesOptions, add_arguments, resolved_config_path
 
 
 @dataclasses.dataclass
@@ -47,8 +47,8 @@ def _parse(cls: type, argv: list[str], fn=None):
 
 
 def _run_options():
-    from skyloc.runtime import run_cli
-    from skyloc.runtime.loop import RunOptions
+    from skyloc.runtime.run import cli as run_cli
+    from skyloc.runtime.run.loop import RunOptions
 
     return RunOptions, run_cli.add_arguments, ["--model", "m.onnx", "--tiles", "t.npz", "--source", "0"]
 
@@ -185,7 +185,7 @@ def test_help_has_no_default_none_noise():
 def test_skyloc_tiles_uses_config_and_writes_resolved_config(tmp_path):
     from runtime_core_helpers import make_map, make_tiny_model
 
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.maps.tileset import TileSet
 
     model = make_tiny_model(tmp_path / "m.onnx")
     mp = make_map(tmp_path / "map", width_px=240, height_px=200)
@@ -199,7 +199,7 @@ def test_skyloc_tiles_uses_config_and_writes_resolved_config(tmp_path):
     assert resolved["options"]["stride_m"] == 40.0 and resolved["options"]["tile_m"] == 60.0
     assert resolved["options"]["out"] == str(out) and resolved["options"]["batch"] == 8
     # the grid the tile set holds is the one those options describe (40 m apart)
-    from skyloc.runtime.geo import haversine_m
+    from skyloc.core.geo import haversine_m
 
     c = ts.centers
     d = min(haversine_m(c[0, 0], c[0, 1], c[i, 0], c[i, 1]) for i in range(1, len(c)))

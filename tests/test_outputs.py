@@ -1,4 +1,4 @@
-"""skyloc.runtime.outputs / mavlink_link: JSON lines that never lose silently (full disk, broken
+"""skyloc.runtime.outputs.writers / mavlink_link: JSON lines that never lose silently (full disk, broken
 pipe, existing files), UDP, and MAVLink 2 GPS_INPUT decoded back by pymavlink (UDP, serial pty, file)."""
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.mavlink_link import GpsInputConfig, MavlinkLink, check_id, gps_input_fields
-from skyloc.runtime.outputs import (SCHEMA_VERSION, JsonLinesOutput, MavlinkOutput, UdpOutput, gps_time, json_line,
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.mavlink import GpsInputConfig, MavlinkLink, check_id, gps_input_fields
+from skyloc.runtime.outputs.writers import (SCHEMA_VERSION, JsonLinesOutput, MavlinkOutput, UdpOutput, gps_time, json_line,
                                     parse_host_port)
-from skyloc.runtime.pose import PoseInputs
+from skyloc.runtime.pose.frame_pose import PoseInputs
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 
@@ -144,7 +144,7 @@ def test_broken_pipe_is_counted_not_raised(tmp_path):
 
 
 def test_stdout_broken_pipe_in_a_real_process():
-    code = ("from skyloc.runtime.outputs import JsonLinesOutput\n"
+    code = ("from skyloc.runtime.outputs.writers import JsonLinesOutput\n"
             "import sys, time\n"
             "time.sleep(0.5)\n"
             "o = JsonLinesOutput('-')\n"

@@ -108,8 +108,8 @@ def test_installed_wheel_imports_only_as_skyloc(wheel, tmp_path):
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
             "if '__editable__' not in str(getattr(f, '__module__', ''))]; "
             f"sys.path.insert(0, {str(target)!r}); "
-            "import importlib.util, skyloc, skyloc.runtime.geo, skyloc.cli; "
-            "print(skyloc.__file__); print(skyloc.runtime.geo.__file__); "
+            "import importlib.util, skyloc, skyloc.core.geo, skyloc.cli; "
+            "print(skyloc.__file__); print(skyloc.core.geo.__file__); "
             "print([m for m in ('runtime', 'training', 'export', 'calibration', 'benchmarks') "
             "if importlib.util.find_spec(m) is not None])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -169,8 +169,8 @@ for c in rcs:
             main([c, "--help"])
         except SystemExit as e:
             rcs[c] = e.code
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import open_map
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.open import open_map
 msg = None
 try:
     open_map(sys.argv[1])
@@ -218,7 +218,7 @@ def test_bench_results_never_go_to_site_packages(tmp_path):
     code = ("import importlib.util, sys; "
             f"spec = importlib.util.spec_from_file_location('wheel_report', {str(fake_site / 'report.py')!r}); "
             "m = importlib.util.module_from_spec(spec); sys.modules['wheel_report'] = m; spec.loader.exec_module(m)\n"
-            "from skyloc.runtime.errors import SkylocError\n"
+            "from skyloc.core.errors import SkylocError\n"
             "try:\n    print(m.default_results_dir())\nexcept SkylocError as e:\n    print('ERR', e)\n")
     elsewhere = tmp_path / "work"
     elsewhere.mkdir()

@@ -1,4 +1,4 @@
-"""skyloc.runtime.pose against hand-derived geometry (flat ground, see the module doc)."""
+"""skyloc.runtime.pose.frame_pose against hand-derived geometry (flat ground, see the module doc)."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from skyloc.runtime.geo import EARTH_RADIUS_M
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.pose import (Attitude, FramePose, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned,
+from skyloc.core.geo import EARTH_RADIUS_M
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.pose.frame_pose import (Attitude, FramePose, PoseInputs, aircraft_position, body_to_ned, camera_axis_ned,
                                  camera_to_ned, ground_offset_m)
 
 LAT, LON = 45.07, 7.68
@@ -82,8 +82,8 @@ def test_pose_inputs_needs_what_it_needs():
 
 
 def test_telemetry_log_by_frame_and_by_time(tmp_path):
-    from skyloc.runtime.pose import TelemetryLog
-    from skyloc.runtime.errors import SkylocError
+    from skyloc.runtime.pose.frame_pose import TelemetryLog
+    from skyloc.core.errors import SkylocError
 
     p = tmp_path / "truth.csv"
     p.write_text("frame,time_s,lat,lon,altitude_m,yaw_deg,tilt_deg\n0,0.0,1,2,100,10,0\n1,0.5,1,2,101,20,5\n")

@@ -1,4 +1,4 @@
-"""skyloc.runtime.pose_sources: flags, telemetry CSV joined on time, DJI XMP, MAVLink, the chain."""
+"""skyloc.runtime.pose.sources: flags, telemetry CSV joined on time, DJI XMP, MAVLink, the chain."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +10,8 @@ import pytest
 from pymavlink.dialects.v20 import common as mavlink2
 from scipy.spatial.transform import Rotation
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.pose_sources import (ChainPose, ExifPose, FlagPose, MavlinkPoseListener, TelemetryCsvPose,
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.pose.sources import (ChainPose, ExifPose, FlagPose, MavlinkPoseListener, TelemetryCsvPose,
                                          read_dji_xmp)
 
 TURIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "turin-drone"

@@ -1,12 +1,12 @@
-"""skyloc.runtime.preprocess against hand-written references (slicing + cv2, block means)."""
+"""skyloc.core.preprocess against hand-written references (slicing + cv2, block means)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime.preprocess import check_frame, to_model_input
-from skyloc.runtime.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract
+from skyloc.core.preprocess import check_frame, to_model_input
+from skyloc.core.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputContract
 
 
 def naive(frame: np.ndarray, size: int) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_rejects_grayscale_in_batch() -> None:
 def test_one_contract_for_files_frames_and_training(tmp_path) -> None:
     """read_image + prepare_image (training / eval / calibration) and a BGR camera frame through
     to_model_input (runtime) give the same bytes, equal to the slicing + cv2 reference."""
-    from skyloc.runtime.preprocess import load_image, prepare_image, read_image
+    from skyloc.core.preprocess import load_image, prepare_image, read_image
     from skyloc.training.data import eval_transform
 
     rng = np.random.default_rng(11)
@@ -103,8 +103,8 @@ def test_one_contract_for_files_frames_and_training(tmp_path) -> None:
 
 
 def test_unknown_resize_contract_is_refused(tmp_path) -> None:
-    from skyloc.runtime.errors import SkylocError
-    from skyloc.runtime.preprocess import read_image
+    from skyloc.core.errors import SkylocError
+    from skyloc.core.preprocess import read_image
 
     with pytest.raises(SkylocError, match="bicubic"):
         to_model_input([np.zeros((20, 20, 3), np.uint8)], InputContract(height=8, width=8, resize="squash+bicubic"))

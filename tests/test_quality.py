@@ -1,4 +1,4 @@
-"""skyloc.runtime.quality: blank / saturated / featureless frames are refused before the model,
+"""skyloc.runtime.localize.quality: blank / saturated / featureless frames are refused before the model,
 real textured imagery passes, and a query embedding at the model's blank embedding is caught
 (a real ONNX Runtime session of a hand-built model)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.quality import BlankEmbedding, QualityGate, QualityThresholds, check_quality
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.localize.quality import BlankEmbedding, QualityGate, QualityThresholds, check_quality
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 H, W = 480, 640
@@ -25,7 +25,7 @@ def _real_textured() -> list[tuple[str, np.ndarray]]:
         h, w = img.shape[:2]
         return [(f"turku{k}", img[y:y + 400, x:x + 500]) for k, (y, x) in
                 enumerate([(0, 0), (h - 400, w - 500), (h // 3, w // 3)])]
-    from skyloc.runtime.synth.world import WorldConfig, generate_world
+    from skyloc.synth.world import WorldConfig, generate_world
 
     world = cv2.cvtColor(generate_world(WorldConfig(size_m=600, mpp=1.0)), cv2.COLOR_RGB2BGR)
     return [(f"synth{k}", world[y:y + 300, x:x + 300]) for k, (y, x) in enumerate([(0, 0), (300, 300), (150, 0)])]
@@ -115,7 +115,7 @@ def _linear_model(path: Path, size: int = 16, dim: int = 24, seed: int = 0) -> t
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+    from skyloc.core.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((3 * size * size, dim)).astype(np.float32)
@@ -144,8 +144,8 @@ def _linear_model(path: Path, size: int = 16, dim: int = 24, seed: int = 0) -> t
 
 def test_blank_embedding_catches_featureless_frames_through_a_real_backend(tmp_path):
     pytest.importorskip("onnxruntime")
-    from skyloc.runtime.backends.base import open_backend
-    from skyloc.runtime.preprocess import to_model_input
+    from skyloc.runtime.backends.open import open_backend
+    from skyloc.core.preprocess import to_model_input
 
     path, bias = _linear_model(tmp_path / "m.onnx")
     backend = open_backend(path, "onnxruntime")

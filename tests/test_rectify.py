@@ -1,4 +1,4 @@
-"""skyloc.runtime.rectify against an independent projection.
+"""skyloc.runtime.localize.rectify against an independent projection.
 
 Frames are rendered by runtime.synth (its own ray casting, with a camera posed from scipy's Euler
 rotation, not from runtime.pose), rectified with rectify(), and compared with the map crop
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from skyloc.runtime import geo
-from skyloc.runtime.camera import CameraModel
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import TiledMap
-from skyloc.runtime.pose import FramePose
-from skyloc.runtime.rectify import (ground_coverage_m, pick_scale_level, rectify, rotate_patch, rotations,
+from skyloc.core import geo
+from skyloc.runtime.pose.camera import CameraModel
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.mosaic import TiledMap
+from skyloc.runtime.pose.frame_pose import FramePose
+from skyloc.runtime.localize.rectify import (ground_coverage_m, pick_scale_level, rectify, rotate_patch, rotations,
                                     scale_candidates)
-from skyloc.runtime.synth.camera import Camera
-from skyloc.runtime.synth.render import render_view
+from skyloc.synth.camera import Camera
+from skyloc.synth.render import render_view
 
 LAT0, LON0 = 60.45, 22.27
 MAP_M, MAP_MPP = 320.0, 0.25
@@ -212,7 +212,7 @@ def test_ground_coverage_nadir_is_the_frame_height_and_rotation_free_is_smaller(
 
 def test_ground_coverage_square_is_really_covered():
     """The reported square's border maps inside the frame; 3 % larger does not (tilted, rolled)."""
-    from skyloc.runtime.rectify import ground_to_frame, patch_ground_coords
+    from skyloc.runtime.localize.rectify import ground_to_frame, patch_ground_coords
 
     cam = CameraModel.from_hfov(HFOV, W, H)
     pose = FramePose(90.0, roll_deg=7.0, pitch_deg=-4.0, yaw_deg=33.0, camera_tilt_deg=18.0)
@@ -253,7 +253,7 @@ def test_scale_candidates_match_the_true_altitude_level(gmap):
 
 def test_gsd_gives_the_altitude():
     cam = CameraModel.from_hfov(HFOV, W, H)
-    from skyloc.runtime.rectify import altitude_for
+    from skyloc.runtime.localize.rectify import altitude_for
 
     assert altitude_for(cam, FramePose(gsd_m=0.25)) == pytest.approx(0.25 * cam.fx)
     with pytest.raises(SkylocError, match="neither altitude nor gsd"):

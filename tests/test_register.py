@@ -12,12 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.rectify import GroundPatch
-from skyloc.runtime.register import (
-    gradient_magnitude, make_registrar, parabola_vertex, second_peak, subpixel_peak,
-)
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.localize.rectify import GroundPatch
+from skyloc.runtime.register.base import gradient_magnitude, parabola_vertex, second_peak, subpixel_peak
+from skyloc.runtime.register.registry import make_registrar
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TURKU = DATA / "turku-satellite"
@@ -32,7 +31,7 @@ def _open(path: Path):
 
 @functools.lru_cache(maxsize=None)
 def _open_cached(path: str):
-    from skyloc.runtime.maps import open_map
+    from skyloc.runtime.maps.open import open_map
     return open_map(path)  # one decode of the tiles for the whole module
 
 

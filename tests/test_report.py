@@ -14,16 +14,16 @@ import pytest
 from runtime_core_helpers import make_map, make_tiny_model
 
 from skyloc.cli import main as skyloc_main
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.fix_schema import FIELDS, SCHEMA_VERSION, schema_markdown, validate_record
-from skyloc.runtime.report import load_fixes, write_report
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.schema import FIELDS, SCHEMA_VERSION, schema_markdown, validate_record
+from skyloc.runtime.report.build import load_fixes, write_report
 
 GPX = "{http://www.topografix.com/GPX/1/1}"
 KML = "{http://www.opengis.net/kml/2.2}"
 
 
 def _haversine(lat1, lon1, lat2, lon2) -> float:
-    # independent of skyloc.runtime.geo: spherical law of haversines, mean Earth radius
+    # independent of skyloc.core.geo: spherical law of haversines, mean Earth radius
     p1, p2 = math.radians(lat1), math.radians(lat2)
     a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
     return 2 * 6371008.8 * math.asin(math.sqrt(a))
@@ -32,8 +32,8 @@ def _haversine(lat1, lon1, lat2, lon2) -> float:
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> dict[str, Path]:
     """A tiny model, a map, its tile set, frames cut from the map along a line, and `skyloc run`."""
-    from skyloc.runtime.maps import open_map
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.maps.open import open_map
+    from skyloc.runtime.maps.tileset import TileSet
 
     tmp = tmp_path_factory.mktemp("report")
     model = make_tiny_model(tmp / "m.onnx")
@@ -194,7 +194,7 @@ def test_readme_documents_the_current_schema():
 def test_gpx_time_only_from_the_absolute_capture_time(tmp_path):
     import datetime
 
-    from skyloc.runtime.track_export import write_tracks
+    from skyloc.runtime.outputs.tracks import write_tracks
 
     base = {"schema": SCHEMA_VERSION, "source": "cam", "latency_ms": {"total": 1.0}, "raw_lat": 0.0, "raw_lon": 0.0}
     recs = [{**base, "frame": 0, "time_s": 5.0, "lat": 60.25, "lon": 22.5, "accepted": True, "verified": True,

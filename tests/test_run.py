@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from skyloc.cli import main as skyloc
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import InputContract, ModelSidecar, sha256_file, write_model_sidecar
 
 REPO = Path(__file__).parents[1]
 R = 6378137.0
@@ -72,8 +72,8 @@ def make_sum_norm_model(path: Path, model_id: str, size: int = 32, dim: int = 16
 
 
 def make_noise_map(folder: Path, size_px: int = 300, lat0: float = 46.95, lon0: float = 7.30) -> Path:
-    from skyloc.runtime import geo
-    from skyloc.runtime.maps import write_corners_csv
+    from skyloc.core import geo
+    from skyloc.runtime.maps.mosaic import write_corners_csv
 
     rng = np.random.default_rng(1)
     img = cv2.resize(rng.integers(30, 230, (size_px // 10, size_px // 10, 3), dtype=np.uint8), (size_px, size_px),
@@ -85,7 +85,7 @@ def make_noise_map(folder: Path, size_px: int = 300, lat0: float = 46.95, lon0: 
 
 @pytest.fixture(scope="module")
 def nan_setup(tmp_path_factory) -> dict[str, Path]:
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.runtime.maps.tileset_build import build_tileset
 
     d = tmp_path_factory.mktemp("nanrun")
     map_csv = make_noise_map(d / "map")
@@ -137,7 +137,7 @@ def test_bad_frames_are_skipped_and_counted(nan_setup, tmp_path):
 
 
 def test_mismatched_tile_set_is_refused(nan_setup, tmp_path, capsys):
-    from skyloc.runtime.loop import run
+    from skyloc.runtime.run.loop import run
 
     with pytest.raises(SkylocError, match="rebuild"):
         run(nan_setup["model"], nan_setup["other_tiles"], str(tmp_path), [])
@@ -262,9 +262,9 @@ def test_cli_defaults_equal_the_dataclass_defaults():
     import argparse
     import dataclasses
 
-    from skyloc.runtime import run_cli
-    from skyloc.runtime.loop import RunOptions
-    from skyloc.runtime.options import options_from_args
+    from skyloc.runtime.run import cli as run_cli
+    from skyloc.runtime.run.loop import RunOptions
+    from skyloc.core.config import options_from_args
 
     p = argparse.ArgumentParser()
     run_cli.add_arguments(p)

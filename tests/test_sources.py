@@ -1,4 +1,4 @@
-"""skyloc.runtime.sources: folders (order, EXIF, bad files), videos (no drops), live sources (latest
+"""skyloc.runtime.sources.base: folders (order, EXIF, bad files), videos (no drops), live sources (latest
 frame only, reopen with back-off, interrupt)."""
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sources import ReconnectPolicy, natural_key, open_source, source_kind
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.sources.base import ReconnectPolicy, natural_key, source_kind
+from skyloc.runtime.sources.open import open_source
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

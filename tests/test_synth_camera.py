@@ -1,4 +1,4 @@
-"""skyloc.runtime.synth.camera / render: spiral geometry, projection, ground sampling distance."""
+"""skyloc.synth.camera / render: spiral geometry, projection, ground sampling distance."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.maps import TiledMap
-from skyloc.runtime.synth.camera import Camera, SpiralConfig, look_at, spiral_cameras, spiral_extent_m
-from skyloc.runtime.synth.render import render_view
+from skyloc.core import geo
+from skyloc.runtime.maps.mosaic import TiledMap
+from skyloc.synth.camera import Camera, SpiralConfig, look_at, spiral_cameras, spiral_extent_m
+from skyloc.synth.render import render_view
 
 LAT0, LON0 = 46.95, 7.30
 

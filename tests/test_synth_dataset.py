@@ -1,4 +1,4 @@
-"""skyloc.runtime.synth.dataset: University-1652 layout, locations.csv geometry, determinism, the loader."""
+"""skyloc.synth.dataset: University-1652 layout, locations.csv geometry, determinism, the loader."""
 from __future__ import annotations
 
 import csv
@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
+from skyloc.core import geo
 from skyloc.cli import main as skyloc_main
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import open_map
-from skyloc.runtime.synth.camera import Camera, SpiralConfig
-from skyloc.runtime.synth.dataset import LOCATION_COLUMNS, SynthDatasetConfig, make_dataset
-from skyloc.runtime.synth.render import render_view
-from skyloc.runtime.synth.world import make_world
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.open import open_map
+from skyloc.synth.camera import Camera, SpiralConfig
+from skyloc.synth.dataset import LOCATION_COLUMNS, SynthDatasetConfig, make_dataset
+from skyloc.synth.render import render_view
+from skyloc.synth.world import make_world
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 K, PX = 4, 64
@@ -238,8 +238,8 @@ def test_turku_locations_never_come_from_a_hole(tmp_path):
 # --- onboard-like nadir views with a pose per image -----------------------------------------------------
 
 def nadir_cfg(**kw) -> SynthDatasetConfig:
-    from skyloc.runtime.synth.nadir import NadirViewConfig
-    from skyloc.runtime.synth.photometric import PhotometricConfig
+    from skyloc.synth.nadir import NadirViewConfig
+    from skyloc.synth.photometric import PhotometricConfig
 
     base = dict(views="nadir", image_px=96, world_mpp=0.5, world_size_m=420.0, locations=4, distractors=0,
                 drone_photometric=PhotometricConfig(strength=0.0),
@@ -261,9 +261,9 @@ def read_poses(root: Path) -> list[dict[str, str]]:
 def test_nadir_views_rectify_onto_the_map_with_their_pose(nadir_ds):
     """Each drone image + its poses.csv row -> runtime.rectify -> the map crop at the location (the
     optical-axis ground point) within a pixel; the poses span the configured ranges."""
-    from skyloc.runtime.camera import CameraModel
-    from skyloc.runtime.pose import FramePose
-    from skyloc.runtime.rectify import rectify
+    from skyloc.runtime.pose.camera import CameraModel
+    from skyloc.runtime.pose.frame_pose import FramePose
+    from skyloc.runtime.localize.rectify import rectify
 
     m = open_map(nadir_ds / "map")
     loc = {r["location_id"]: r for r in read_rows(nadir_ds) if r["view"] == "satellite"}

@@ -1,4 +1,4 @@
-"""skyloc.runtime.synth.flight: video + truth.csv; truth reprojects onto the frames; smooth, valid, seeded."""
+"""skyloc.synth.flight: video + truth.csv; truth reprojects onto the frames; smooth, valid, seeded."""
 from __future__ import annotations
 
 import csv
@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
+from skyloc.core import geo
 from skyloc.cli import main as skyloc_main
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import open_map
-from skyloc.runtime.synth.camera import Camera
-from skyloc.runtime.synth.flight import TRUTH_COLUMNS, FlightConfig, catmull_rom, make_flight
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.open import open_map
+from skyloc.synth.camera import Camera
+from skyloc.synth.flight import TRUTH_COLUMNS, FlightConfig, catmull_rom, make_flight
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 W, H, ALT, FOV, FPS, SPEED = 96, 72, 40.0, 60.0, 5.0, 10.0
@@ -185,7 +185,7 @@ WANDER = dict(seconds=3.0, width=160, height=120, altitude_range_m=(60.0, 80.0),
 
 @pytest.fixture(scope="module")
 def wander(tmp_path_factory) -> Path:
-    from skyloc.runtime.synth.photometric import PhotometricConfig
+    from skyloc.synth.photometric import PhotometricConfig
 
     cfg = small_cfg(**WANDER, photometric=PhotometricConfig(strength=0.0, jpeg_quality=(95, 95)))
     return make_flight(None, tmp_path_factory.mktemp("wander") / "f", cfg)
@@ -216,9 +216,9 @@ def test_wandering_frames_rectify_onto_the_map_at_the_truth(wander):
     """Frames + truth pose + flight.json camera -> rectify -> the map crop at the truth's optical-axis
     ground point, to within a pixel (whole-patch phase correlation); the aircraft position follows
     from ref_offset_m."""
-    from skyloc.runtime.camera import load_camera
-    from skyloc.runtime.pose import FramePose
-    from skyloc.runtime.rectify import ground_coverage_m, rectify
+    from skyloc.runtime.pose.camera import load_camera
+    from skyloc.runtime.pose.frame_pose import FramePose
+    from skyloc.runtime.localize.rectify import ground_coverage_m, rectify
 
     cam = load_camera(wander.with_name("flight.json"))
     m = open_map(wander.parent / "map")
@@ -253,7 +253,7 @@ def test_fixed_yaw_mode(tmp_path, flight):
 
 
 def test_wandering_same_seed_same_bytes(wander, tmp_path):
-    from skyloc.runtime.synth.photometric import PhotometricConfig
+    from skyloc.synth.photometric import PhotometricConfig
 
     cfg = small_cfg(**WANDER, photometric=PhotometricConfig(strength=0.0, jpeg_quality=(95, 95)))
     twin = make_flight(None, tmp_path / "twin", cfg)

@@ -1,14 +1,15 @@
-"""skyloc.runtime.synth.world: seeded, read back through open_map, distinctive enough to tell places apart."""
+"""skyloc.synth.world: seeded, read back through open_map, distinctive enough to tell places apart."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import TiledMap, open_map
-from skyloc.runtime.synth.world import WorldConfig, generate_world, make_world, world_corners
+from skyloc.core import geo
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.mosaic import TiledMap
+from skyloc.runtime.maps.open import open_map
+from skyloc.synth.world import WorldConfig, generate_world, make_world, world_corners
 
 
 def test_same_seed_same_bytes_and_readable(tmp_path):

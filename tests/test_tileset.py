@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyloc.runtime import geo
+from skyloc.core import geo
 from skyloc.runtime.backends import open_backend
 from skyloc.cli import main as skyloc
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.maps import open_map
-from skyloc.runtime.preprocess import to_model_input
-from skyloc.runtime.sidecar import read_model_sidecar
-from skyloc.runtime.tileset import TileSet, build_tileset, merge_tilesets, save_tileset
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.maps.open import open_map
+from skyloc.core.preprocess import to_model_input
+from skyloc.core.sidecar import read_model_sidecar
+from skyloc.runtime.maps.tileset import TileSet, save_tileset
+from skyloc.runtime.maps.tileset_build import build_tileset, merge_tilesets
 from runtime_core_helpers import make_map, make_tiny_model, tiny_reference
 
 TILE_M, STRIDE_M, SCALES = 100.0, 25.0, (1.0, 1.5)
@@ -194,7 +195,7 @@ def test_real_map_with_holes(env: dict, tmp_path: Path) -> None:
 
 
 def test_grid_estimate_bounds_the_real_grid(env: dict) -> None:
-    from skyloc.runtime.tileset_checks import estimate_grid
+    from skyloc.runtime.maps.tileset_checks import estimate_grid
 
     gmap = env["map"]
     for tile_m, stride_m, scales in ((100.0, 25.0, (1.0,)), (100.0, 25.0, SCALES), (60.0, 7.0, (1.0, 2.0))):

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from skyloc import cli
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 from skyloc.training.checkpoint import load_checkpoint, load_model
 from skyloc.training.config import PRESETS, preset
 from skyloc.training.seeding import capture_rng, restore_rng

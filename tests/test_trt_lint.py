@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from skyloc.calibration.trt_lint import errors, format_report, lint_model
 from skyloc.cli import main as skyloc
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 OPSET = [helper.make_opsetid("", 18)]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from skyloc.runtime.atomic import atomic_open
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.atomic import atomic_open
+from skyloc.core.errors import SkylocError
 from skyloc.training.config import LEGACY_RING_POOLING, ModelConfig, TrainConfig
 from skyloc.training.model import MSBA, build_model
 

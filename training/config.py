@@ -11,7 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 RING_POOLING = ("lpn", "mean")  # see training.blocks

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.preprocess import prepare_image, read_image
-from skyloc.runtime.sidecar import InputContract
-from skyloc.runtime.sources import IMAGE_EXTS  # the one list of image file types (re-exported)
+from skyloc.core.errors import SkylocError
+from skyloc.core.preprocess import prepare_image, read_image
+from skyloc.core.sidecar import InputContract
+from skyloc.runtime.sources.base import IMAGE_EXTS  # the one list of image file types (re-exported)
 from skyloc.training.config import TrainConfig
 
 TRAIN_VIEWS = ("drone", "satellite", "street", "google")

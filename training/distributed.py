@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 # Rank 0 evaluates alone while the others wait at a barrier; a full University-1652 test pass
 # can outlast nccl's 10-minute default.

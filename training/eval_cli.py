@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 _COLS = ("R@1", "R@5", "R@10", "R@top1%", "AP")
 

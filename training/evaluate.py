@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from skyloc.runtime.atomic import write_json_atomic
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime import metrics
+from skyloc.core.atomic import write_json_atomic
+from skyloc.core.errors import SkylocError
+from skyloc.core import metrics
 from skyloc.training.data import U1652Folder, distance_groups, eval_transform, unwrap_worker_error, view_dir
 
 DIRECTIONS = {"drone->satellite": ("query_drone", "gallery_satellite"),

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 from skyloc.training.blocks import block_attention, pool_blocks
 from skyloc.training.config import ModelConfig
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from skyloc.runtime.atomic import clean_stale_scratch, scratch_path, write_json_atomic, write_text_atomic  # noqa: F401
+from skyloc.core.atomic import clean_stale_scratch, scratch_path, write_json_atomic, write_text_atomic  # noqa: F401
 
 
 def copy_atomic(src: Path, dst: Path) -> None:

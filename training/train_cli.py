@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 from skyloc.training.config import PRESETS, preset
 
 # CLI flag -> config key. The first group fixes the model / optimisation and cannot change on

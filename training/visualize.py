@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from skyloc.runtime import metrics
+from skyloc.core import metrics
 from skyloc.training.data import read_rgb
 
 TOP = 5

@@ -5,8 +5,7 @@ onnxruntime / tensorrt / cuda-python (or pycuda) are imported when a model is op
 """
 from __future__ import annotations
 
-from skyloc.runtime.backends.base import BACKENDS, Backend, l2_normalize, open_backend, register_backend
-from skyloc.runtime.backends import onnxruntime_backend as _ort  # noqa: F401  (registers "onnxruntime")
-from skyloc.runtime.backends import tensorrt_backend as _trt  # noqa: F401  (registers "tensorrt")
+from skyloc.runtime.backends.base import BACKENDS, Backend, l2_normalize, register_backend
+from skyloc.runtime.backends.open import open_backend
 
 __all__ = ["BACKENDS", "Backend", "l2_normalize", "open_backend", "register_backend"]

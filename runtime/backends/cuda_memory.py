@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from skyloc.runtime.errors import SkylocError
+from skyloc.core.errors import SkylocError
 
 NO_GPU = ("no usable NVIDIA GPU / CUDA driver here ({why}); run the .onnx with --backend onnxruntime "
           "(`auto` falls back to it)")

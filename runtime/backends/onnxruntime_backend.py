@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from skyloc.runtime.backends.base import Backend, register_backend
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import ModelSidecar, check_onnx_model_id, read_model_sidecar
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import ModelSidecar, check_onnx_model_id, read_model_sidecar
 
 log = logging.getLogger(__name__)
 

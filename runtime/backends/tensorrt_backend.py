@@ -26,8 +26,8 @@ import numpy as np
 
 from skyloc.runtime.backends.base import Backend, register_backend
 from skyloc.runtime.backends.cuda_memory import CudaMemory, open_cuda
-from skyloc.runtime.errors import SkylocError
-from skyloc.runtime.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, sha256_file
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -50,9 +50,9 @@ class DemoConfig:
 def lowest_altitude_m(fcfg: Any, tile_m: float) -> float:
     """The lowest altitude at which every frame of the flight covers one tile at any rotation (heading
     unknown), at the flight's worst camera tilt and airframe attitude."""
-    from skyloc.runtime.camera import CameraModel
-    from skyloc.runtime.pose import FramePose
-    from skyloc.runtime.rectify import ground_coverage_m
+    from skyloc.runtime.pose.camera import CameraModel
+    from skyloc.runtime.pose.frame_pose import FramePose
+    from skyloc.runtime.localize.rectify import ground_coverage_m
 
     cam = CameraModel.from_hfov(fcfg.fov_deg, fcfg.width, fcfg.height)
     a, worst = fcfg.attitude_deg, math.inf
@@ -77,18 +77,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     """Run every stage into cfg.out; returns the path of report.json."""
     from skyloc.export.onnx_export import export_onnx
     from skyloc.calibration.quantize import calibrate
-    from skyloc.runtime.loop import RunOptions, run
-    from skyloc.runtime.maps import open_map
-    from skyloc.runtime.outputs import JsonLinesOutput
-    from skyloc.runtime.imagery import imagery_record
-    from skyloc.runtime.run_stats import load_truth_table
-    from skyloc.runtime.tileset import build_tileset
+    from skyloc.runtime.run.loop import RunOptions, run
+    from skyloc.runtime.maps.open import open_map
+    from skyloc.runtime.outputs.writers import JsonLinesOutput
+    from skyloc.runtime.maps.imagery import imagery_record
+    from skyloc.runtime.run.stats import load_truth_table
+    from skyloc.runtime.maps.tileset_build import build_tileset
     from skyloc.training.config import preset
     from skyloc.pipelines.demo_report import write_report
-    from skyloc.runtime.synth.camera import SpiralConfig, mid_spiral_ground_width_m
-    from skyloc.runtime.synth.dataset import SynthDatasetConfig, make_dataset
-    from skyloc.runtime.synth.flight import FlightConfig, make_flight
-    from skyloc.runtime.synth.world import make_world
+    from skyloc.synth.camera import SpiralConfig, mid_spiral_ground_width_m
+    from skyloc.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.synth.flight import FlightConfig, make_flight
+    from skyloc.synth.world import make_world
     from skyloc.training.train import train
 
     out = Path(cfg.out)

@@ -9,11 +9,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skyloc.runtime.geo import haversine_m
-from skyloc.runtime.maps import GeoMap, open_map
-from skyloc.runtime.report import load_fixes, write_report as write_run_report
-from skyloc.runtime.run_stats import STAGES, RunStats, load_truth_table
-from skyloc.runtime.sidecar import read_model_sidecar
+from skyloc.core.geo import haversine_m
+from skyloc.runtime.maps.base import GeoMap
+from skyloc.runtime.maps.open import open_map
+from skyloc.runtime.report.build import load_fixes, write_report as write_run_report
+from skyloc.runtime.run.stats import STAGES, RunStats, load_truth_table
+from skyloc.core.sidecar import read_model_sidecar
 
 
 def fix_errors(fixes: list[dict[str, Any]], truth: dict[int, dict[str, float]], centers: np.ndarray,
@@ -61,10 +62,10 @@ def plot_retrieval(path: Path, gmap: GeoMap, model: Path, tiles: Path, video: Pa
                    truth: dict[int, dict[str, float]], frame_index: int, k: int = 4) -> Path:
     """The frame as the model sees it (north-up), the top-k tiles (green: within one tile of truth)."""
     from skyloc.runtime.backends import open_backend
-    from skyloc.runtime.localizer import nadir_patch
-    from skyloc.runtime.matcher import ExactMatcher
-    from skyloc.runtime.preprocess import to_model_input
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.localize.localizer import nadir_patch
+    from skyloc.runtime.localize.retrieval import ExactMatcher
+    from skyloc.core.preprocess import to_model_input
+    from skyloc.runtime.maps.tileset import TileSet
 
     cap = cv2.VideoCapture(str(video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
@@ -137,7 +138,7 @@ def _table(summary: dict[str, Any], lat: dict[str, dict[str, float | None]], bac
 
 def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Path, model: Path, video: Path,
                  stats: RunStats, stride_m: float, extra: dict[str, Any] | None = None) -> Path:
-    from skyloc.runtime.tileset import TileSet
+    from skyloc.runtime.maps.tileset import TileSet
 
     side = read_model_sidecar(model)
     ts = TileSet.load(tiles)

@@ -1,0 +1,1 @@
+"""The per-frame pass: quality gate, rectification, embedding, retrieval, registration, temporal filter."""

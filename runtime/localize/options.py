@@ -1,0 +1,129 @@
+"""What the per-frame pipeline takes and gives: `LocalizerOptions` (its knobs, the `skyloc run` flags
+they derive) and `Fix` (everything decided about one frame: the record before JSON)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.localize.retrieval import SearchWindow
+from skyloc.core.options import check_options, opt
+
+
+def parse_start(start: tuple[float, ...] | None) -> SearchWindow | None:
+    """--start LAT,LON[,RADIUS_M] -> the search window (default radius 500 m); SkylocError when invalid."""
+    if start is None:
+        return None
+    if len(start) not in (2, 3) or not all(math.isfinite(v) for v in start):
+        raise SkylocError(f"--start {start}: need LAT,LON[,RADIUS_M] with finite numbers")
+    lat, lon = start[0], start[1]
+    radius = start[2] if len(start) == 3 else 500.0
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and radius > 0):
+        raise SkylocError(f"--start {start}: latitude in [-90, 90], longitude in [-180, 180], radius > 0")
+    return SearchWindow(float(lat), float(lon), float(radius))
+
+
+@dataclass
+class LocalizerOptions:
+    """The per-frame pipeline's knobs; RunOptions (runtime/run/loop.py) extends it with the run's own.
+    The `skyloc run` flags are derived from these fields (skyloc/core/options.py)."""
+
+    k: int = opt(20, "tiles fetched per rotation and scale level (distinct places are taken from them)", ge=1)
+    candidates: int = opt(3, "distinct places registered against the map imagery per frame", ge=1)
+    acquire_candidates: int = opt(8, "...while no recent verified fix predicts the place (acquisition: "
+                                     "slower frames until the track is found)", ge=1)
+    rotations: int = opt(8, "rotations embedded in one batch when the heading is unknown", ge=1, le=72)
+    distinct_m: float | None = opt(None, "two tiles are distinct places when their centres are farther "
+                                         "apart than this, metres [the tile side]", gt=0)
+    window_m: float | None = opt(None, "search only within this radius (+ max speed x elapsed) of the last "
+                                       "accepted fix, metres; 0 searches the whole map [the tile side]", ge=0)
+    window_margin: float = opt(0.02, "...unless a tile outside the window scores higher by more than this",
+                               ge=0, le=2)
+    start: tuple[float, ...] | None = opt(None, "start prior LAT,LON[,RADIUS_M]: search only there until "
+                                                "the first accepted fix [radius 500 m]", metavar="LAT,LON[,R]")
+    refine_m: float | None = opt(None, "retrieval-only fix = score-weighted centre of the hits this close to "
+                                       "the best tile, metres; 0 = the best tile's centre [1.5 x stride]", ge=0)
+    register: bool = opt(True, "register candidates against the map imagery; --no-register: retrieval only "
+                               "(every fix unverified, never sent as a 3D fix)")
+    registrar: str = opt("ncc", "registration method (runtime/register/base.py)")
+    register_px: int = opt(160, "side of the tile-sized patch registered against the map, pixels", ge=32, le=2048)
+    register_max_px: int = opt(64, "registration works at no finer than the tile side / this many pixels "
+                                   "(a 95 m tile at 1.5 m/px: the same metre-level fix at half the cost)", ge=16)
+    max_accuracy_m: float = opt(5.0, "a registration claiming a worse 1-sigma accuracy than this is not "
+                                     "trusted (the fix stays unverified), metres", gt=0)
+    heading_tol_deg: float = opt(5.0, "registration's heading search around the known / estimated heading, "
+                                       "degrees", ge=0, le=180)
+    scale_tol: float = opt(0.03, "registration's relative scale search (altitude error)", ge=0, lt=1)
+    max_speed_mps: float = opt(30.0, "m/s; fixes implying a faster move (beyond their accuracies) are rejected",
+                               gt=0, le=1000, flag="--max-speed")
+    accel_mps2: float = opt(3.0, "filter process noise: unmodelled acceleration, m/s^2", gt=0, le=100,
+                            flag="--accel")
+    gate_sigmas: float = opt(3.0, "speed gate slack in accuracy sigmas (candidate + track)", ge=0, le=100)
+    noise_m: float = opt(0.0, "extra fixed slack of the speed gate, metres", ge=0)
+    confirm: int = opt(2, "a new track's fixes are accepted once this many agree (the first alone is "
+                          "'tentative', never sent)", ge=1, le=100)
+    scan_m: float = opt(400.0, "until the first verified fix, also register the frame over the whole start "
+                                "prior when its radius is at most this, metres (a map scan: seconds per frame "
+                                "with the heading unknown; 0: never)", ge=0)
+    acquire_full_circle: bool = opt(True, "with the heading unknown and no track yet, registration searches "
+                                          "every heading (slower, until the first verified fix)")
+    track_s: float = opt(3.0, "register around the track's predicted position first while its last verified "
+                               "fix is at most this old, seconds (0: never)", ge=0, le=600)
+    max_rejections: int = opt(5, "re-initialise the filter after this many consistent rejections in a row",
+                              ge=1)
+    min_confidence: float | None = opt(None, "reject fixes whose score margin to another place is below this",
+                                       ge=-2, le=2)
+    blank_cos: float = opt(0.95, "skip a frame whose embedding has this cosine (or more) with the embedding "
+                                  "of a blank (black, grey, white) image", gt=0, le=1)
+    use_heading: bool = opt(True, "use the heading of the pose source; --no-heading ignores every heading "
+                                  "source (compass failure) and searches the rotations", flag="--heading")
+    index: str = opt("auto", "tile search index", choices=("auto", "exact", "flat", "hnsw", "ivfpq"))
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.start is not None:
+            parse_start(self.start)
+
+
+@dataclass
+class Fix:
+    """Everything the pipeline decided about one frame (the record, before JSON)."""
+
+    frame: int
+    time_s: float
+    source: str = ""
+    skipped: str | None = None
+    error: str | None = None
+    lat: float | None = None  # aircraft: filtered when accepted, else this frame's estimate
+    lon: float | None = None
+    raw_lat: float | None = None  # aircraft, this frame's estimate before the filter
+    raw_lon: float | None = None
+    ground_lat: float | None = None  # the ground point under the optical axis (patch centre)
+    ground_lon: float | None = None
+    heading_deg: float | None = None
+    heading_source: str | None = None  # pose | rotation-search | register
+    accuracy_m: float | None = None  # 1-sigma of lat/lon
+    raw_accuracy_m: float | None = None  # 1-sigma of raw_lat/raw_lon
+    verified: bool = False
+    accepted: bool = False
+    reason: str | None = None
+    score: float | None = None
+    confidence: float | None = None
+    tile: int | None = None
+    scale_level: float | None = None
+    scale_source: str | None = None  # coverage | gsd-search | smallest
+    coverage_m: float | None = None
+    speed_mps: float | None = None
+    vn_mps: float | None = None  # track velocity north / east (accepted fixes)
+    ve_mps: float | None = None
+    window_m: float | None = None
+    registration: dict[str, Any] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def send_3d(self) -> bool:
+        """Only a verified, accepted fix with finite numbers may go out as a 3D position."""
+        nums = (self.lat, self.lon, self.accuracy_m)
+        return bool(self.verified and self.accepted and self.skipped is None
+                    and all(v is not None and math.isfinite(v) for v in nums))

@@ -1,0 +1,115 @@
+"""`skyloc tiles`: embed a map into a tile set; `skyloc tiles merge`: join sharded parts.
+
+    skyloc tiles --model model.onnx --map map.tif --out tiles.npz --tile-m 150 --stride-m 30
+    skyloc tiles ... --shard 3/8          # part 3 of 8 (any scheduler can run the parts)
+    skyloc tiles merge tiles-*.npz --out tiles.npz --index hnsw
+    skyloc tiles ... --overwrite          # replace an existing --out (only once the new one is complete)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import HelpFormatter, add_options, check_options, opt
+from skyloc.core.config import options_from_args, write_resolved_config
+
+LOG_LEVEL = "INFO"  # skyloc/cli.py's default for this command: the build reports its progress
+INDEX_KINDS = ("none", "flat", "hnsw", "ivfpq")
+
+
+@dataclass
+class TilesOptions:
+    """`skyloc tiles` options: the one place of their defaults, help and checks (flags derive from it)."""
+
+    model: str | None = opt(None, "exported model.onnx or built model.engine (with its .json sidecar)")
+    map: str | None = opt(None, "GeoTIFF, corners CSV, folder with map.csv, or PNG/JPG with <stem>.csv")
+    out: str | None = opt(None, "tile set to write (.npz)")
+    tile_m: float = opt(150.0, "tile side on the ground, metres", gt=0)
+    stride_m: float = opt(30.0, "distance between tile centres, metres", gt=0)
+    scales: tuple[float, ...] = opt((1.0,), "comma-separated tile size multipliers, e.g. 1.0,1.5", gt=0)
+    min_valid: float = opt(1.0, "minimum fraction of map data in a tile", gt=0, le=1)
+    batch: int = opt(32, "tiles per inference batch", ge=1)
+    backend: str = opt("auto", "inference backend", choices=("auto", "onnxruntime", "tensorrt"))
+    providers: str | None = opt(None, "onnxruntime execution providers to force, e.g. cpu or cuda,cpu")
+    shard: str = opt("0/1", "K/N: embed only part K of N of the grid")
+    progress: bool = opt(True, "show a progress bar")
+    index: str = opt("none", "also build a faiss index beside the tile set (reused by `skyloc run`)",
+                     choices=INDEX_KINDS)
+    overwrite: bool = opt(False, "replace an existing --out (only once the new tile set is complete)")
+    pack_imagery: bool = opt(False, "pack the map imagery beside the tile set (<out stem>.imagery/, JPEG "
+                             "tiles + map.csv) for onboard registration; otherwise the map source is "
+                             "recorded by path + sha256")
+    imagery_mpp: float = opt(0.5, "metres per pixel of the packed imagery (never finer than the map)", gt=0)
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(self.scales)
+        check_options(self)
+        if not self.scales:
+            raise SkylocError("tiles: --scales needs at least one positive multiplier, e.g. 1.0")
+
+
+def resolved_config_path(out: str | Path) -> Path:
+    """Where `skyloc tiles` records the options it used: `<out stem>.config.json` beside the tile set."""
+    out = Path(out)
+    return out.with_name(out.stem + ".config.json")
+
+
+def _add_index(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", choices=INDEX_KINDS, default="none",
+                   help="also build a faiss index beside the tile set (reused by `skyloc run`)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, TilesOptions)
+    sub = parser.add_subparsers(dest="tiles_cmd", metavar="{merge}")
+    m = sub.add_parser("merge", help="join shards 0/N..N-1/N into one tile set",
+                       formatter_class=HelpFormatter)
+    m.add_argument("parts", nargs="+", help="the shard files")
+    m.add_argument("--out", required=True, help="merged tile set to write")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_index(m)
+
+
+def _build_index(out: Path, kind: str) -> None:
+    if kind == "none":
+        return
+    from skyloc.runtime.localize.retrieval_faiss import FaissMatcher
+    from skyloc.runtime.maps.tileset import TileSet
+
+    m = FaissMatcher(TileSet.load(out), kind)
+    print(f"faiss {kind} index: {m.index_path} ({'reused' if m.reused else 'built'})", file=sys.stderr)
+
+
+def main(args: argparse.Namespace) -> int:
+    from skyloc.runtime.maps.tileset import TileSet
+    from skyloc.runtime.maps.tileset_build import build_tileset, merge_tilesets
+
+    if args.tiles_cmd == "merge":
+        out = merge_tilesets(args.parts, args.out, overwrite=args.overwrite)
+        index = args.index
+    else:
+        opts = options_from_args(TilesOptions, args, section="tiles")
+        missing = [f"--{n}" for n in ("model", "map", "out") if not getattr(opts, n)]
+        if missing:
+            raise SkylocError(f"missing {', '.join(missing)} (or use `skyloc tiles merge PARTS... --out OUT`)")
+        conf = {"providers": opts.providers} if opts.providers else None
+        from skyloc.runtime.maps.imagery import imagery_record
+
+        imagery = imagery_record(opts.map, opts.out, opts.pack_imagery, opts.imagery_mpp, opts.overwrite)
+        out = build_tileset(
+            opts.model, opts.map, opts.out, tile_m=opts.tile_m, stride_m=opts.stride_m,
+            scales=list(opts.scales), batch=opts.batch, backend=opts.backend,
+            shard=opts.shard, progress=opts.progress, min_valid=opts.min_valid, conf=conf,
+            overwrite=opts.overwrite, imagery=imagery,
+        )
+        write_resolved_config(opts, resolved_config_path(out))
+        index = opts.index
+    ts = TileSet.load(out)
+    m = ts.meta
+    print(f"wrote {out}: {len(ts)} tiles, {ts.dim}-d, model {ts.model_id[:12]} ({ts.variant}, "
+          f"{m.get('precision')}), shard {m.get('shard')}, via {m.get('backend', 'merge')}", file=sys.stderr)
+    _build_index(out, index)
+    return 0

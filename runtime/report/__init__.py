@@ -1,0 +1,1 @@
+"""`skyloc report`: plots and tracks from a run's fix records."""
