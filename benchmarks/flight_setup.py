@@ -30,6 +30,8 @@ def _tile_m(altitude: float, fov_deg: float, width: int, height: int) -> float:
 # (speed m/s, share of the ground width) tried in turn: the real maps are small (Turku: 0.2 km tiles
 # with gaps) and a flight keeps its whole footprint on valid imagery; slower first, then a narrower lens
 FLIGHT_FITS = ((8.0, 1.0), (4.0, 1.0), (4.0, 0.7), (2.0, 0.7))
+# benchmark flights see the ground as another season and sensor than the map (synth.appearance)
+BENCH_APPEARANCE = "full"
 
 
 def fit_flight(map_path: Path, out: Path, alt: float, seconds: float, fps: float, tilt_max: float, width: int,
@@ -44,7 +46,8 @@ def fit_flight(map_path: Path, out: Path, alt: float, seconds: float, fps: float
         tile_m = _tile_m(alt, fov, width, height)
         cfg = FlightConfig(seconds=seconds, fps=fps, speed_mps=speed, altitude_range_m=(alt, 1.1 * alt),
                            tilt_max_deg=tilt_max, attitude_deg=3.0, yaw_mode="random-walk", seed=seed,
-                           width=width, height=height, fov_deg=fov, overwrite=True)
+                           width=width, height=height, fov_deg=fov, overwrite=True,
+                           appearance=BENCH_APPEARANCE, lower_to_fit=False)  # the ladder above picks the fit
         try:
             video = make_flight(map_path, out, cfg)
         except SkylocError as exc:

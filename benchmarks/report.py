@@ -198,11 +198,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return path
 
 
-def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def columns_of(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> list[str]:
     """`first` (those present), then every other key in first-seen order."""
     seen = [c for c in first if any(c in r for r in rows)]

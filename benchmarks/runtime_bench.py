@@ -228,7 +228,7 @@ def bench_runtime(
 
 
 def frame_to_fix(lat: dict[str, float]) -> float | None:
-    if "total" not in lat or "infer" not in lat or "search" not in lat:
+    if "total" not in lat or "infer" not in lat or "retrieve" not in lat:
         return None
     return lat["total"] - lat.get("grab", 0.0)
 
@@ -276,7 +276,7 @@ def runtime_goals(rows: Sequence[dict[str, Any]], soak: dict[str, float], tiles:
                     f"{over_stage:+.1%} vs the loop's own inference stage ({inf['p50_ms']:.2f} ms); {tiles} tiles")
         met = over <= G.RUNTIME_OVERHEAD
         why = "" if met else (
-            f"search p50 {by['search']['p50_ms']:.2f} ms and preprocess p50 {by['preprocess']['p50_ms']:.2f} ms "
+            f"retrieve p50 {by['retrieve']['p50_ms']:.2f} ms and preprocess p50 {by['preprocess']['p50_ms']:.2f} ms "
             f"are large next to a {alone['p50_ms']:.2f} ms inference (a small / fast model makes the fixed "
             "per-frame costs weigh more)" + busy)
         goals.append(Goal("loop overhead", target, measured, met if tiles >= 10_000 else None,

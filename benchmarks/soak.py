@@ -298,7 +298,7 @@ def bench_soak(cfg: SoakConfig | None = None, work_dir: str | Path | None = None
         f"Run time {res['seconds']} s on this (shared) machine.",
     ]
     return write_results(
-        name, res["channels"], results_dir, title="Soak: bad frames and NaN headings, no wrong 3D fix (issue 13)",
+        name, res["channels"], results_dir, title="Soak: bad frames and NaN headings, no wrong 3D fix",
         columns=["channel", "fixes_3d", "on_black_or_featureless", "on_nan_heading", "farther_than_wrong_m",
                  "wrong_3d", "median_err_m", "max_err_m"],
         goals=goals, notes=notes, command=command,

@@ -47,6 +47,7 @@ from tqdm import tqdm
 from skyloc.core.atomic import atomic_path, clean_stale_scratch, scratch_path
 from skyloc.core.errors import SkylocError
 from skyloc.core.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.export.uint8_input import cast_only_uint8_inputs
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -208,6 +209,7 @@ def place_trt_qdq(path: Path) -> int:
     float and the other input carries the Q/DQ (its fusion guide: an extra pair "forces the
     separation"). Drops the pair on the first input produced by a Conv. Returns pairs removed."""
     proto = onnx.load(str(path))
+    cast_only_uint8_inputs(proto)  # uint8 "image" read by its Cast only (an FP32 export from before the fix)
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     removed = 0
@@ -279,11 +281,27 @@ def calibrate(model: str | os.PathLike, image_dirs: Sequence[str | os.PathLike],
             raise SkylocError(f"--compare {other} (model {o.model_id}, {o.variant}) is not a build of {model} "
                               f"(model {side.model_id}, {side.variant})")
     selected = select_images(image_dirs, num_images)
-    manifest = write_manifest(selected, out_dir, model=model.name, model_id=side.model_id, method=method)
-    images = _load(selected, side, progress, "reading calibration images")
-    paths = quantize_pair(model, images, out_dir, method=method, progress=progress,
-                          extra_info={"calibration_manifest": manifest.name,
-                                      "calibration_manifest_sha256": sha256_file(manifest)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_scratch(out_dir)  # a killed calibrate's scratch manifest folder
+    # The manifest describes the models: it is written to scratch first (the models record its
+    # sha256) and renamed into place only after both models are, so a calibrate killed midway
+    # leaves the previous manifest beside the previous models.
+    from skyloc.calibration.select import MANIFEST_NAME
+
+    scratch_dir = scratch_path(out_dir / MANIFEST_NAME)
+    scratch_dir.mkdir()
+    try:
+        pending = write_manifest(selected, scratch_dir, model=model.name, model_id=side.model_id, method=method)
+        images = _load(selected, side, progress, "reading calibration images")
+        paths = quantize_pair(model, images, out_dir, method=method, progress=progress,
+                              extra_info={"calibration_manifest": MANIFEST_NAME,
+                                          "calibration_manifest_sha256": sha256_file(pending)})
+        manifest = out_dir / MANIFEST_NAME
+        os.replace(pending, manifest)
+    finally:
+        for leftover in scratch_dir.glob("*"):
+            leftover.unlink(missing_ok=True)
+        scratch_dir.rmdir()
     note = "calibration images (not held out)"
     if held_out is not None:
         images = _load(select_images([held_out], num_images), side, progress, "reading held-out images")

@@ -4,7 +4,8 @@ Run on every artifact `export` and `calibrate` write (tests), by `skyloc check M
 on a parse failure in `skyloc engine`. Rules, each finding naming the node:
 
 - `uint8`: UINT8 only as a network input or output (the parser refuses a UINT8 intermediate;
-  a uint8 Transpose ahead of the input Cast made every skyloc export unbuildable).
+  a uint8 Transpose ahead of the input Cast made every skyloc export unbuildable), and a UINT8
+  input read by nothing but Casts (NVIDIA/TensorRT#3985: e.g. the Shape layer has no UINT8).
 - `type`: the element types TensorRT's operator support matrix allows per op (no DOUBLE tensors,
   float-only math ops, BOOL-only logic, INT8/FP8/INT4 only around Q/DQ).
 - `unsupported-op`: ops the parser has no importer for (plugins would be needed).
@@ -145,11 +146,13 @@ class _Graph:
         return ok
 
 
-def lint_model(model: str | os.PathLike | onnx.ModelProto) -> list[Finding]:
-    """Every TensorRT parser-constraint finding in `model` (no errors: TensorRT can build it)."""
+def lint_model(model: str | os.PathLike | onnx.ModelProto, profile_dims: tuple[int, ...] = ()) -> list[Finding]:
+    """Every TensorRT parser-constraint finding in `model` (no errors: TensorRT can build it).
+    `profile_dims`: input dimensions besides the batch that the engine's profile covers (the
+    learned matcher's H and W), so they may be dynamic."""
     G = _Graph(_load(model))
     found: list[Finding] = []
-    found += _lint_io(G)
+    found += _lint_io(G, set(profile_dims))
     for idx, n in enumerate(G.g.node):
         name = n.name or f"<unnamed node #{idx}>"
         out: list[Finding] = []
@@ -164,7 +167,7 @@ def lint_model(model: str | os.PathLike | onnx.ModelProto) -> list[Finding]:
     return found
 
 
-def _lint_io(G: _Graph) -> list[Finding]:
+def _lint_io(G: _Graph, profile_dims: set[int]) -> list[Finding]:
     found = []
     for v in G.g.input:
         if v.name in G.consts:
@@ -172,9 +175,14 @@ def _lint_io(G: _Graph) -> list[Finding]:
         t = v.type.tensor_type
         if t.elem_type and t.elem_type not in ANY | {T.UINT8}:
             found.append(Finding(v.name, "graph input", "type", f"input type {_tname(t.elem_type)} is not a TensorRT I/O type"))
+        if t.elem_type == T.UINT8:  # the parser checks node outputs only; TensorRT fails at build time
+            for c, _ in G.consumers.get(v.name, []):
+                if c.op_type != "Cast" or c.domain not in ("", "ai.onnx"):
+                    found.append(Finding(c.name or "<unnamed>", c.op_type, "uint8", f"reads the UINT8 input {v.name!r}: "
+                                         "TensorRT takes a UINT8 input only into a Cast (take shapes after the Cast)"))
         dims = list(t.shape.dim)
         for k, d in enumerate(dims[1:], start=1):
-            if not d.HasField("dim_value"):
+            if not d.HasField("dim_value") and k not in profile_dims:
                 found.append(Finding(v.name, "graph input", "dynamic-shape",
                                      f"dimension {k} is dynamic ({d.dim_param or '?'}): only the batch dimension may "
                                      "be, since the engine gets one optimisation profile over the batch"))

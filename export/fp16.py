@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from skyloc.core.atomic import atomic_path
 from skyloc.core.errors import SkylocError
 from skyloc.core.sidecar import ModelSidecar, read_model_sidecar, sha256_file, write_model_sidecar
+from skyloc.export.uint8_input import cast_only_uint8_inputs
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -63,6 +64,7 @@ def convert_model_to_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = N
     """Return an FP16 copy of `model`: every float node except those named in `keep_fp32`
     (default: the embedding head) computes in float16; graph I/O types are unchanged."""
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    cast_only_uint8_inputs(model)  # an FP32 export from before the fix still gets a TensorRT-clean input
     g = model.graph
     for i, n in enumerate(g.node):
         if not n.name:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from skyloc.core.atomic import atomic_path
 from skyloc.core.errors import SkylocError
 from skyloc.core.metrics import cosine_rows
+from skyloc.export.uint8_input import cast_only_uint8_inputs
 from skyloc.core.sidecar import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -64,7 +65,9 @@ def edge_normalize(image: torch.Tensor, mean255: torch.Tensor, inv_std255: torch
     """uint8 NHWC -> normalised float NCHW, as the exported graphs compute it.
 
     Cast first: TensorRT allows UINT8 only as a network input or output, so a uint8 Transpose
-    (cheaper on bytes, but an intermediate uint8 tensor) makes every graph unparseable."""
+    (cheaper on bytes, but an intermediate uint8 tensor) makes every graph unparseable. The
+    exporter's optimizer still moves shape reads onto the uint8 input; `_check_graph` moves
+    them back (export.uint8_input)."""
     x = image.to(torch.float32).permute(0, 3, 1, 2)
     return (x - mean255) * inv_std255
 
@@ -116,6 +119,7 @@ def _check_graph(path: Path) -> onnx.ModelProto:
     """Checker + strict shape inference; the inferred shapes are kept in the file (value_info),
     which ORT's quantizer and TensorRT's parser both use."""
     proto = onnx.load(str(path))
+    cast_only_uint8_inputs(proto)  # the optimizer's Shape(image) -> Shape(Cast(image))
     onnx.checker.check_model(proto, full_check=True)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     (inp,), (out,) = proto.graph.input, proto.graph.output

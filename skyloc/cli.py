@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("skyloc.calibration.cli", "INT8 post-training quantization (QDQ ONNX for ORT and TensorRT)"),
     "engine": ("skyloc.export.engine_cli", "ONNX -> TensorRT engine (needs TensorRT and a GPU)"),
     "check": ("skyloc.calibration.check_cli", "lint an ONNX model against TensorRT's parser constraints"),
+    "doctor": ("skyloc.benchmarks.gpu_check", "versions; with --gpu one timed check of the NVIDIA path, one markdown file"),
     "tiles": ("skyloc.runtime.maps.tiles_cli", "embed a map into a tile set (sharded, mergeable)"),
     "run": ("skyloc.runtime.run.cli", "localize frames from a camera, video or folder against a tile set"),
     "bench": ("skyloc.benchmarks.cli", "latency, search-scaling, accuracy and runtime benchmarks"),

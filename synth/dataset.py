@@ -16,14 +16,17 @@ intrinsics (OpenCV pixel-centre convention), so training can rectify it as the r
 
 Drone images are numbered along the spiral: image-01 is the first, highest and farthest view.
 A location is kept only when every pixel of its satellite crop and all its drone views is valid.
+Nadir views fly each location as high as its clearance allows (synth.placement): at most the
+range's top, never below its bottom. The dataset places the locations that fit (at least 2),
+says how many in a warning and synth.json's notes, and names settings that work when none fit.
 """
 from __future__ import annotations
 
 import csv
-import json
-import math
-import shutil
 from dataclasses import asdict, dataclass, field
+import json
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +34,28 @@ from tqdm import tqdm
 
 from skyloc.core import geo
 from skyloc.core.errors import SkylocError
-from skyloc.runtime.maps.geotiff import GeoTiffMap
-from skyloc.runtime.maps.base import GeoMap
-from skyloc.runtime.maps.mosaic import TiledMap, write_corners_csv
-from skyloc.runtime.maps.open import open_map
-from skyloc.synth.camera import (Camera, SpiralConfig, mid_spiral_ground_width_m, spiral_cameras,
-                                   spiral_extent_m)
-from skyloc.synth.nadir import NadirViewConfig, camera_model, nadir_extent_m, nadir_views, pose_from_camera
+from skyloc.synth.camera import (
+    Camera,
+    SpiralConfig,
+    mid_spiral_ground_width_m,
+    spiral_cameras,
+    spiral_extent_m,
+)
+from skyloc.synth.nadir import (
+    NadirViewConfig,
+    camera_model,
+    nadir_ground_width_m,
+    nadir_views,
+    pose_from_camera,
+)
+from skyloc.synth.output import open_output_map
 from skyloc.synth.photometric import PhotometricConfig, apply_photometric, encode_jpeg
+from skyloc.synth.placement import NadirFit, Placer, placement_advice, square_valid
 from skyloc.synth.render import render_view, view_is_valid
-from skyloc.synth.world import make_world
+from skyloc.synth.valid_area import ValidArea
+
+
+log = logging.getLogger(__name__)
 
 LOCATION_COLUMNS = ["location_id", "split", "view", "file", "index", "lat", "lon", "cam_lat", "cam_lon",
                     "cam_alt_m", "cam_yaw_deg", "cam_pitch_deg", "fov_deg", "distance_m", "ground_size_m"]
@@ -71,103 +86,44 @@ class SynthDatasetConfig:
     world_mpp: float = 1.0
 
     def resolved_sat_size(self) -> float:
-        return float(self.sat_size_m) if self.sat_size_m else mid_spiral_ground_width_m(self.spiral)
+        if self.sat_size_m:
+            return float(self.sat_size_m)
+        # nadir-only datasets never fly the spiral: size the crop from the nadir settings
+        return nadir_ground_width_m(self.nadir) if self.views == "nadir" else mid_spiral_ground_width_m(self.spiral)
 
 
-def prepare_out(out: Path, names: tuple[str, ...], overwrite: bool, keep: Path | None) -> None:
-    """Make out ready: refuse (or, with overwrite, delete) our previous outputs in it.
+@dataclass
+class _Location:
+    """One placed location, rendered and encoded (written once the split is known)."""
 
-    A folder holding `keep` (the input map, e.g. OUT/map from `skyloc synth world`) is left alone.
-    """
-    def holds_input(p: Path) -> bool:
-        return keep is not None and p.resolve() in keep.resolve().parents
-
-    present = [out / n for n in names if (out / n).exists() and not holds_input(out / n)]
-    if present and not overwrite:
-        raise SkylocError(f"{out} already holds output ({present[0].name}); pass --overwrite or another --out")
-    for p in present:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    lat: float
+    lon: float
+    sat: bytes
+    views: list[bytes] = field(default_factory=list)
+    cams: list[Camera] = field(default_factory=list)
+    poses: list = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    top_m: float | None = None  # nadir views: the altitude cap fitted to the valid map around it
 
 
-def keep_map_copy(gmap: GeoMap, dest: Path) -> Path:
-    """Copy the map's files into dest (a folder) so the output carries its source; returns the map path."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if isinstance(gmap, GeoTiffMap):
-        src = Path(gmap.source)
-        for side in (src, src.with_name(src.name + ".ovr"), src.with_name(src.name + ".aux.xml")):
-            if side.is_file() and side.resolve() != (dest / side.name).resolve():
-                shutil.copyfile(side, dest / side.name)
-        return dest / src.name
-    if isinstance(gmap, TiledMap) and all(t.path is not None for t in gmap.tiles):
-        rows = []
-        for t in gmap.tiles:
-            rel = Path(t.filename)
-            name = rel.name if rel.is_absolute() or ".." in rel.parts else str(rel)  # stay inside dest
-            target = dest / name
-            if t.path.resolve() != target.resolve():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(t.path, target)
-            rows.append((name, t.tl_lat, t.tl_lon, t.br_lat, t.br_lon))
-        csv_path = dest / "map.csv"
-        if Path(gmap.source).resolve() != csv_path.resolve():
-            write_corners_csv(csv_path, rows)
-        return csv_path
-    raise SkylocError(f"map {gmap.source}: only file-backed maps can be copied into the output")
+def _placement_notes(cfg: SynthDatasetConfig, fit: NadirFit | None, drones: list[_Location], n_test: int,
+                     n_dis: int, want_dis: int, sep: float, source: str) -> list[str]:
+    notes = []
+    if len(drones) < cfg.locations or n_dis < want_dis:
+        notes.append(f"placed {len(drones)} of {cfg.locations} locations with drone views ({n_test} test) and "
+                     f"{n_dis} of {want_dis} distractors on {source}: the valid map holds no more at {sep:.0f} m "
+                     f"spacing; for more, try --min-separation-m {_sep_for(sep, len(drones), cfg.locations):.0f} "
+                     "(locations fit about in proportion to 1 / spacing^2) or a larger map")
+    if fit is not None:
+        low = [d.top_m for d in drones if d.top_m is not None and d.top_m < fit.hi_m - 1e-6]
+        if low:
+            notes.append(f"nadir views: {len(low)} of {len(drones)} locations fly below {fit.hi_m:.0f} m to keep "
+                         f"their views on the valid map (lowest ceiling {min(low):.0f} m)")
+    return notes
 
 
-def resolve_map(map_path: Path | str | None, out_dir: Path, seed: int, size_m: float = 1500.0,
-                mpp: float = 1.0) -> Path:
-    """The map to use: the given one, or the built-in procedural world generated into out_dir/map."""
-    if map_path is not None:
-        return Path(map_path)
-    return make_world(out_dir / "map", seed=seed, size_m=size_m, mpp=mpp)
-
-
-def open_output_map(map_path: Path | str | None, out: Path, names: tuple[str, ...], overwrite: bool,
-                    seed: int, world_size_m: float, world_mpp: float) -> tuple[GeoMap, Path]:
-    """Open the source map (or make the procedural world in OUT), prepare OUT and keep a copy of
-    the map in OUT/map. A bad map fails before OUT is touched."""
-    gmap = open_map(map_path) if map_path is not None else None
-    prepare_out(out, names, overwrite, Path(map_path) if map_path is not None else None)
-    if gmap is None:
-        gmap = open_map(resolve_map(None, out, seed, world_size_m, world_mpp))
-    return gmap, keep_map_copy(gmap, out / "map")
-
-
-class _Placer:
-    """Dart throwing of location centres in local metres, with validity and separation checks."""
-
-    def __init__(self, gmap: GeoMap, rng: np.random.Generator, sep_m: float) -> None:
-        self.gmap, self.rng, self.sep = gmap, rng, sep_m
-        lat_min, lon_min, lat_max, lon_max = gmap.bounds_latlon()
-        self.lat0, self.lon0 = 0.5 * (lat_min + lat_max), 0.5 * (lon_min + lon_max)
-        self.west, self.north = geo.latlon_to_local_m(lat_max, lon_min, self.lat0, self.lon0)
-        self.east, self.south = geo.latlon_to_local_m(lat_min, lon_max, self.lat0, self.lon0)
-        self.taken: list[tuple[float, float]] = []
-
-    def draw(self, margin_m: float) -> tuple[float, float] | None:
-        """A candidate (lat, lon) at least margin_m inside the bounds and sep_m from the others."""
-        lo_e, hi_e = self.west + margin_m, self.east - margin_m
-        lo_n, hi_n = self.south + margin_m, self.north - margin_m
-        if lo_e >= hi_e or lo_n >= hi_n:
-            return None
-        e, n = self.rng.uniform(lo_e, hi_e), self.rng.uniform(lo_n, hi_n)
-        if any(math.hypot(e - a, n - b) < self.sep for a, b in self.taken):
-            return None
-        lat, lon = geo.local_m_to_latlon(e, n, self.lat0, self.lon0)
-        return float(lat), float(lon)
-
-    def accept(self, lat: float, lon: float) -> None:
-        e, n = geo.latlon_to_local_m(lat, lon, self.lat0, self.lon0)
-        self.taken.append((float(e), float(n)))
-
-
-def _square_valid(gmap: GeoMap, lat: float, lon: float, size_m: float, probes: int = 9) -> bool:
-    g = np.linspace(-size_m / 2, size_m / 2, probes)
-    e, n = np.meshgrid(g, g)
-    la, lo = geo.local_m_to_latlon(e, n, lat, lon)
-    return bool(gmap.is_valid(la, lo).all())
+def _sep_for(sep: float, placed: int, want: int) -> float:
+    return max(1.0, 0.8 * sep * math.sqrt(max(placed, 1) / want))
 
 
 def _fmt(x: float | None, nd: int) -> str:
@@ -191,16 +147,18 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
                                  cfg.overwrite, cfg.seed, cfg.world_size_m, cfg.world_mpp)
 
     sat_m = cfg.resolved_sat_size()
-    reach = max(spiral_extent_m(cfg.spiral, k_spiral) if k_spiral else 0.0,
-                nadir_extent_m(cfg.nadir, px, px) if k_nadir else 0.0, sat_m / math.sqrt(2))
+    spiral_reach = spiral_extent_m(cfg.spiral, k_spiral) if k_spiral else 0.0
+    fit = NadirFit.of(cfg.nadir, px, px) if k_nadir else None
+    # nadir views need only their lowest altitude's reach: each location's altitude is fitted below
+    reach = max(spiral_reach, fit.reach_m(fit.lo_m) if fit else 0.0, sat_m / 2)  # the crop is north-up
     if math.isinf(reach):
         raise SkylocError("synth dataset: some drone views see the horizon; lower fov, raise the spiral pitch "
                           "or lower the nadir tilt / attitude")
+    area = ValidArea(gmap)
     n_test = max(1, int(round(cfg.locations * cfg.test_fraction)))
     n_test = min(n_test, cfg.locations - 1)
-    n_dis = math.ceil(0.35 * n_test) if cfg.distractors is None else int(cfg.distractors)
-    total = cfg.locations + n_dis
-    width = max(4, len(str(total)))
+    width = max(4, len(str(cfg.locations + (math.ceil(0.35 * n_test) if cfg.distractors is None
+                                              else int(cfg.distractors)))))
     kw = max(2, len(str(K)))
     ss = np.random.SeedSequence(cfg.seed)
     # the 4th stream is new (nadir poses): spiral datasets keep the bytes of earlier versions
@@ -208,9 +166,8 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
     is_test = np.zeros(cfg.locations, bool)
     is_test[rng_split.permutation(cfg.locations)[:n_test]] = True
     sep = cfg.min_separation_m if cfg.min_separation_m is not None else 0.5 * sat_m
-    placer = _Placer(gmap, rng_place, sep)
-    rows: list[list[str]] = []
-    pose_rows: list[list[str]] = []
+    placer = Placer(gmap, rng_place, sep)
+    budget = 10 * cfg.max_attempts  # consecutive misses before the map counts as full
 
     def sat_image(lat: float, lon: float) -> bytes | None:
         rgb, valid = gmap.read_crop(lat, lon, sat_m, px)
@@ -218,72 +175,97 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
             return None
         return encode_jpeg(apply_photometric(rgb, rng_photo, cfg.sat_photometric), cfg.jpeg_quality)
 
+    def drone_location(lat: float, lon: float) -> _Location | None:
+        nadir_cfg, top = cfg.nadir, None
+        if fit is not None:
+            top = fit.top_altitude_m(area.clearance_at(lat, lon))
+            if top is None:
+                return None
+            nadir_cfg = fit.config_up_to(top)
+        bearing = float(rng_place.uniform(0, 360))
+        cams = spiral_cameras(cfg.spiral, k_spiral, px, start_bearing_deg=bearing) if k_spiral else []
+        kinds = ["spiral"] * len(cams) + ["nadir"] * k_nadir
+        poses = [pose_from_camera(c) for c in cams]
+        for c, p in nadir_views(rng_nadir, nadir_cfg, k_nadir, px, px):
+            cams.append(c)
+            poses.append(p)
+        if not all(view_is_valid(gmap, c, lat, lon) for c in cams):
+            return None
+        views = []
+        for c in cams:
+            rgb, valid = render_view(gmap, c, lat, lon)
+            if not valid.all():
+                return None
+            views.append(rgb)
+        sat = sat_image(lat, lon)
+        if sat is None:
+            return None
+        data = [encode_jpeg(apply_photometric(rgb, rng_photo, cfg.drone_photometric), cfg.jpeg_quality)
+                for rgb in views]
+        return _Location(lat, lon, sat, data, cams, poses, kinds, top)
+
+    def place(want: int, desc: str, make, margin: float) -> list:
+        got: list = []
+        misses = 0
+        with tqdm(total=want, desc=desc, unit="loc") as bar:
+            while len(got) < want and misses < budget:
+                cand = placer.draw(margin)
+                loc = None
+                if cand is not None and square_valid(gmap, cand[0], cand[1], sat_m):
+                    loc = make(*cand)
+                if loc is None:
+                    misses += 1
+                    continue
+                got.append(loc)
+                placer.accept(loc.lat, loc.lon)
+                misses = 0
+                bar.update(1)
+        return got
+
+    drones: list[_Location] = place(cfg.locations, "synth dataset", drone_location, reach)
+    if len(drones) < 2:
+        raise SkylocError(f"synth dataset: placed only {len(drones)} of {cfg.locations} locations on {gmap.source}: "
+                          + placement_advice(area, sat_m, spiral_reach, cfg.spiral.scale, fit, sep))
+    if len(drones) < cfg.locations:
+        n_test = min(max(1, int(round(len(drones) * cfg.test_fraction))), len(drones) - 1)
+        is_test = np.zeros(len(drones), bool)
+        is_test[rng_split.permutation(len(drones))[:n_test]] = True
+    n_dis = math.ceil(0.35 * n_test) if cfg.distractors is None else int(cfg.distractors)
+
+    def distractor(lat: float, lon: float) -> _Location | None:
+        sat = sat_image(lat, lon)
+        return None if sat is None else _Location(lat, lon, sat)
+
+    dist: list[_Location] = place(n_dis, "distractors", distractor, sat_m / 2)
+    notes = _placement_notes(cfg, fit, drones, n_test, len(dist), n_dis, sep, gmap.source)
+    for note in notes:
+        log.warning("synth dataset: %s", note)
+
+    rows: list[list[str]] = []
+    pose_rows: list[list[str]] = []
+
     def sat_row(loc: str, split: str, file: str, lat: float, lon: float) -> list[str]:
         return [loc, split, "satellite", file, "0", _fmt(lat, 8), _fmt(lon, 8)] + [""] * 7 + [_fmt(sat_m, 3)]
 
-    with tqdm(total=total, desc="synth dataset", unit="loc") as bar:
-        placed = 0
-        attempts = 0
-        while placed < total:
-            attempts += 1
-            if attempts > cfg.max_attempts * total:
-                raise SkylocError(
-                    f"synth dataset: placed only {placed} of {total} locations on {gmap.source} (valid area too "
-                    f"small for views reaching {reach:.0f} m at {sep:.0f} m spacing); lower --locations, "
-                    "--spiral-scale or --min-separation")
-            drone = placed < cfg.locations
-            cand = placer.draw(reach if drone else sat_m / math.sqrt(2))
-            if cand is None:
-                continue
-            lat, lon = cand
-            if not _square_valid(gmap, lat, lon, sat_m):
-                continue
-            loc = f"{placed + 1:0{width}d}"
-            if not drone:
-                sat = sat_image(lat, lon)
-                if sat is None:
-                    continue
-                _write(out / "test" / "gallery_satellite" / loc / f"{loc}.jpg", sat)
-                rows.append(sat_row(loc, "distractor", f"test/gallery_satellite/{loc}/{loc}.jpg", lat, lon))
-            else:
-                bearing = float(rng_place.uniform(0, 360))
-                cams = spiral_cameras(cfg.spiral, k_spiral, px, start_bearing_deg=bearing) if k_spiral else []
-                kinds = ["spiral"] * len(cams) + ["nadir"] * k_nadir
-                poses = [pose_from_camera(c) for c in cams]
-                for c, p in nadir_views(rng_nadir, cfg.nadir, k_nadir, px, px):
-                    cams.append(c)
-                    poses.append(p)
-                if not all(view_is_valid(gmap, c, lat, lon) for c in cams):
-                    continue
-                views = []
-                for c in cams:
-                    rgb, valid = render_view(gmap, c, lat, lon)
-                    if not valid.all():
-                        break
-                    views.append(rgb)
-                if len(views) < K:
-                    continue
-                sat = sat_image(lat, lon)
-                if sat is None:
-                    continue
-                test = bool(is_test[placed])
-                split = "test" if test else "train"
-                sat_dirs = ("query_satellite", "gallery_satellite") if test else ("satellite",)
-                drone_dirs = ("query_drone", "gallery_drone") if test else ("drone",)
-                for d in sat_dirs:
-                    _write(out / split / d / loc / f"{loc}.jpg", sat)
-                rows.append(sat_row(loc, split, f"{split}/{sat_dirs[0]}/{loc}/{loc}.jpg", lat, lon))
-                for i, (c, rgb) in enumerate(zip(cams, views), start=1):
-                    data = encode_jpeg(apply_photometric(rgb, rng_photo, cfg.drone_photometric), cfg.jpeg_quality)
-                    name = f"image-{i:0{kw}d}.jpeg"
-                    for d in drone_dirs:
-                        _write(out / split / d / loc / name, data)
-                    file = f"{split}/{drone_dirs[0]}/{loc}/{name}"
-                    rows.append(_drone_row(loc, split, file, i, lat, lon, c))
-                    pose_rows.append(_pose_row(file, loc, split, kinds[i - 1], poses[i - 1], c, lat, lon))
-            placer.accept(lat, lon)
-            placed += 1
-            bar.update(1)
+    for i, d in enumerate(drones):
+        loc = f"{i + 1:0{width}d}"
+        split = "test" if is_test[i] else "train"
+        sat_dirs = ("query_satellite", "gallery_satellite") if is_test[i] else ("satellite",)
+        drone_dirs = ("query_drone", "gallery_drone") if is_test[i] else ("drone",)
+        for sd in sat_dirs:
+            _write(out / split / sd / loc / f"{loc}.jpg", d.sat)
+        rows.append(sat_row(loc, split, f"{split}/{sat_dirs[0]}/{loc}/{loc}.jpg", d.lat, d.lon))
+        for j, (c, data) in enumerate(zip(d.cams, d.views), start=1):
+            name = f"image-{j:0{kw}d}.jpeg"
+            for dd in drone_dirs:
+                _write(out / split / dd / loc / name, data)
+            file = f"{split}/{drone_dirs[0]}/{loc}/{name}"
+            rows.append(_drone_row(loc, split, file, j, d.lat, d.lon, c))
+            pose_rows.append(_pose_row(file, loc, split, d.kinds[j - 1], d.poses[j - 1], c, d.lat, d.lon))
+    for i, d in enumerate(dist, start=len(drones) + 1):
+        loc = f"{i:0{width}d}"
+        _write(out / "test" / "gallery_satellite" / loc / f"{loc}.jpg", d.sat)
+        rows.append(sat_row(loc, "distractor", f"test/gallery_satellite/{loc}/{loc}.jpg", d.lat, d.lon))
 
     with open(out / "locations.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -297,8 +279,10 @@ def make_dataset(map_path: Path | str | None, out_dir: Path | str, cfg: SynthDat
     src = Path(source["source"]).resolve()
     source["source"] = str(src.relative_to(out.resolve())) if out.resolve() in src.parents else str(src)
     meta = {"kind": "skyloc-synth-dataset", "map": str(kept.relative_to(out)), "map_source": source,
-            "sat_size_m": sat_m, "reach_m": reach, "train_locations": cfg.locations - n_test,
-            "test_locations": n_test, "distractors": n_dis, "config": asdict(cfg)}
+            "sat_size_m": sat_m, "reach_m": reach, "train_locations": len(drones) - n_test,
+            "test_locations": n_test, "distractors": len(dist), "requested_locations": cfg.locations,
+            "requested_distractors": n_dis, "notes": notes,
+            "nadir_top_altitude_m": [d.top_m for d in drones] if fit else None, "config": asdict(cfg)}
     (out / "synth.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return out
 

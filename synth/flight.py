@@ -11,6 +11,11 @@ own (a smooth random yaw rate, "random-walk": a multicopter need not fly nose-fi
 One photometric "day" is drawn for the whole flight (plus per-frame sensor noise), different
 from the map's look.
 
+When no waypoint path fits, the flight steers to stay inside (synth.flight_path); when even
+that fails, it flies lower, with a warning and a note in flight.json (lower_to_fit). Frames can
+come from another image of the area (render_map) and through another season / sensor
+(appearance: synth.appearance); truth stays in the map's frame.
+
 Writes DIR/flight.mp4 (OpenCV mp4v), DIR/truth.csv (per frame: aircraft lat/lon, altitude,
 roll, pitch, yaw, tilt and the ground point on the optical axis, center_lat/lon),
 DIR/flight.json (the camera file for `--camera`, plus the flight's settings), DIR/map/ and
@@ -19,9 +24,10 @@ optionally DIR/frames/NNNNNN.jpg.
 from __future__ import annotations
 
 import csv
+from dataclasses import asdict, dataclass, field, replace
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -29,14 +35,24 @@ import numpy as np
 from tqdm import tqdm
 
 from skyloc.core import geo
-from skyloc.runtime.pose.camera import CameraModel
 from skyloc.core.errors import SkylocError
-from skyloc.runtime.maps.base import GeoMap
+from skyloc.runtime.maps.open import open_map
+from skyloc.runtime.pose.camera import CameraModel
 from skyloc.runtime.pose.frame_pose import MAX_TILT_DEG, FramePose
+from skyloc.synth.appearance import BothValid, SeasonMap, apply_sensor, draw_appearance
 from skyloc.synth.camera import Camera, attitude_camera, smooth_profile
-from skyloc.synth.dataset import open_output_map
-from skyloc.synth.photometric import PhotometricConfig, apply_params, draw_params, encode_jpeg
+from skyloc.synth.flight_path import fit_path
+from skyloc.synth.output import open_output_map
+from skyloc.synth.photometric import (
+    PhotometricConfig,
+    apply_params,
+    draw_params,
+    encode_jpeg,
+)
 from skyloc.synth.render import render_view
+
+
+log = logging.getLogger(__name__)
 
 TRUTH_COLUMNS = ["frame", "time_s", "lat", "lon", "altitude_m", "roll_deg", "pitch_deg", "yaw_deg", "tilt_deg",
                  "center_lat", "center_lon", "east_m", "north_m"]
@@ -70,6 +86,9 @@ class FlightConfig:
     max_tries: int = 200
     world_size_m: float = 1500.0  # the procedural world used when no map is given
     world_mpp: float = 1.0
+    appearance: str = "none"  # one of synth.appearance.APPEARANCES: another season / sensor than the map
+    render_map: str | None = None  # render the frames from this image of the area (the run uses the map)
+    lower_to_fit: bool = True  # no path fits: fly lower (with a warning) instead of failing
 
 
 def frame_camera(cfg: FlightConfig, east: float, north: float, pose: FramePose) -> Camera:
@@ -142,106 +161,38 @@ def check_config(cfg: FlightConfig) -> None:
         raise SkylocError("flight: --yaw-rate must be >= 0 and the profile period > 0")
 
 
-def catmull_rom(points: np.ndarray, per_segment: int = 40) -> np.ndarray:
-    """Dense centripetal Catmull-Rom curve through points[1:-1] (the ends only shape the tangents)."""
-    out = []
-    for i in range(1, len(points) - 2):
-        p0, p1, p2, p3 = points[i - 1:i + 3]
-        t0 = 0.0
-        t1 = t0 + max(np.linalg.norm(p1 - p0), 1e-6) ** 0.5
-        t2 = t1 + max(np.linalg.norm(p2 - p1), 1e-6) ** 0.5
-        t3 = t2 + max(np.linalg.norm(p3 - p2), 1e-6) ** 0.5
-        t = np.linspace(t1, t2, per_segment, endpoint=False)[:, None]
-        a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
-        a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
-        a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
-        b1 = (t2 - t) / (t2 - t0) * a1 + (t - t0) / (t2 - t0) * a2
-        b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
-        out.append((t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2)
-    out.append(points[-2][None])
-    return np.concatenate(out)
+def _overlaps(m) -> bool:
+    lat_min, lon_min, lat_max, lon_max = m.bounds_latlon()
+    if lat_min >= lat_max or lon_min >= lon_max:
+        return False
+    la, lo = np.meshgrid(np.linspace(lat_min, lat_max, 33), np.linspace(lon_min, lon_max, 33))
+    return bool(m.is_valid(la, lo).any())
 
 
-class _Region:
-    """Where the camera's ground foot may go: valid map eroded by the footprint radius, on a metric grid."""
-
-    def __init__(self, gmap: GeoMap, clearance_m: float) -> None:
-        lat_min, lon_min, lat_max, lon_max = gmap.bounds_latlon()
-        self.lat0, self.lon0 = 0.5 * (lat_min + lat_max), 0.5 * (lon_min + lon_max)
-        self.west, self.north = geo.latlon_to_local_m(lat_max, lon_min, self.lat0, self.lon0)
-        east, south = geo.latlon_to_local_m(lat_min, lon_max, self.lat0, self.lon0)
-        span = max(east - self.west, self.north - south)
-        self.g = max(clearance_m / 8.0, span / 1000.0, 0.5)
-        nx, ny = int((east - self.west) / self.g) + 1, int((self.north - south) / self.g) + 1
-        e = self.west + (np.arange(nx) + 0.5) * self.g
-        n = self.north - (np.arange(ny) + 0.5) * self.g
-        ee, nn = np.meshgrid(e, n)
-        la, lo = geo.local_m_to_latlon(ee, nn, self.lat0, self.lon0)
-        valid = gmap.is_valid(la, lo).astype(np.uint8)
-        r = int(math.ceil(clearance_m / self.g)) + 1
-        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        # Outside the grid is invalid: pad before eroding so the border erodes too.
-        padded = cv2.copyMakeBorder(valid, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
-        self.ok = cv2.erode(padded, disk)[r:-r, r:-r].astype(bool)
-
-    def inside(self, e: np.ndarray, n: np.ndarray) -> np.ndarray:
-        c = np.floor((np.asarray(e) - self.west) / self.g).astype(np.int64)
-        r = np.floor((self.north - np.asarray(n)) / self.g).astype(np.int64)
-        h, w = self.ok.shape
-        good = (c >= 0) & (c < w) & (r >= 0) & (r < h)
-        out = np.zeros(np.shape(e), bool)
-        out[good] = self.ok[r[good], c[good]]
-        return out
-
-    def random_point(self, rng: np.random.Generator) -> np.ndarray:
-        rows, cols = np.nonzero(self.ok)
-        i = int(rng.integers(0, rows.size))
-        return np.array([self.west + (cols[i] + 0.5) * self.g, self.north - (rows[i] + 0.5) * self.g])
-
-
-def plan_path(region: _Region, rng: np.random.Generator, cfg: FlightConfig, footprint_m: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(positions (N, 2) east/north, headings (N,) deg) for the N frames."""
-    n = max(1, int(round(cfg.seconds * cfg.fps)))
-    need = cfg.speed_mps * (n - 1) / cfg.fps
-    lo, hi = (f * footprint_m for f in cfg.leg_factor)
-    if not region.ok.any():
-        raise SkylocError(f"flight: no part of the map keeps the whole {footprint_m:.0f} m camera footprint "
-                          "valid; lower --altitude or --fov, or use a larger map")
-    for _ in range(cfg.max_tries):
-        pts = [region.random_point(rng)]
-        heading = rng.uniform(0, 2 * math.pi)
-        length, stuck = 0.0, 0
-        while length < need + 2 * hi and stuck < 60:
-            turn = math.radians(cfg.max_turn_deg if stuck < 20 else 180.0)
-            h = heading + rng.uniform(-turn, turn)
-            leg = rng.uniform(lo, hi)
-            nxt = pts[-1] + leg * np.array([math.sin(h), math.cos(h)])
-            s = np.linspace(0, 1, int(leg / (region.g / 2)) + 2)[:, None]
-            seg = pts[-1] + s * (nxt - pts[-1])
-            if region.inside(seg[:, 0], seg[:, 1]).all():
-                pts.append(nxt)
-                heading, length, stuck = h, length + leg, 0
-            else:
-                stuck += 1
-        if length < need + 2 * hi:
+def _fit(gmap, rng: np.random.Generator, cfg: FlightConfig, footprint: float):
+    """(cfg, footprint, positions, headings, region, notes): the path at the asked altitude, else at
+    the highest of a few lower ones that fits -- said in a warning and in flight.json's notes."""
+    try:
+        return (cfg, footprint, *fit_path(gmap, rng, cfg, footprint), [])
+    except SkylocError as exc:
+        if not cfg.lower_to_fit:
+            raise
+        first = exc
+    lo, hi = _altitude_range(cfg)
+    for f in (0.85, 0.7, 0.55, 0.4, 0.3):
+        low = replace(cfg, altitude_m=cfg.altitude_m * f,
+                      altitude_range_m=None if cfg.altitude_range_m is None else (lo * f, hi * f))
+        fp = worst_footprint_m(low)
+        try:
+            pos, yaw, region = fit_path(gmap, rng, low, fp, waypoints=False)
+        except SkylocError:
             continue
-        # Extra end points give the spline its end tangents; start the flight one leg in.
-        curve = catmull_rom(np.array([2 * pts[0] - pts[1]] + pts + [2 * pts[-1] - pts[-2]]), 60)
-        if not region.inside(curve[:, 0], curve[:, 1]).all():
-            continue
-        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))])
-        s0 = arc[np.searchsorted(arc, np.linalg.norm(pts[1] - pts[0]) * 0.5)]
-        s = s0 + cfg.speed_mps * np.arange(n) / cfg.fps
-        if s[-1] > arc[-1] - 1.0:
-            continue
-        pos = np.stack([np.interp(s, arc, curve[:, 0]), np.interp(s, arc, curve[:, 1])], 1)
-        ahead = np.stack([np.interp(s + 1.0, arc, curve[:, 0]), np.interp(s + 1.0, arc, curve[:, 1])], 1)
-        d = ahead - np.stack([np.interp(s - 1.0, arc, curve[:, 0]), np.interp(s - 1.0, arc, curve[:, 1])], 1)
-        yaw = np.degrees(np.arctan2(d[:, 0], d[:, 1])) % 360.0
-        return pos, yaw
-    raise SkylocError(f"flight: could not fit a {need:.0f} m path inside the valid map after {cfg.max_tries} "
-                      "tries; shorten --seconds, lower --speed or --altitude, or use a larger map")
+        lo2, hi2 = _altitude_range(low)
+        note = (f"no path at {lo:.0f}-{hi:.0f} m keeps the whole {footprint:.0f} m camera footprint on the valid map; "
+                f"flying at {lo2:.0f}-{hi2:.0f} m instead (set --altitude / --altitude-range or --fov to choose)")
+        log.warning("synth flight: %s", note)
+        return low, fp, pos, yaw, region, [note]
+    raise SkylocError(f"{first} (no path fits down to {0.3 * lo:.0f} m either)")
 
 
 def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightConfig) -> Path:
@@ -255,14 +206,23 @@ def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightCon
     gmap, kept = open_output_map(map_path, out, ("flight.mp4", "truth.csv", "flight.json", "frames", "map"),
                                  cfg.overwrite, cfg.seed, cfg.world_size_m, cfg.world_mpp)
 
+    render_map = open_map(cfg.render_map) if cfg.render_map else gmap
+    plan_map = BothValid(gmap, render_map) if cfg.render_map else gmap
+    if cfg.render_map and not _overlaps(plan_map):
+        raise SkylocError(f"flight: --render-map {cfg.render_map} does not overlap the map {gmap.source}; "
+                          "give an image of the same area")
+
     # the first three streams are the ones earlier versions drew, so level track-yaw flights keep their path
     rng_path, rng_day, rng_noise, rng_att = (np.random.default_rng(s)
                                              for s in np.random.SeedSequence(cfg.seed).spawn(4))
-    region = _Region(gmap, footprint + cfg.margin_m)
-    pos, track_yaw = plan_path(region, rng_path, cfg, footprint)
+    cfg, footprint, pos, track_yaw, region, notes = _fit(plan_map, rng_path, cfg, footprint)
     poses = frame_poses(cfg, rng_att, track_yaw)
     day = draw_params(rng_day, cfg.photometric)
     day.jpeg_quality = 0  # the video codec compresses already
+    # its own stream (from the seed's 5th child), so flights without it keep their bytes
+    rng_look = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(5)[4])
+    look = draw_appearance(cfg.appearance, rng_look)
+    source = SeasonMap(render_map, look) if look.changes_ground or look.misregistration_m != (0.0, 0.0) else render_map
 
     video = out / "flight.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), float(cfg.fps), (cfg.width, cfg.height))
@@ -274,11 +234,11 @@ def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightCon
     try:
         for i, ((e, n), pose) in enumerate(tqdm(list(zip(pos, poses)), desc="synth flight", unit="frame")):
             cam = frame_camera(cfg, e, n, pose)
-            rgb, valid = render_view(gmap, cam, region.lat0, region.lon0)
+            rgb, valid = render_view(source, cam, region.lat0, region.lon0)
             if not valid.all():
                 raise SkylocError(f"flight: frame {i} sees {int((~valid).sum())} pixels off the valid map "
                                   f"(validity grid {region.g:.1f} m too coarse for this map); raise --margin")
-            frame = apply_params(rgb, day, rng_noise)
+            frame = apply_sensor(apply_params(rgb, day, rng_noise), look, rng_look)
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             if cfg.write_frames:
                 (out / "frames" / f"{i:06d}.jpg").write_bytes(encode_jpeg(frame, 95))
@@ -298,7 +258,11 @@ def make_flight(map_path: Path | str | None, out_dir: Path | str, cfg: FlightCon
             "altitude_m": cfg.altitude_m, "altitude_range_m": list(_altitude_range(cfg)), "tilt_deg": cfg.tilt_deg,
             "tilt_range_deg": list(_tilt_range(cfg)), "attitude_deg": cfg.attitude_deg, "yaw_mode": cfg.yaw_mode,
             "footprint_radius_m": footprint,
-            "map": str(kept.relative_to(out)), "origin_latlon": [region.lat0, region.lon0], "config": asdict(cfg)}
+            "map": str(kept.relative_to(out)), "origin_latlon": [region.lat0, region.lon0], "config": asdict(cfg),
+            # frames may come from another image of the area and through another season / sensor:
+            # truth.csv stays in the map's frame (a misregistration shows up as a fix error)
+            "render_map": str(Path(cfg.render_map).resolve()) if cfg.render_map else None,
+            "appearance": asdict(look), "path_planner": region.planner, "notes": notes}
     (out / "flight.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return video
 

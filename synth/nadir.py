@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from skyloc.runtime.pose.camera import CameraModel
-from skyloc.core.errors import SkylocError
 from skyloc.runtime.pose.frame_pose import MAX_TILT_DEG, FramePose
 from skyloc.synth.camera import Camera, attitude_camera, border_uv
+
+from skyloc.core.errors import SkylocError
 
 
 @dataclass
@@ -88,3 +88,9 @@ def pose_from_camera(cam: Camera) -> FramePose | None:
 def camera_model(cam: Camera) -> CameraModel:
     """The synth camera's intrinsics in runtime.camera's (OpenCV pixel-centre) convention."""
     return CameraModel.from_hfov(cam.fov_deg, cam.width, cam.height)
+
+
+def nadir_ground_width_m(cfg: NadirViewConfig) -> float:
+    """Ground width a level nadir view sees at the middle of the altitude range (default satellite crop)."""
+    mid = 0.5 * (cfg.altitude_range_m[0] + cfg.altitude_range_m[1]) * cfg.scale
+    return 2.0 * mid * math.tan(math.radians(cfg.fov_deg) / 2)

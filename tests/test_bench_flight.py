@@ -58,7 +58,7 @@ def test_ci_sized_flight_runs_through_skyloc_run(tmp_path: Path):
     assert ts_meta["tile_m"] == pytest.approx(round(0.55 * 2 * 80 * math.tan(math.radians(fov / 2)) * 240 / 320))
     assert ts_meta["speed_mps"] == 8.0  # the 500 m world holds the first try
     # the run had the take-off prior: 300 m radius, centred 150 m off the first true position
-    start = json.loads((out.parent / "fixes-unknown-reg.config.json").read_text())["options"]["start"]
+    start = json.loads((out.parent / "fixes-unknown-reg.jsonl.config.json").read_text())["options"]["start"]
     import csv
 
     with open(tmp_path / "work" / "procedural-80" / "flight" / "truth.csv", newline="") as f:
@@ -108,3 +108,31 @@ def test_registration_stage_flight_heading_unknown_meets_the_goal(tmp_path: Path
     assert r["verified_rate"] >= 0.8, r
     assert r["verified_median_m"] <= 5.0 and r["verified_max_m"] <= 15.0, r
     assert r["within_2acc"] >= 0.8, r
+
+
+def test_photo_run_goals_and_priors_by_hand():
+    """The headline goal: the real photo through `skyloc run` verified within 3 m in each of
+    heading known / unknown x prior 300 m / none (GSD known); GSD unknown is reported only."""
+    from skyloc.benchmarks.flight import photo_run_goals
+    from skyloc.benchmarks.flight_photo import photo_run_argv
+    from skyloc.core.geo import haversine_m
+
+    def row(h, g, p, ver, err):
+        return {"heading": h, "gsd": g, "prior_m": p, "verified": ver, "error_m": err}
+
+    good = [row(h, "known", p, True, 1.0) for h in ("known", "unknown") for p in (300.0, 1000.0, "none")]
+    goals = photo_run_goals(good + [row("known", "unknown", "none", False, 80.0)])
+    assert [g.met for g in goals] == [True, None] and goals[0].measured.startswith("4/4")
+    bad = [dict(r) for r in good]
+    bad[0]["error_m"] = 3.5  # verified but 3.5 m off: misses the goal
+    assert photo_run_goals(bad)[0].met is False
+    bad[0].update(error_m=1.0, verified=False)
+    assert photo_run_goals(bad)[0].met is False
+    assert photo_run_goals(good[2:3] + good[5:6])[0].measured.startswith("2/2")  # 1000 m rows are not the goal's
+    case = {"model": Path("m.onnx"), "tiles": Path("t.npz"), "photos": Path("p"), "lat": 55.54, "lon": 38.25}
+    argv = photo_run_argv(case, "unknown", "known", 300.0, Path("o.jsonl"))
+    lat, lon, r = (float(v) for v in argv[argv.index("--start") + 1].split(","))
+    assert r == 300.0 and haversine_m(lat, lon, 55.54, 38.25) == pytest.approx(210.0, abs=0.5)
+    assert "--yaw" not in argv and argv[argv.index("--gsd") + 1] == "0.065"
+    argv = photo_run_argv(case, "known", "unknown", None, Path("o.jsonl"))
+    assert "--start" not in argv and "--gsd" not in argv and argv[argv.index("--yaw") + 1] == "0"

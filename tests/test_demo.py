@@ -52,7 +52,43 @@ def test_quick_demo_writes_report_and_localizes(demo_run) -> None:
     calib = np.mean([err[x["frame"]] <= 2 * x["raw_accuracy_m"] for x in verified])
     assert s["accuracy_calibration"] == round(float(calib), 3) >= 0.9
     assert report["precision"] == "int8-ort" and "onnxruntime" in report["backend"]
-    assert {"rectify", "infer", "search", "register", "total"} <= set(report["latency_ms"])
+    assert {"rectify", "infer", "retrieve", "register", "total"} <= set(report["latency_ms"])
     assert set(report["stage_seconds"]) == {"map", "dataset", "train", "export", "int8", "tiles", "flight", "run"}
     md = (out / "report.md").read_text()
     assert "verified-fix rate" in md and "accuracy calibration" in md and "latency register" in md
+
+
+def test_demo_report_shows_the_runs_evidence_and_timeline(demo_run) -> None:
+    out = demo_run["out"]
+    fixes = [json.loads(l) for l in (out / "fixes.jsonl").read_text().splitlines()]
+    positioned = [x for x in fixes if "skipped" not in x]
+    assert sorted(p.name for p in (out / "evidence").iterdir()) == [f"frame-{x['frame']:06d}.png" for x in positioned]
+    run_report = json.loads((out / "run-report.json").read_text())
+    assert run_report["evidence"]["images"] == len(positioned)
+    assert run_report["autopilot"]["sent"] == sum(x["verified"] and x["accepted"] for x in positioned)
+    md = (out / "report.md").read_text()
+    for png in ("evidence.png", "timeline.png", "accuracy.png"):
+        assert f"]({png})" in md and cv2.imread(str(out / png)) is not None, png
+
+
+def test_demo_rerun_would_reuse_the_model_trained_on_the_same_settings(demo_run, tmp_path) -> None:
+    """The demo's training run records its key; the same settings over a freshly generated world (the
+    world a re-run makes) give that key, so a re-run into the folder skips training; the world's
+    bytes and every setting change it."""
+    import dataclasses
+
+    from skyloc.pipelines.demo import reusable_checkpoint, training_key, training_settings
+    from skyloc.synth.world import make_world
+
+    cfg, out = demo_run["config"], demo_run["out"]
+    world = make_world(tmp_path / "world", seed=cfg.seed, size_m=cfg.world_size_m, mpp=1.0)
+    key = training_key(world, *training_settings(cfg))
+    ckpt = reusable_checkpoint(out / "run", key)
+    assert ckpt is not None and ckpt.parent == out / "run" and ckpt.suffix == ".pt"
+    assert json.loads((out / "report.json").read_text())["model_reused"] is False  # the fixture trained
+    for change in ({"epochs": cfg.epochs + 1}, {"locations": cfg.locations - 1}, {"seed": cfg.seed + 1}):
+        other = training_key(world, *training_settings(dataclasses.replace(cfg, **change)))
+        assert other != key and reusable_checkpoint(out / "run", other) is None, change
+    png = world.parent / "map.png"  # make_world returns the corners CSV; the picture lies beside it
+    png.write_bytes(png.read_bytes() + b"another world")
+    assert training_key(world, *training_settings(cfg)) != key

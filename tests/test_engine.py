@@ -84,7 +84,8 @@ def test_adopt_without_tensorrt(tmp_path: Path, capsys) -> None:
 
 def test_engine_and_sidecar_are_committed_as_a_pair(tmp_path: Path) -> None:
     """The writer build_engine and adopt use (no TensorRT needed for the file handling)."""
-    from skyloc.export.engine import _commit_pair
+    from skyloc.core.sidecar import write_engine_sidecar
+    from skyloc.export.engine import commit_pair
 
     onnx_path = _tiny_onnx_with_sidecar(tmp_path / "m.onnx")
     side = read_model_sidecar(onnx_path)
@@ -94,9 +95,9 @@ def test_engine_and_sidecar_are_committed_as_a_pair(tmp_path: Path) -> None:
         return EngineSidecar(model=side, tensorrt_version=version, gpu_name="Orin", compute_capability="8.7",
                              precision="fp32", onnx_sha256=side.onnx_sha256, max_batch=4, opt_batch=2)
 
-    _commit_pair(out, b"plan one", sidecar("10.3.0"), verify=False)
+    commit_pair(out, b"plan one", lambda p: write_engine_sidecar(p, sidecar("10.3.0")), None)
     assert out.read_bytes() == b"plan one" and read_engine_sidecar(out).tensorrt_version == "10.3.0"
-    _commit_pair(out, b"plan two", sidecar("10.4.0"), verify=False)
+    commit_pair(out, b"plan two", lambda p: write_engine_sidecar(p, sidecar("10.4.0")), None)
     assert out.read_bytes() == b"plan two" and read_engine_sidecar(out).tensorrt_version == "10.4.0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.json", "m.onnx"]
 

@@ -85,7 +85,7 @@ def cli_run(setup):
     npz = base / "feats.npz"
     vis = base / "vis"
     rc = skyloc(["eval", "--data", str(data), "--checkpoint", str(ckpt), "--json", str(out),
-                 "--parts", "table7", "--parts", "0,6", "--shift", "0,10", "--groups", "--test-size", "64,48",
+                 "--parts", "table7;0,6", "--shift", "0,10", "--groups", "--test-size", "64,48",
                  "--save-features", str(npz), "--visualize", str(vis), "--vis-queries", "3",
                  "--workers", "0", "--batch-size", "16", "--quiet"])
     assert rc == 0

@@ -70,8 +70,34 @@ def test_matrix_covers_every_fault_class() -> None:
                   "missing file in the image folder", "ReconnectPolicy", "serial MAVLink /dev/pts",
                   "--out equal to the tile set", "--out equal to the model", "existing --out without --overwrite",
                   "disk full during the run", "broken pipe", "SIGHUP", "--max-speed nan", "--fps 0", "--fps nan",
-                  "--mavlink-sysid 999", "binary telemetry", "--tile-m nan"):
+                  "--mavlink-sysid 999", "binary telemetry", "--tile-m nan",
+                  # flight-software integrity: stalls, silent wrongs, signals, exit codes, containers, synth
+                  "telemetry 500 s off", "MAVLink pose never valid", "--no-register fixes honest",
+                  "every frame is undecodable", "SIGUSR1", "absent /dev/video7", "disk full at startup",
+                  "--udp to a refused port", "binary map.csv", "200000 x 200000", "sidecar input size forged",
+                  "synth flight --fov -5", "synth world --lat inf", "synth dataset --distractors -5",
+                  "synth flight --out naming the map CSV", "weight byte flipped", "gives up (finite default budget)"):
         assert fault in names, fault
+    everything = " | ".join(c.name for c in CASES)
+    for fault in ("GPS_INPUT carries the registered yaw", "SIGQUIT", "SIGUSR2", "silent RTSP", "calibrate SIGTERM",
+                  "--mavlink udpout: to a refused port", "--nmea udp: to a refused port"):
+        assert fault in everything, fault
+    # the numeric-flag sweep: every numeric flag of run, tiles, synth, calibrate (and train) x NaN / inf / -inf
+    # (/ a negative number): read from the parsers, so a new flag joins by itself
+    sweep = [c for c in CASES if c.group == "sweep"]
+    assert len(sweep) >= 300 and len(CASES) >= 400
+    for flag in ("run --max-speed", "run --register-deadline-s", "synth flight --speed", "synth flight --photometric",
+                 "synth dataset --photometric", "synth world --lat", "tiles --tile-m", "calibrate --num-images"):
+        assert any(c.name.startswith(f"sweep: {flag} ") for c in sweep), flag
+
+
+def test_every_numeric_flag_is_refused_out_of_range(world: World, tmp_path: Path) -> None:
+    """A sample of the sweep, in-process (the whole sweep runs in `skyloc bench faults`, ~10 s)."""
+    sweep = [c for c in CASES if c.group == "sweep" and available(c.needs)]
+    for case in sweep[::7]:
+        res, lost = execute(case, world, tmp_path / str(sweep.index(case)), inprocess=True)
+        verdict, why = classify(case, World(tmp_path / str(sweep.index(case)) / "world"), res, lost)
+        assert verdict == "clear error", f"{case.name}: {verdict}: {why}"
 
 
 # --- the atomic-write helper itself ----------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_tiles_cli_pack_imagery_records_it(src_map: Path, tmp_path: Path):
     model = make_tiny_model(tmp_path / "tiny.onnx", size=32, dim=16)
     out = tmp_path / "ts" / "tiles.npz"
     rc = main(["tiles", "--model", str(model), "--map", str(src_map), "--out", str(out), "--tile-m", "40",
-               "--stride-m", "40", "--no-progress", "--pack-imagery", "--imagery-mpp", "1.0"])
+               "--stride-m", "40", "--scales", "1", "--no-progress", "--pack-imagery", "--imagery-mpp", "1.0"])
     assert rc == 0
     ts = TileSet.load(out)
     rec = ts.meta["imagery"]

@@ -110,7 +110,7 @@ def test_heading_unknown_flight_localizes_to_the_goal(flight, tmp_path):
         else:
             assert g["lat"] is None and g["lon"] is None
     # the resolved config beside the fixes reproduces the run's options
-    cfg = json.loads((tmp_path / "fixes.config.json").read_text())
+    cfg = json.loads((tmp_path / "fixes.jsonl.config.json").read_text())
     assert cfg["options"]["use_heading"] is False and cfg["options"]["start"][2] == 150.0
 
 

@@ -19,7 +19,7 @@ REC = {"frame": 1, "lat": 45.0701234, "lon": 7.6809876, "accepted": True, "verif
 
 
 def parse(line: str) -> dict:
-    """Independent NMEA 0183 reader for GGA / RMC: checks framing and checksum, returns fields."""
+    """Independent NMEA 0183 reader for GGA / RMC / HDT: checks framing and checksum, returns fields."""
     assert line.endswith("\r\n") and line.startswith("$"), repr(line)
     body, star, cs = line[1:-2].rpartition("*")
     assert star and len(cs) == 2
@@ -38,6 +38,9 @@ def parse(line: str) -> dict:
         return {"kind": kind, "talker": f[0][:2], "time": f[1], "lat": deg(f[2], f[3], 2), "lat_raw": f[2],
                 "lon": deg(f[4], f[5], 3), "lon_raw": f[4], "ns": f[3], "ew": f[5], "quality": int(f[6]),
                 "sats": int(f[7]), "hdop": float(f[8]) if f[8] else None}
+    if kind == "HDT":
+        assert len(f) == 3 and f[2] == "T"
+        return {"kind": kind, "heading": float(f[1])}
     assert kind == "RMC" and len(f) == 13
     return {"kind": kind, "time": f[1], "status": f[2], "lat": deg(f[3], f[4], 2), "lon": deg(f[5], f[6], 3),
             "sog_kn": float(f[7]) if f[7] else None, "cog": float(f[8]) if f[8] else None, "date": f[9],

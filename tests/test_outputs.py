@@ -17,6 +17,7 @@ import pytest
 
 from skyloc.core.errors import SkylocError
 from skyloc.runtime.outputs.mavlink import GpsInputConfig, MavlinkLink, check_id, gps_input_fields
+from skyloc.runtime.outputs.schema import HeadingSource
 from skyloc.runtime.outputs.writers import (SCHEMA_VERSION, JsonLinesOutput, MavlinkOutput, UdpOutput, gps_time, json_line,
                                     parse_host_port)
 from skyloc.runtime.pose.frame_pose import PoseInputs
@@ -230,7 +231,8 @@ def test_gps_input_round_trip_over_udp():
         assert all(h is not None and h.type == mavutil.mavlink.MAV_TYPE_ONBOARD_CONTROLLER for h in hbs)
         assert hbs[-1].get_srcSystem() == 1 and hbs[-1].get_srcComponent() == 191
         m = mavutil.mavlink
-        rec = {**REC, "capture_unix_s": T_CAPTURE.timestamp(), "heading_deg": 359.996, "heading_source": "register",
+        rec = {**REC, "capture_unix_s": T_CAPTURE.timestamp(), "heading_deg": 359.996,
+               "heading_source": HeadingSource.REGISTRATION,
                "vn_mps": 3.5, "ve_mps": -1.25, "aircraft_lat": 45.1, "aircraft_lon": 7.7}
         out.write({**rec, "verified": False})  # not vouched for: nothing goes out
         out.write({**rec, "accepted": False})
@@ -257,8 +259,11 @@ def test_gps_input_round_trip_over_udp():
         assert msg.yaw == 0 and msg.ignore_flags & m.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ
         assert msg.ignore_flags & m.GPS_INPUT_IGNORE_FLAG_HORIZONTAL_ACCURACY
         assert abs(msg.time_usec / 1e6 - t0) < 5.0  # no capture time: the send time
-        out.write({**REC, "heading_deg": 90.004, "heading_source": "register"})
+        out.write({**REC, "heading_deg": 90.004, "heading_source": HeadingSource.REGISTRATION})
         assert _recv(autopilot, "GPS_INPUT").yaw == 9000
+        # the rotation search's 45-degree guess is not a measurement either
+        out.write({**REC, "heading_deg": 45.0, "heading_source": HeadingSource.ROTATION_SEARCH})
+        assert _recv(autopilot, "GPS_INPUT").yaw == 0
 
         # telemetry back on the same link: listeners and the pose inputs; NaN never reaches them
         seen = []
@@ -365,3 +370,36 @@ def test_no_fix_policy_and_file_url(tmp_path):
     assert got == [(3, 450701234, 76809876), (0, 0, 0), (0, 0, 0)]  # an unvouched position is never sent
     with pytest.raises(SkylocError, match="rejected-fix-type"):
         MavlinkOutput(f"file:{tmp_path / 'x.mavlink'}", rejected_fix_type=3)
+
+
+def test_refused_udp_endpoints_are_counted_not_silent():
+    """Nobody listening at the port (the kernel answers ICMP port unreachable): UDP JSON, NMEA and
+    MAVLink (pymavlink's udpout swallows the error itself) all count it as output errors."""
+    from skyloc.runtime.outputs.nmea import NmeaOutput
+
+    port = _free_udp_port()  # bound, then closed: nothing listens there now
+    rec = {**REC, "heading_deg": 12.0, "heading_source": HeadingSource.REGISTRATION}
+    outs = [UdpOutput("127.0.0.1", port), NmeaOutput(f"udp:127.0.0.1:{port}"),
+            MavlinkOutput(f"udpout:127.0.0.1:{port}", heartbeat_s=0.05)]
+    try:
+        for _ in range(20):
+            for o in outs:
+                o.write(rec)
+            time.sleep(0.02)
+    finally:
+        for o in outs:
+            o.close()
+    for o in outs:
+        assert o.errors >= 1 and o.error_kinds["ECONNREFUSED"] >= 1, (type(o).__name__, o.errors, o.error_kinds)
+    # the control: a listener on the port -> no error
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    try:
+        ok = UdpOutput("127.0.0.1", rx.getsockname()[1])
+        for _ in range(5):
+            ok.write(rec)
+            time.sleep(0.01)
+        ok.close()
+        assert ok.errors == 0 and ok.written == 5
+    finally:
+        rx.close()

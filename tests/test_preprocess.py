@@ -84,7 +84,7 @@ def test_rejects_grayscale_in_batch() -> None:
 def test_one_contract_for_files_frames_and_training(tmp_path) -> None:
     """read_image + prepare_image (training / eval / calibration) and a BGR camera frame through
     to_model_input (runtime) give the same bytes, equal to the slicing + cv2 reference."""
-    from skyloc.core.preprocess import load_image, prepare_image, read_image
+    from skyloc.core.preprocess import prepare_image, read_image
     from skyloc.training.data import eval_transform
 
     rng = np.random.default_rng(11)
@@ -94,7 +94,7 @@ def test_one_contract_for_files_frames_and_training(tmp_path) -> None:
     c = InputContract(height=48, width=48)
     ref = naive(rgb[:, :, ::-1], 48)  # the naive reference takes BGR and returns RGB
     np.testing.assert_array_equal(read_image(path), rgb)
-    np.testing.assert_array_equal(load_image(path, c), ref)
+    np.testing.assert_array_equal(prepare_image(read_image(path), c, bgr=False), ref)
     np.testing.assert_array_equal(prepare_image(rgb, c, bgr=False), ref)
     np.testing.assert_array_equal(to_model_input([cv2.imread(str(path))], c)[0], ref)
     # The eval transform is that contract followed by ImageNet normalisation, nothing else.

@@ -120,7 +120,7 @@ def test_bad_frames_are_skipped_and_counted(nan_setup, tmp_path):
     assert [l["source"] for l in lines] == sorted(p.name for p in folder.iterdir())
     assert [l.get("skipped") for l in lines] == [None, "corrupt", "empty", "grayscale", None, "low-contrast", None]
     assert all(set(l["latency_ms"]) >= {"grab", "total"} for l in lines)
-    assert {"grab", "pose", "quality", "rectify", "preprocess", "infer", "search", "register", "filter",
+    assert {"grab", "pose", "quality", "rectify", "preprocess", "infer", "retrieve", "register", "filter",
             "total"} <= set(lines[0]["latency_ms"])
     stats = json.loads(stats_path.read_text())
     assert stats["frames"] == 7 and stats["fixes"] == 3 and stats["errors"] == 0
@@ -152,7 +152,20 @@ def test_live_source_that_never_opens_is_retried_then_given_up(nan_setup, tmp_pa
                  "--source", "rtsp://127.0.0.1:9/none", "--reopen-initial", "0.01", "--reopen-attempts", "3",
                  "--out", str(tmp_path / "f.jsonl"), "--stats-json", str(stats_path)])
     stats = json.loads(stats_path.read_text())
-    assert rc == 0 and stats["frames"] == 0 and stats["reopens"] == 3
+    # a source that never gave a frame has failed: exit 4, as the README's table says
+    assert rc == 4 and stats["frames"] == 0 and stats["reopens"] == 3 and stats["source_failed"]
+    assert stats["exit_code"] == 4
+
+
+def test_live_reopen_budget_is_finite_by_default_and_said():
+    from skyloc.runtime.run.loop import RunOptions
+
+    policy = RunOptions().reconnect
+    assert policy.max_attempts is not None and policy.max_attempts > 0
+    total = sum(policy.delay(k) for k in range(1, policy.max_attempts + 1))
+    assert 60 <= total <= 600  # minutes of outage ridden out, never forever
+    p = subprocess.run([sys.executable, "-m", "skyloc", "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--reopen-attempts" in p.stdout and "exit 4" in " ".join(p.stdout.split())
 
 
 def _video(path: Path, n: int, size: int = 64) -> Path:
@@ -178,7 +191,8 @@ def test_live_video_that_ends_is_reopened(nan_setup, tmp_path):
     assert len(_lines(tmp_path / "f.jsonl")) == 12
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                                 signal.SIGUSR2])
 def test_signal_stops_cleanly_with_complete_output(nan_setup, tmp_path, sig):
     video = _video(tmp_path / "long.avi", 3000)
     out, stats_path = tmp_path / "f.jsonl", tmp_path / "stats.json"
@@ -312,12 +326,12 @@ def test_existing_output_is_kept_without_overwrite(nan_setup, tmp_path, capsys):
     assert skyloc(base + ["--overwrite"]) == 0
     assert [json.loads(l)["frame"] for l in out.read_text().splitlines()] == [0, 1, 2]
     # the resolved config beside it, and --config reads it back
-    cfg = tmp_path / "fixes.config.json"
+    cfg = tmp_path / "fixes.jsonl.config.json"
     assert json.loads(cfg.read_text())["options"]["blank_cos"] == 0.99999
     out2 = tmp_path / "again.jsonl"
     assert skyloc(["run", "--model", str(nan_setup["model"]), "--tiles", str(nan_setup["tiles"]), "--source",
                    str(video), "--config", str(cfg), "--out", str(out2)]) == 0
-    assert json.loads((tmp_path / "again.config.json").read_text())["options"]["blank_cos"] == 0.99999
+    assert json.loads((tmp_path / "again.jsonl.config.json").read_text())["options"]["blank_cos"] == 0.99999
 
 
 def test_a_startup_error_leaves_the_old_output_alone(nan_setup, tmp_path):

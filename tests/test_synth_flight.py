@@ -10,12 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from skyloc.core import geo
 from skyloc.cli import main as skyloc_main
+from skyloc.core import geo
 from skyloc.core.errors import SkylocError
 from skyloc.runtime.maps.open import open_map
 from skyloc.synth.camera import Camera
-from skyloc.synth.flight import TRUTH_COLUMNS, FlightConfig, catmull_rom, make_flight
+from skyloc.synth.flight import TRUTH_COLUMNS, FlightConfig, make_flight
+from skyloc.synth.flight_path import catmull_rom
+
 
 TURKU = Path(__file__).parents[1] / ".." / "shared" / "data" / "turku-satellite"
 W, H, ALT, FOV, FPS, SPEED = 96, 72, 40.0, 60.0, 5.0, 10.0
@@ -168,7 +170,7 @@ def test_flight_errors_and_cli(tmp_path):
     with pytest.raises(SkylocError, match="horizon"):
         make_flight(None, tmp_path / "x", small_cfg(tilt_deg=70.0))
     with pytest.raises(SkylocError, match="footprint|could not fit"):
-        make_flight(None, tmp_path / "y", small_cfg(altitude_m=400.0, world_size_m=300.0))
+        make_flight(None, tmp_path / "y", small_cfg(altitude_m=400.0, world_size_m=100.0))
     args = ["synth", "flight", "--out", str(tmp_path / "c"), "--seconds", "1", "--fps", "4", "--altitude", "30",
             "--width", "48", "--height", "32", "--world-size-m", "300"]
     assert skyloc_main(args) == 0
@@ -216,9 +218,9 @@ def test_wandering_frames_rectify_onto_the_map_at_the_truth(wander):
     """Frames + truth pose + flight.json camera -> rectify -> the map crop at the truth's optical-axis
     ground point, to within a pixel (whole-patch phase correlation); the aircraft position follows
     from ref_offset_m."""
+    from skyloc.runtime.localize.rectify import ground_coverage_m, rectify
     from skyloc.runtime.pose.camera import load_camera
     from skyloc.runtime.pose.frame_pose import FramePose
-    from skyloc.runtime.localize.rectify import ground_coverage_m, rectify
 
     cam = load_camera(wander.with_name("flight.json"))
     m = open_map(wander.parent / "map")

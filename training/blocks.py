@@ -38,11 +38,6 @@ def working_size(h: int, w: int, num_rings: int) -> tuple[int, int]:
     return fix(h), fix(w)
 
 
-def block_masks(h: int, w: int, num_rings: int, multiscale: bool) -> torch.Tensor:
-    """Binary masks (N, h, w) as a fresh tensor (see `_block_masks_np`)."""
-    return torch.from_numpy(_block_masks_np(h, w, num_rings, multiscale).copy())
-
-
 # Cached as numpy, not torch: a tensor created while torch.export traces would be a fake
 # placeholder, and caching it would break every later eager call in the process.
 @functools.lru_cache(maxsize=32)

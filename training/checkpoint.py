@@ -1,6 +1,9 @@
 """Checkpoints: weights + model config + training config (+ optimizer state when training),
 plain tensors and builtins only, so `torch.load(weights_only=True)` reads them. Written
-atomically: a crash mid-write never replaces a good checkpoint."""
+atomically: a crash mid-write never replaces a good checkpoint. Each carries `checksum`, a
+sha256 over its whole content (every tensor's dtype, shape and bytes, every builtin), checked on
+load: torch's zip container has no checksum of its own, so a bit flipped on disk would otherwise
+load, export and fly."""
 from __future__ import annotations
 
 import hashlib
@@ -34,6 +37,34 @@ def model_id(state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def content_checksum(obj: Any) -> str:
+    """sha256 over a checkpoint's content in a canonical order (dict keys sorted)."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                if k != "checksum":
+                    h.update(repr(k).encode())
+                    walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_cfg: ModelConfig,
                     train_cfg: TrainConfig | None = None, **state: Any) -> Path:
     """Atomic write (temp file in the same folder, fsync, rename). `state` adds optimizer,
@@ -50,6 +81,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, model_cfg: 
         "model_id": model_id(weights, model_cfg),
         **state,
     }
+    ckpt["checksum"] = content_checksum(ckpt)
     with atomic_open(path, "wb") as f:
         torch.save(ckpt, f)
     return path
@@ -73,6 +105,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if lacking:
         raise SkylocError(f"checkpoint {path} has the skyloc format tag but no {' / '.join(lacking)} (no weights "
                           f"or config): it is truncated or was not written by `skyloc train`")
+    want = ckpt.get("checksum")
+    if want is not None and content_checksum(ckpt) != want:
+        raise SkylocError(f"checkpoint {path} is damaged: its content no longer matches the checksum written "
+                          "with it (a changed byte on disk or in a copy); use another copy or retrain")
     return ckpt
 
 

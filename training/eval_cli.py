@@ -8,56 +8,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from skyloc.core.errors import SkylocError
+from skyloc.core.options import add_options, check_options, opt
 
 _COLS = ("R@1", "R@5", "R@10", "R@top1%", "AP")
 
 
-def _int_list(values: list[str], flag: str) -> list[int]:
-    out = []
-    for v in values:
-        for t in str(v).replace(";", ",").split(","):
-            if t.strip():
-                try:
-                    out.append(int(t))
-                except ValueError:
-                    raise SkylocError(f"{flag}: {t!r} is not an integer (give e.g. {flag} 0,10,20)") from None
-    return out
+@dataclass
+class EvalCliOptions:
+    """`skyloc eval` options (flags and the `[eval]` table of a `--config` TOML)."""
+
+    data: Path | None = opt(None, "dataset root holding test/{query_drone,gallery_satellite,query_satellite,"
+                                  "gallery_drone} (required)")
+    checkpoint: Path | None = opt(None, "checkpoint .pt written by `skyloc train` (required)")
+    json: Path | None = opt(None, "report to write (default: next to the checkpoint, <name>.eval.json)")
+    parts: tuple[str, ...] = opt((), "Table 7 rows separated by ';': 'table7' (P1..P6, Global, All, All+RW), 'all', "
+                                     "'global', or head indices like '6' or '0,1' (blocks 0..5, global 6); e.g. "
+                                     "--parts 'table7;0,6'", sep=";", metavar="SPEC;SPEC")
+    reweight: str = opt("auto", "head reweighting (global 1.5) for the main row and custom --parts rows; auto = the "
+                                "checkpoint's", choices=("auto", "on", "off"))
+    shift: tuple[int, ...] = opt((), "Table 4: shift queries right by PX pixels (of the resized input), e.g. "
+                                     "0,10,20,30,40,50", metavar="PX,PX")
+    groups: bool = opt(False, "Table 5: drone->satellite by distance group (short / middle / long thirds of the "
+                              "spiral)")
+    test_size: tuple[int, ...] = opt((), "test-time input sizes: also evaluate this one checkpoint with its test "
+                                         "images resized to PX, e.g. 224,256,320. Not the paper's Table 6, which "
+                                         "trains at each size: `skyloc bench accuracy --sizes`", metavar="PX,PX")
+    size_deprecated: tuple[int, ...] = opt((), "deprecated alias of --test-size", flag="--size", metavar="PX,PX")
+    save_features: Path | None = opt(None, "write query/gallery features, labels and file names (npz, no pickle)",
+                                     metavar="F.npz")
+    visualize: Path | None = opt(None, "write top-5 retrieval grids (PNG)", metavar="DIR")
+    vis_queries: int = opt(4, "queries per direction in the grids", ge=1)
+    flip: bool = opt(True, "horizontal-flip test-time augmentation")
+    batch_size: int = opt(32, "images per inference batch", ge=1)
+    workers: int = opt(2, "DataLoader worker processes", ge=0)
+    device: str = opt("auto", "where to evaluate", choices=("auto", "cpu", "cuda"))
+    progress: bool = opt(True, "progress bars (--no-progress, or --quiet, for logs)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path,
-                   help="dataset root holding test/{query_drone,gallery_satellite,query_satellite,gallery_drone}")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint .pt written by `skyloc train`")
-    p.add_argument("--json", type=Path, default=None,
-                   help="report to write (default: next to the checkpoint, <name>.eval.json)")
-    p.add_argument("--parts", action="append", default=[], metavar="SPEC",
-                   help="Table 7 rows: 'table7' (P1..P6, Global, All, All+RW), 'all', 'global', or head "
-                        "indices like '6' or '0,1' (blocks 0..5, global 6); repeatable")
-    p.add_argument("--reweight", choices=("auto", "on", "off"), default="auto",
-                   help="head reweighting (global 1.5) for the main row and custom --parts rows; auto = checkpoint's")
-    p.add_argument("--shift", nargs="+", default=[], metavar="PX",
-                   help="Table 4: shift queries right by PX pixels (of the resized input), e.g. 0,10,20,30,40,50")
-    p.add_argument("--groups", action="store_true",
-                   help="Table 5: drone->satellite by distance group (short / middle / long thirds of the spiral)")
-    p.add_argument("--test-size", nargs="+", default=[], metavar="PX",
-                   help="test-time input sizes: also evaluate this one checkpoint with its test images resized "
-                        "to PX, e.g. 224,256,320. Not the paper's Table 6, which trains at each size: "
-                        "`skyloc bench accuracy --sizes`")
-    p.add_argument("--size", nargs="+", default=[], metavar="PX", dest="size_deprecated",
-                   help="deprecated alias of --test-size")
-    p.add_argument("--save-features", type=Path, default=None, metavar="F.npz",
-                   help="write query/gallery features, labels and file names (npz, no pickle)")
-    p.add_argument("--visualize", type=Path, default=None, metavar="DIR", help="write top-5 retrieval grids (PNG)")
-    p.add_argument("--vis-queries", type=int, default=4, help="queries per direction in the grids")
-    p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p, EvalCliOptions)
+    # the old spelling of --no-progress, kept for scripts that use it
+    p.add_argument("--quiet", action="store_true", help="same as --no-progress")
 
 
 def _fmt(v: Any) -> str:
@@ -103,30 +102,34 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from skyloc.core.config import options_from_args
     from skyloc.training.evaluate import EvalOptions, run_eval
 
-    reweight = {"auto": None, "on": True, "off": False}[args.reweight]
-    out_json = args.json or args.checkpoint.with_name(args.checkpoint.stem + ".eval.json")
-    if args.batch_size < 1:
-        raise SkylocError("--batch-size must be >= 1")
+    o = options_from_args(EvalCliOptions, args, section="eval")
+    if o.data is None or o.checkpoint is None:
+        raise SkylocError("skyloc eval: give --data DIR and --checkpoint FILE.pt")
+    checkpoint = Path(o.checkpoint)
+    reweight = {"auto": None, "on": True, "off": False}[o.reweight]
+    out_json = Path(o.json) if o.json else checkpoint.with_name(checkpoint.stem + ".eval.json")
     opts = EvalOptions(
         reweight=reweight,
-        part_rows=list(args.parts),
-        shifts=_int_list(args.shift, "--shift"),
-        groups=args.groups,
-        sizes=_int_list(args.test_size, "--test-size") + _int_list(args.size_deprecated, "--size"),
-        flip=not args.no_flip,
-        batch_size=args.batch_size,
-        workers=max(0, args.workers),
-        progress=not args.quiet,
+        part_rows=list(o.parts),
+        shifts=list(o.shift),
+        groups=o.groups,
+        sizes=list(o.test_size) + list(o.size_deprecated),
+        flip=o.flip,
+        batch_size=o.batch_size,
+        workers=o.workers,
+        progress=o.progress and not getattr(args, "quiet", False),
     )
-    if args.size_deprecated:
+    if o.size_deprecated:
         print("warning: `skyloc eval --size` is deprecated: use --test-size (test-time resize of one checkpoint)",
               file=sys.stderr)
     if any(s < 16 for s in opts.sizes):
         raise SkylocError(f"--test-size values must be >= 16 px, got {opts.sizes}")
-    path = run_eval(args.checkpoint, args.data, out_json, opts, device=args.device,
-                    save_features_to=args.save_features, visualize_dir=args.visualize, vis_queries=args.vis_queries)
+    path = run_eval(checkpoint, Path(o.data), out_json, opts, device=o.device,
+                    save_features_to=Path(o.save_features) if o.save_features else None,
+                    visualize_dir=Path(o.visualize) if o.visualize else None, vis_queries=o.vis_queries)
     print(format_report(json.loads(path.read_text())))
     print(f"wrote {path}")
     return 0

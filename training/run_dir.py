@@ -27,12 +27,15 @@ def copy_atomic(src: Path, dst: Path) -> None:
     without hard links get a real copy."""
     tmp = scratch_path(dst)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:  # interrupted or failed: no scratch link left beside best.pt
+        tmp.unlink(missing_ok=True)
 
 
 def start_run(out_dir: Path, config: dict[str, Any], world_size: int, resumed_epoch: int) -> None:

@@ -7,68 +7,72 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from skyloc.core.errors import SkylocError
+from skyloc.core.options import add_options, check_options, opt
 from skyloc.training.config import PRESETS, preset
 
-# CLI flag -> config key. The first group fixes the model / optimisation and cannot change on
+# Option -> config key. The first group fixes the model / optimisation and cannot change on
 # resume; the second may (e.g. extend a finished run with more --epochs).
 _FIXED = {"size": "image_size", "batch_size": "batch_size", "lr": "lr", "backbone": "backbone",
           "pretrained": "pretrained", "seed": "seed", "amp": "amp", "drones_per_location": "drones_per_location",
           "ring_pooling": "ring_pooling", "selection": "selection", "val_locations": "val_locations",
           "lr_steps": "lr_step_epochs"}
 _RESUMABLE = {"epochs": "epochs", "workers": "workers", "eval_every": "eval_every"}
+_PRESET_HELP = (f"model + training preset: {', '.join(PRESETS)} (msba = the paper: resnet50, 256 px, batch 8, SGD "
+                "nesterov, lr 1e-3 heads / 1e-4 backbone, x0.1 at epoch 80 of 140; tiny = resnet18 at 64 px for CPU "
+                "tests)")
+
+
+@dataclass
+class TrainCliOptions:
+    """`skyloc train` options (flags and the `[train]` table of a `--config` TOML). The overrides default
+    to None, the preset's value; their ranges are checked by training.config's ModelConfig / TrainConfig."""
+
+    data: Path | None = opt(None, "dataset root in University-1652 layout (DIR/train/{satellite,drone}; "
+                                  "DIR/test is used by --eval-every)")
+    preset: str = opt("msba", _PRESET_HELP, choices=tuple(PRESETS), metavar="NAME")
+    out: Path | None = opt(None, "run directory (checkpoints, TensorBoard, config, metrics)")
+    resume: Path | None = opt(None, "continue the run in RUN_DIR from its last.pt (configs are read from the run)",
+                              metavar="RUN_DIR")
+    # overrides of the preset (None = the preset's value)
+    epochs: int | None = opt(None, "training epochs")
+    size: int | None = opt(None, "input image size in pixels")
+    batch_size: int | None = opt(None, "paired rows per batch, per process")
+    lr: float | None = opt(None, "heads' learning rate (backbone: lr x backbone_lr_mult)")
+    backbone: str | None = opt(None, "backbone", choices=("resnet18", "resnet34", "resnet50"))
+    pretrained: Path | None = opt(None, "local ImageNet weights (torchvision ResNet state dict .pth or .safetensors)",
+                                  metavar="FILE")
+    seed: int | None = opt(None, "random seed (CPU runs are repeatable)")
+    drones_per_location: int | None = opt(None, "paired rows per location per epoch")
+    amp: bool | None = opt(None, "mixed precision on CUDA (never used on CPU)")
+    lr_steps: tuple[int, ...] | None = opt(None, "epochs after which the lr is multiplied by 0.1 (paper: 80); "
+                                                 "'' = never", metavar="E1,E2")
+    ring_pooling: str | None = opt(None, "ring pooling: lpn = ring sum / enclosing square area, as LPN's code (the "
+                                         "paper's); mean = true per-ring mean", choices=("lpn", "mean"))
+    selection: str | None = opt(None, "best.pt: last = the last epoch (as LPN); val = best drone->satellite R@1 on "
+                                      "--val-locations training locations held out from training (never the test "
+                                      "split)", choices=("last", "val"))
+    val_locations: int | None = opt(None, "training locations held out with --selection val", metavar="N")
+    # the run
+    device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    workers: int | None = opt(None, "DataLoader worker processes")
+    eval_every: int | None = opt(None, "evaluate on DIR/test every N epochs (and at the end), for the log only (never "
+                                       "selects best.pt); also the validation period with --selection val",
+                                 metavar="N")
+    progress: bool = opt(True, "progress bars (--no-progress for logs and batch jobs)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="dataset root in University-1652 layout (DIR/train/{satellite,drone}; "
-                        "DIR/test is used by --eval-every)")
-    parser.add_argument("--preset", default="msba", choices=list(PRESETS), metavar="NAME",
-                        help=f"model + training preset: {', '.join(PRESETS)} (msba = the paper: resnet50, 256 px, "
-                        "batch 8, SGD nesterov, lr 1e-3 heads / 1e-4 backbone, x0.1 at epoch 80 of 140; "
-                        "tiny = resnet18 at 64 px for CPU tests)")
-    parser.add_argument("--out", type=Path, help="run directory (checkpoints, TensorBoard, config, metrics)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last.pt (configs are read from the run)")
-    g = parser.add_argument_group("overrides of the preset", "unset (None) = the preset's value")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--size", type=int, help="input image size in pixels")
-    g.add_argument("--batch-size", type=int, help="paired rows per batch, per process")
-    g.add_argument("--lr", type=float, help="heads' learning rate (backbone: lr x backbone_lr_mult)")
-    g.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"])
-    g.add_argument("--pretrained", type=Path, metavar="FILE",
-                   help="local ImageNet weights (torchvision ResNet state dict .pth or .safetensors)")
-    g.add_argument("--seed", type=int, help="random seed (CPU runs are repeatable)")
-    g.add_argument("--drones-per-location", type=int, help="paired rows per location per epoch")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision on CUDA (never used on CPU)")
-    g.add_argument("--lr-steps", type=_int_csv, metavar="E1,E2",
-                   help="epochs after which the lr is multiplied by 0.1 (paper: 80); '' = never")
-    g.add_argument("--ring-pooling", choices=["lpn", "mean"],
-                   help="ring pooling: lpn = ring sum / enclosing square area, as LPN's code (the paper's); "
-                        "mean = true per-ring mean")
-    g.add_argument("--selection", choices=["last", "val"],
-                   help="best.pt: last = the last epoch (as LPN); val = best drone->satellite R@1 on "
-                        "--val-locations training locations held out from training. Never the test split")
-    g.add_argument("--val-locations", type=int, metavar="N", help="training locations held out with --selection val")
-    r = parser.add_argument_group("run")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--workers", type=int, help="DataLoader worker processes")
-    r.add_argument("--eval-every", type=int, metavar="N",
-                   help="evaluate on DIR/test every N epochs (and at the end), for the log only (never selects "
-                        "best.pt); also the validation period with --selection val")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (logs / batch jobs)")
-
-
-def _int_csv(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated epoch numbers, e.g. 80 or 40,70") from None
+    add_options(parser, TrainCliOptions)
 
 
 def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -76,14 +80,15 @@ def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any
     for flag, key in names.items():
         value = getattr(args, flag)
         if value is not None:
-            out[key] = str(value.resolve()) if isinstance(value, Path) else value
+            out[key] = str(Path(value).resolve()) if key == "pretrained" else \
+                list(value) if key == "lr_step_epochs" else value
     return out
 
 
 def _resumed_configs(args: argparse.Namespace):
     from skyloc.training.config import ModelConfig, TrainConfig
 
-    run = args.resume
+    run = Path(args.resume)
     fixed = _overrides(args, _FIXED)
     if fixed or args.out is not None:
         flags = ", ".join("--" + f.replace("_", "-") for f in _FIXED if getattr(args, f) is not None)
@@ -102,14 +107,17 @@ def _resumed_configs(args: argparse.Namespace):
         raise SkylocError(f"{run} has no config.json or last.pt: it is not a `skyloc train` run directory "
                           "(start one with --data DIR --preset NAME --out RUN_DIR)")
     train_d = {**train_d, **_overrides(args, _RESUMABLE)}
-    data_dir = args.data or (Path(data) if data else None)
+    data_dir = args.data or data
     if data_dir is None:
         raise SkylocError(f"{run} does not record its dataset; pass --data DIR")
     return Path(data_dir), run, ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
 
 
 def main(args: argparse.Namespace) -> int:
+    from skyloc.core.config import options_from_args
     from skyloc.training.train import train
+
+    args = options_from_args(TrainCliOptions, args, section="train")
 
     if args.resume is not None:
         data_dir, out_dir, model_cfg, train_cfg = _resumed_configs(args)
@@ -117,10 +125,10 @@ def main(args: argparse.Namespace) -> int:
         if args.data is None or args.out is None:
             raise SkylocError("give --data DIR and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
         model_cfg, train_cfg = preset(args.preset, **_overrides(args, _FIXED), **_overrides(args, _RESUMABLE))
-        data_dir, out_dir = args.data, args.out
+        data_dir, out_dir = Path(args.data), Path(args.out)
     # Numbers were validated (finite, in range) by the config dataclasses themselves.
     best = train(data_dir, out_dir, model_cfg, train_cfg, resume=args.resume is not None,
-                 progress=not args.no_progress, device=args.device)
+                 progress=args.progress, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}\nlast checkpoint: {best.parent / 'last.pt'}")
     return 0

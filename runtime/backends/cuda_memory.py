@@ -1,7 +1,7 @@
 """CUDA device, stream and buffer handling for the TensorRT backend, over either binding.
 
-cuda-python (NVIDIA's binding, used by the TensorRT samples; has wheels) is preferred, pycuda
-(compiles against a CUDA toolkit; often already on Jetson images) is accepted. Both expose the
+cuda-python (NVIDIA's binding, used by the TensorRT samples; has wheels) is tried first, then
+pycuda (compiles against a CUDA toolkit; often already on Jetson images). Both expose the
 same small interface here, so the backend has one code path. Every call's status is checked:
 a failing CUDA call raises SkylocError instead of being swallowed.
 """
@@ -18,6 +18,14 @@ from skyloc.core.errors import SkylocError
 
 NO_GPU = ("no usable NVIDIA GPU / CUDA driver here ({why}); run the .onnx with --backend onnxruntime "
           "(`auto` falls back to it)")
+
+
+class _NoGpu(SkylocError):
+    """The binding loaded but cannot use a GPU here; `why` is the binding's own reason."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(NO_GPU.format(why=why))
+        self.why = why
 
 
 class CudaMemory:
@@ -72,7 +80,7 @@ class _CudaPython(CudaMemory):
         self._pinned: dict[int, int] = {}
         count = self._call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", no_gpu=True)
         if count <= device:
-            raise SkylocError(NO_GPU.format(why=f"CUDA device {device} requested, {count} visible"))
+            raise _NoGpu(f"CUDA device {device} requested, {count} visible")
         self._call(cudart.cudaSetDevice(device), "cudaSetDevice", no_gpu=True)
         props = self._call(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
         name = props.name
@@ -85,7 +93,7 @@ class _CudaPython(CudaMemory):
             msg = self._rt.cudaGetErrorString(err)[1]
             msg = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
             if no_gpu:
-                raise SkylocError(NO_GPU.format(why=f"{what}: {msg}"))
+                raise _NoGpu(f"{what}: {msg}")
             raise SkylocError(f"CUDA {what} failed: {msg}")
         return rest[0] if len(rest) == 1 else (tuple(rest) or None)
 
@@ -145,7 +153,7 @@ class _PyCuda(CudaMemory):
             cuda.init()
             count = cuda.Device.count()
             if count <= device:
-                raise SkylocError(NO_GPU.format(why=f"CUDA device {device} requested, {count} visible"))
+                raise _NoGpu(f"CUDA device {device} requested, {count} visible")
             dev = cuda.Device(device)
             # The primary context is shared with anything else in the process (ORT, other engines);
             # pushing it around each call makes the backend usable from any thread.
@@ -153,7 +161,7 @@ class _PyCuda(CudaMemory):
         except SkylocError:
             raise
         except Exception as exc:  # pycuda raises its own error types for a missing driver/device
-            raise SkylocError(NO_GPU.format(why=f"pycuda: {exc}")) from None
+            raise _NoGpu(f"pycuda: {exc}") from None
         self.device_name = dev.name()
         self.compute_capability = "%d.%d" % dev.compute_capability()
         self._pinned: dict[int, Any] = {}
@@ -207,28 +215,42 @@ class _PyCuda(CudaMemory):
         self._ctx.detach()
 
 
+# The module each binding's runtime API lives in (cuda-python >= 12.6 / older cuda-python):
+# a bare `cuda` package is not enough, since other wheels (cuda-pathfinder, cuda-core) share it.
+_BINDING_MODULES = {"cuda-python": ("cuda.bindings.runtime", "cuda.cudart"), "pycuda": ("pycuda.driver",)}
+_OPENERS = {"cuda-python": lambda device: _CudaPython(device), "pycuda": lambda device: _PyCuda(device)}
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # the parent package is missing or broken
+        return False
+
+
 def available_bindings() -> list[str]:
-    out = []
-    if importlib.util.find_spec("cuda") is not None:
-        out.append("cuda-python")
-    if importlib.util.find_spec("pycuda") is not None:
-        out.append("pycuda")
-    return out
+    """Installed CUDA bindings, in the order `open_cuda` tries them."""
+    return [b for b, mods in _BINDING_MODULES.items() if any(_has_module(m) for m in mods)]
 
 
 def open_cuda(device: int = 0, binding: str | None = None) -> CudaMemory:
-    """The CUDA device through `binding` ("cuda-python" / "pycuda"; None = the first installed).
-    SkylocError when neither is installed or no GPU is usable."""
+    """The CUDA device through `binding` ("cuda-python" / "pycuda"; None = every installed one
+    in turn, so pycuda still serves when cuda-python is installed (torch brings cuda-bindings)
+    but cannot drive this GPU, e.g. a CUDA 13 binding on a Jetson's CUDA 12 driver).
+    SkylocError, with each binding's reason, when none is installed or no GPU is usable."""
+    if binding is not None and binding not in _OPENERS:
+        raise SkylocError(f"CUDA binding {binding!r} is not one of: {', '.join(_OPENERS)}")
     have = available_bindings()
-    if binding is not None and binding not in ("cuda-python", "pycuda"):
-        raise SkylocError(f"CUDA binding {binding!r} is not one of: cuda-python, pycuda")
     wanted = [binding] if binding else have
     if not wanted or (binding and binding not in have):
         raise SkylocError(f"the TensorRT backend needs cuda-python or pycuda for its buffers "
                           f"({binding or 'neither'} is installed): `pip install cuda-python`")
-    try:
-        return _CudaPython(device) if wanted[0] == "cuda-python" else _PyCuda(device)
-    except SkylocError:
-        raise
-    except Exception as exc:  # e.g. the binding cannot load libcuda (no driver): the GPU is unusable
-        raise SkylocError(NO_GPU.format(why=f"{wanted[0]}: {type(exc).__name__}: {exc}")) from None
+    reasons = []
+    for name in wanted:
+        try:
+            return _OPENERS[name](device)
+        except _NoGpu as exc:
+            reasons.append(exc.why if exc.why.startswith(name) else f"{name}: {exc.why}")
+        except Exception as exc:  # e.g. it cannot load libcuda, or a CUDA call failed: try the next one
+            reasons.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise SkylocError(NO_GPU.format(why="; ".join(reasons)))

@@ -4,7 +4,7 @@ Execution providers are tried in that order and ONNX Runtime falls back down the
 so one code path serves a Jetson (onnxruntime-gpu with TensorRT), a desktop GPU and a laptop.
 `conf["providers"]` forces a list (full names or short ones: tensorrt, cuda, cpu).
 
-TensorRT EP rules (issue 14): it gets only the TensorRT artifacts (fp32, fp16, int8-trt); the
+TensorRT EP rules: it gets only the TensorRT artifacts (fp32, fp16, int8-trt); the
 U8S8 int8-ort model's uint8 Q/DQ would split it into many small engines, so that model runs on
 CUDA/CPU. No precision flags: every artifact is typed in the ONNX (FP16 export, S8S8 Q/DQ), and
 trt_fp16_enable/trt_int8_enable would let TensorRT lower the FP32 L2-norm head too. The engine
@@ -33,7 +33,7 @@ PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutio
 SHORT = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
          "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
-# The artifacts TensorRT parses whole (issue 14 item 12): U8S8 is for CPU.
+# The artifacts TensorRT parses whole: U8S8 is for CPU.
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8-trt")
 TRT_PROFILE_MAX_BATCH = 32  # the tiles command's largest batch; `run` uses 1 .. a few rotations
 TRT_CACHE_DIRNAME = ".trt-cache"
@@ -182,6 +182,12 @@ class OnnxRuntimeBackend(Backend):
         got = _ORT_TYPES.get(inputs[0].type, inputs[0].type)
         if got != c.dtype:
             raise SkylocError(f"{self.model_path} input type {got} != sidecar dtype {c.dtype}: re-export the model")
+        shape = list(inputs[0].shape)
+        hw = (shape[1:3] if str(c.layout).upper() == "NHWC" else shape[2:4]) if len(shape) == 4 else []
+        if any(isinstance(d, int) and d > 0 and d != want for d, want in zip(hw, (c.height, c.width))):
+            raise SkylocError(f"{self.model_path} takes {hw[0]}x{hw[1]} images but its sidecar says {c.height}x"
+                              f"{c.width} ({c.layout}): the sidecar was edited or belongs to another export; "
+                              "re-export the model (its sidecar is written with it)")
         outs = [o.name for o in self.session.get_outputs()]
         if self.sidecar.output_name not in outs:
             raise SkylocError(f"{self.model_path} has no output {self.sidecar.output_name!r} (has {outs})")

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from skyloc.runtime.backends.base import Backend, register_backend
-from skyloc.runtime.backends.cuda_memory import CudaMemory, open_cuda
+from skyloc.runtime.backends.cuda_memory import CudaMemory, available_bindings, open_cuda
 from skyloc.core.errors import SkylocError
-from skyloc.core.sidecar import EngineSidecar, read_engine_sidecar, read_model_sidecar, sha256_file
+from skyloc.core.sidecar import (EngineSidecar, InputContract, read_engine_sidecar, read_model_sidecar,
+                                 sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,21 @@ def find_source_onnx(engine_path: str | Path, sidecar: EngineSidecar,
     return None
 
 
+def check_engine_input(engine_path: str | Path, contract: InputContract, dtype: Any,
+                       shape: tuple[int, ...]) -> None:
+    """Refuse an engine whose input is not what the sidecar (and so the preprocessing) feeds:
+    dtype, layout and size (a -1 batch is the dynamic profile). Batches are copied into the
+    engine's input buffer as they are, so a float engine fed uint8 bytes would compute garbage."""
+    if np.dtype(dtype) != np.dtype(contract.dtype):
+        raise SkylocError(f"engine {engine_path} takes {np.dtype(dtype)} input but its sidecar says {contract.dtype} "
+                          f"(built with another I/O format, e.g. trtexec --inputIOFormats): {REBUILD}")
+    want = (contract.height, contract.width, 3) if contract.layout.upper() == "NHWC" else \
+        (3, contract.height, contract.width)
+    if len(shape) != 4 or tuple(shape[1:]) != want or not (shape[0] == -1 or shape[0] >= 1):
+        raise SkylocError(f"engine {engine_path} input shape {tuple(shape)} is not (batch, {', '.join(map(str, want))}) "
+                          f"as its sidecar says ({contract.layout}): {REBUILD}")
+
+
 def tensor_io(engine: Any, trt: Any) -> tuple[list[str], list[str]]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -171,7 +187,7 @@ class TensorRTBackend(Backend):
     def available(cls) -> tuple[bool, str]:
         if importlib.util.find_spec("tensorrt") is None:
             return False, "python package 'tensorrt' is not installed"
-        if not any(importlib.util.find_spec(m) is not None for m in ("cuda", "pycuda")):
+        if not available_bindings():
             return False, "neither cuda-python nor pycuda is installed (pip install cuda-python)"
         return True, ""
 
@@ -204,6 +220,9 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise SkylocError(f"TensorRT could not deserialize {self.model_path} (see the TensorRT log): {REBUILD}")
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # TensorRT returns None (and logs why) e.g. when device memory runs out
+            raise SkylocError(f"TensorRT could not create an execution context for {self.model_path} "
+                              "(see the TensorRT log; out of GPU memory?)")
         inputs, outputs = tensor_io(self.engine, trt)
         c = self.sidecar.input
         if inputs != [c.name] or self.sidecar.output_name not in outputs:
@@ -213,7 +232,8 @@ class TensorRTBackend(Backend):
             )
         self._in, self._out = c.name, self.sidecar.output_name
         self._in_dtype = np_dtype(trt, self.engine.get_tensor_dtype(self._in))
-        shape = tuple(self.engine.get_tensor_shape(self._in))
+        shape = tuple(int(d) for d in self.engine.get_tensor_shape(self._in))
+        check_engine_input(self.model_path, c, self._in_dtype, shape)
         if shape[0] == -1:  # dynamic batch: the profile bounds it
             _, _, max_shape = self.engine.get_tensor_profile_shape(self._in, 0)
             self.max_batch = int(max_shape[0])

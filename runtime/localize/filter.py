@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skyloc.core.geo import haversine_m, latlon_to_local_m, local_m_to_latlon
+from skyloc.runtime.outputs.schema import FixStatus
 
 
 @dataclass
@@ -193,25 +194,25 @@ class TemporalFilter:
     def update(self, c: FixCandidate, t: float) -> FilteredFix:
         """Feed one candidate observed at time `t` (seconds, monotonic within a run)."""
         if not all(math.isfinite(v) for v in (c.lat, c.lon, c.accuracy_m, t)) or c.accuracy_m <= 0:
-            return self._reject(c, "non-finite")
+            return self._reject(c, FixStatus.NON_FINITE)
         if self.min_confidence is not None and not c.confidence >= self.min_confidence:
-            return self._reject(c, "low-confidence")
+            return self._reject(c, FixStatus.LOW_CONFIDENCE)
         if self._origin is None or self._t is None or self.last is None:
-            return self._init(c, t, "init")
+            return self._init(c, t, FixStatus.INIT)
         last_lat, last_lon, _ = self.last
         speed = self._implied_speed(last_lat, last_lon, self.sigma_m, self._t, c, t)
         if speed > self.max_speed_mps:
             if self._support < self.confirm and (c.verified or self.verified_support == 0):
-                fix = self._init(c, t, "init")  # a tentative track is not defended: start over here
+                fix = self._init(c, t, FixStatus.INIT)  # a tentative track is not defended: start over here
                 fix.speed_mps = speed
                 return fix
             if c.verified and self.verified_support == 0:
-                fix = self._init(c, t, "reinit")  # verified beats a retrieval-only track
+                fix = self._init(c, t, FixStatus.REINIT)  # verified beats a retrieval-only track
                 fix.speed_mps = speed
                 return fix
             if not c.verified and self.verified_support > 0:
                 # never a challenger to verified history: count nothing
-                return self._reject(c, "speed", speed)
+                return self._reject(c, FixStatus.SPEED, speed)
             ch = self._challenger
             if ch is not None and ch[4] == c.verified and \
                     self._implied_speed(ch[0], ch[1], ch[3], ch[2], c, t) <= self.max_speed_mps:
@@ -221,10 +222,10 @@ class TemporalFilter:
             self._challenger = (c.lat, c.lon, t, c.accuracy_m, c.verified)
             need = max(self.max_rejections, min(self._support, self.max_support))
             if self._rejections >= need:
-                fix = self._init(c, t, "reinit", support=self.confirm)  # the streak confirmed it
+                fix = self._init(c, t, FixStatus.REINIT, support=self.confirm)  # the streak confirmed it
                 fix.speed_mps = speed
                 return fix
-            return self._reject(c, "speed", speed)
+            return self._reject(c, FixStatus.SPEED, speed)
         self._rejections = 0
         self._challenger = None
         self._support += 1
@@ -233,7 +234,7 @@ class TemporalFilter:
         self.last = (lat, lon, t)
         self.last_accuracy_m = sigma
         ok = self._support >= self.confirm
-        return FilteredFix(ok, lat, lon, c.lat, c.lon, sigma, c.confidence, None if ok else "tentative", speed, 0,
+        return FilteredFix(ok, lat, lon, c.lat, c.lon, sigma, c.confidence, None if ok else FixStatus.TENTATIVE, speed, 0,
                            c.verified)
 
     def _kalman(self, c: FixCandidate, t: float) -> tuple[float, float, float]:

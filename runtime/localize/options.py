@@ -46,10 +46,21 @@ class LocalizerOptions:
                                        "the best tile, metres; 0 = the best tile's centre [1.5 x stride]", ge=0)
     register: bool = opt(True, "register candidates against the map imagery; --no-register: retrieval only "
                                "(every fix unverified, never sent as a 3D fix)")
-    registrar: str = opt("ncc", "registration method (runtime/register/base.py)")
+    registrar: str = opt("auto", "registration method (runtime/register/registry.py): auto = the learned "
+                                 "registrar when the tile set carries map features (`skyloc tiles --matcher`), "
+                                 "else ncc")
+    matcher: str | None = opt(None, "matcher ONNX of the learned registrar [the one the tile set's map features "
+                                    "record]", metavar="M.onnx")
+    whole_map_km2: float = opt(2.0, "with no track and no start prior to scan, match the frame against the whole "
+                                    "map's stored features when the map is at most this large, km^2 (0: never; measured at 43k "
+                                    "keypoints/km^2: ~1 s per frame up to 2 km^2 heading known, ~8 s at 1 km^2 unknown)",
+                               ge=0, le=1000)
     register_px: int = opt(160, "side of the tile-sized patch registered against the map, pixels", ge=32, le=2048)
     register_max_px: int = opt(64, "registration works at no finer than the tile side / this many pixels "
                                    "(a 95 m tile at 1.5 m/px: the same metre-level fix at half the cost)", ge=16)
+    register_deadline_s: float = opt(10.0, "the register stage starts no further candidate place once it has "
+                                           "spent this long on a frame (the record says which were left; "
+                                           "0: no limit), seconds", ge=0, le=3600)
     max_accuracy_m: float = opt(5.0, "a registration claiming a worse 1-sigma accuracy than this is not "
                                      "trusted (the fix stays unverified), metres", gt=0)
     heading_tol_deg: float = opt(5.0, "registration's heading search around the known / estimated heading, "
@@ -79,6 +90,9 @@ class LocalizerOptions:
     use_heading: bool = opt(True, "use the heading of the pose source; --no-heading ignores every heading "
                                   "source (compass failure) and searches the rotations", flag="--heading")
     index: str = opt("auto", "tile search index", choices=("auto", "exact", "flat", "hnsw", "ivfpq"))
+    blas_threads: int = opt(1, "BLAS threads of the tile search, capped process-wide while localizing "
+                               "(threads fighting the model's for the cores cost 10-40x; 0: leave as is)",
+                            ge=0, le=1024)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -102,7 +116,7 @@ class Fix:
     ground_lat: float | None = None  # the ground point under the optical axis (patch centre)
     ground_lon: float | None = None
     heading_deg: float | None = None
-    heading_source: str | None = None  # pose | rotation-search | register
+    heading_source: str | None = None  # outputs.schema.HeadingSource
     accuracy_m: float | None = None  # 1-sigma of lat/lon
     raw_accuracy_m: float | None = None  # 1-sigma of raw_lat/raw_lon
     verified: bool = False
@@ -112,7 +126,7 @@ class Fix:
     confidence: float | None = None
     tile: int | None = None
     scale_level: float | None = None
-    scale_source: str | None = None  # coverage | gsd-search | smallest
+    scale_source: str | None = None  # outputs.schema.ScaleSource
     coverage_m: float | None = None
     speed_mps: float | None = None
     vn_mps: float | None = None  # track velocity north / east (accepted fixes)

@@ -121,7 +121,12 @@ class TiledMap(GeoMap):
             alpha = raw[..., 3] if raw.ndim == 3 and raw.shape[2] == 4 else None
             rgb = np.ascontiguousarray(raw[..., :3]) if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2)
         else:
-            raw = cv2.imread(str(t.path), cv2.IMREAD_UNCHANGED)
+            try:
+                raw = cv2.imread(str(t.path), cv2.IMREAD_UNCHANGED)
+            except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV's decoding limit
+                raise SkylocError(f"map tile {t.path}: OpenCV refuses to decode it ({str(exc).strip().splitlines()[-1]}); "
+                                  "a header claiming a huge size is damaged or hostile: replace the file, or split a "
+                                  "genuinely huge map into tiles listed in a corners CSV") from None
             if raw is None:
                 raise SkylocError(f"map tile {t.path}: cannot decode the image; replace or remove it")
             if raw.dtype == np.uint16:
@@ -158,7 +163,10 @@ def image_size(path: Path) -> tuple[int, int]:
                     h, w = struct.unpack(">HH", f.read(5)[1:5])
                     return int(w), int(h)
                 f.seek(seg_len - 2, 1)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None:
         raise SkylocError(f"map tile {path}: cannot read the image; replace or remove it")
     return int(img.shape[1]), int(img.shape[0])
@@ -167,19 +175,24 @@ def image_size(path: Path) -> tuple[int, int]:
 def read_corners_csv(path: Path) -> list[tuple[str, float, float, float, float]]:
     """Rows (filename, tl_lat, tl_lon, br_lat, br_lon) of a corners CSV (header optional)."""
     rows = []
-    with open(path, newline="") as f:
-        for n, rec in enumerate(csv.reader(f, skipinitialspace=True), start=1):
-            rec = [c.strip() for c in rec]
-            if not rec or not any(rec) or (n == 1 and rec[0].lower().startswith("filename")):
-                continue
-            try:
-                name, vals = rec[0], [float(v) for v in rec[1:5]]
-                if len(vals) != 4:
-                    raise ValueError
-            except ValueError:
-                raise SkylocError(f"{path} line {n}: expected 'filename, tl_lat, tl_lon, br_lat, br_lon', got {rec}") from None
-            check_corners(*vals, f"{path} line {n}")
-            rows.append((name, *vals))
+    try:
+        with open(path, newline="") as f:
+            recs = list(csv.reader(f, skipinitialspace=True))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SkylocError(f"{path} is not a text corners CSV ({type(exc).__name__}: {exc}); expected lines "
+                          "'filename, tl_lat, tl_lon, br_lat, br_lon' as in turku-satellite/map.csv") from None
+    for n, rec in enumerate(recs, start=1):
+        rec = [c.strip() for c in rec]
+        if not rec or not any(rec) or (n == 1 and rec[0].lower().startswith("filename")):
+            continue
+        try:
+            name, vals = rec[0], [float(v) for v in rec[1:5]]
+            if len(vals) != 4:
+                raise ValueError
+        except ValueError:
+            raise SkylocError(f"{path} line {n}: expected 'filename, tl_lat, tl_lon, br_lat, br_lon', got {rec}") from None
+        check_corners(*vals, f"{path} line {n}")
+        rows.append((name, *vals))
     if not rows:
         raise SkylocError(f"{path}: no tile rows; expected the corners CSV format of turku-satellite/map.csv")
     return rows

@@ -4,6 +4,7 @@
     skyloc tiles ... --shard 3/8          # part 3 of 8 (any scheduler can run the parts)
     skyloc tiles merge tiles-*.npz --out tiles.npz --index hnsw
     skyloc tiles ... --overwrite          # replace an existing --out (only once the new one is complete)
+    skyloc tiles ... --matcher xfeat.onnx # + the map's learned features (<out stem>.features.npz)
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ class TilesOptions:
     out: str | None = opt(None, "tile set to write (.npz)")
     tile_m: float = opt(150.0, "tile side on the ground, metres", gt=0)
     stride_m: float = opt(30.0, "distance between tile centres, metres", gt=0)
-    scales: tuple[float, ...] = opt((1.0,), "comma-separated tile size multipliers, e.g. 1.0,1.5", gt=0)
+    # several levels by default: a frame registers against the largest tile it covers, so one tile set
+    # serves frames covering 0.45-1x tile_m and more (a 320x240 60-deg frame at 120 m covers 73-104 m,
+    # by heading, of the default 150 m); a single level skips every lower frame as no-coverage
+    scales: tuple[float, ...] = opt((0.45, 0.7, 1.0), "comma-separated tile size multipliers (scale levels)", gt=0)
     min_valid: float = opt(1.0, "minimum fraction of map data in a tile", gt=0, le=1)
     batch: int = opt(32, "tiles per inference batch", ge=1)
     backend: str = opt("auto", "inference backend", choices=("auto", "onnxruntime", "tensorrt"))
@@ -43,6 +47,16 @@ class TilesOptions:
                              "tiles + map.csv) for onboard registration; otherwise the map source is "
                              "recorded by path + sha256")
     imagery_mpp: float = opt(0.5, "metres per pixel of the packed imagery (never finer than the map)", gt=0)
+    matcher: str | None = opt(None, "matcher ONNX (`skyloc export matcher`): also extract the map's keypoints + "
+                                    "descriptors once into <out stem>.features.npz, so `skyloc run` registers with "
+                                    "the learned registrar and extracts only the frame", metavar="M.onnx")
+    features_mpp: float = opt(0.5, "metres per pixel the map features are extracted at (the learned registrar's "
+                                   "working resolution; never finer than the imagery)", gt=0, le=10)
+    features_block: int = opt(1024, "map features are extracted in blocks of this many pixels a side (64 px of "
+                                    "overlap each side)", ge=256, le=4096)
+    features_kpts: int = opt(8192, "keypoints kept per block at most (aerovloc photo vs its map, 1024 px blocks: "
+                                   "4096 -> ~21 inliers, 8192 -> ~41, 16384 -> ~65 at 2-3x the matching time)",
+                             ge=64, le=65536)
 
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
@@ -52,9 +66,10 @@ class TilesOptions:
 
 
 def resolved_config_path(out: str | Path) -> Path:
-    """Where `skyloc tiles` records the options it used: `<out stem>.config.json` beside the tile set."""
+    """Where `skyloc tiles` records the options it used: `<out name>.config.json` beside the tile set
+    (area.npz -> area.npz.config.json: never the name `skyloc run --out area.jsonl` writes)."""
     out = Path(out)
-    return out.with_name(out.stem + ".config.json")
+    return out.with_name(out.name + ".config.json")
 
 
 def _add_index(p: argparse.ArgumentParser) -> None:
@@ -83,6 +98,29 @@ def _build_index(out: Path, kind: str) -> None:
     print(f"faiss {kind} index: {m.index_path} ({'reused' if m.reused else 'built'})", file=sys.stderr)
 
 
+def _map_features(opts: TilesOptions, imagery: dict) -> dict:
+    """Extract the recorded imagery's features with the matcher into <out stem>.features.npz (before
+    the tile set, which records its path, sha256 and the matcher's fingerprint)."""
+    from skyloc.runtime.maps.imagery import MapImagery
+    from skyloc.runtime.maps.map_features import MapFeatures, build_map_features, features_path_for
+    from skyloc.runtime.register.extractor import open_extractor
+
+    out = Path(opts.out)
+    fpath = features_path_for(out)
+    if fpath.exists() and not opts.overwrite:
+        raise SkylocError(f"{fpath} exists; pass --overwrite to replace it (only once the new one is complete) "
+                          f"or choose another --out")
+    ext = open_extractor(opts.matcher)
+    img = MapImagery.for_tileset(out, {"imagery": imagery})
+    assert img is not None  # imagery_record always gives a record
+    mpp = max(float(opts.features_mpp), img.mpp)
+    build_map_features(ext, img, fpath, mpp, img.sha256, block_px=opts.features_block,
+                       max_kpts=opts.features_kpts, progress=opts.progress)
+    feats = MapFeatures(fpath, fingerprint=ext.fingerprint, imagery_sha256=img.sha256)
+    print(f"map features {fpath}: {len(feats)} keypoints at {feats.mpp:g} m/px ({feats.kind})", file=sys.stderr)
+    return feats.record(relative_to=out.parent, matcher=opts.matcher)
+
+
 def main(args: argparse.Namespace) -> int:
     from skyloc.runtime.maps.tileset import TileSet
     from skyloc.runtime.maps.tileset_build import build_tileset, merge_tilesets
@@ -99,11 +137,12 @@ def main(args: argparse.Namespace) -> int:
         from skyloc.runtime.maps.imagery import imagery_record
 
         imagery = imagery_record(opts.map, opts.out, opts.pack_imagery, opts.imagery_mpp, opts.overwrite)
+        features = _map_features(opts, imagery) if opts.matcher else None
         out = build_tileset(
             opts.model, opts.map, opts.out, tile_m=opts.tile_m, stride_m=opts.stride_m,
             scales=list(opts.scales), batch=opts.batch, backend=opts.backend,
             shard=opts.shard, progress=opts.progress, min_valid=opts.min_valid, conf=conf,
-            overwrite=opts.overwrite, imagery=imagery,
+            overwrite=opts.overwrite, imagery=imagery, map_features=features,
         )
         write_resolved_config(opts, resolved_config_path(out))
         index = opts.index

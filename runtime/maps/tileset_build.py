@@ -98,6 +98,7 @@ def build_tileset(
     scales: Sequence[float] = (1.0,), batch: int = 32, backend: str = "auto",
     shard: tuple[int, int] | str = (0, 1), progress: bool = True, min_valid: float = 1.0,
     conf: dict[str, Any] | None = None, overwrite: bool = True, imagery: dict[str, Any] | None = None,
+    map_features: dict[str, Any] | None = None,
 ) -> Path:
     """Embed the map's valid area into a tile set at `out`. `model`: a path or an open Backend;
     `map_path`: anything runtime.maps.open_map takes, or an open GeoMap. Everything is checked
@@ -177,6 +178,8 @@ def build_tileset(
         }
         if imagery:  # runtime.imagery.imagery_record: the map pixels registration reads, with sha256
             meta["imagery"] = imagery
+        if map_features:  # runtime.maps.map_features: the learned registrar's stored map keypoints
+            meta["map_features"] = map_features
         ts = TileSet(emb, centers, footprints_for(centers, sides), scale, meta)
         return save_tileset(ts, out)
     finally:

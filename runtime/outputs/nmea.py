@@ -4,7 +4,10 @@ The same rule as GPS_INPUT (runtime/mavlink_link.vouched): only a verified, acce
 carries a position (GGA quality 1, RMC status A); anything else goes out with quality 0 / status
 V and empty position fields, so a receiver sees "no fix", never a position we cannot vouch for.
 UTC time comes from the frame's capture time (`capture_unix_s`) when the record has it, else the
-send time. HDOP = accuracy_m / hdop_m (as for GPS_INPUT). Sentences are checksummed (XOR of the
+send time. HDOP = accuracy_m / hdop_m (as for GPS_INPUT). A vouched fix whose heading the map
+registration measured adds HDT (true heading; ArduPilot's NMEA driver reads it as GPS yaw, as
+GPS_INPUT.yaw); RMC's course over ground is the track's velocity direction, which is not the
+heading (a multirotor flies sideways), so it is only sent when the track has a velocity. Sentences are checksummed (XOR of the
 characters between '$' and '*') and end with CRLF.
 
 Targets: udp:HOST:PORT (one datagram per sentence), a serial port /dev/ttyX:BAUD (pyserial), or
@@ -18,7 +21,7 @@ import time
 from typing import Any
 
 from skyloc.core.errors import SkylocError
-from skyloc.runtime.outputs.mavlink import fix_position, vouched
+from skyloc.runtime.outputs.mavlink import fix_position, measured_heading, vouched
 from skyloc.runtime.outputs.writers import Output, parse_host_port
 
 KNOTS_PER_MPS = 3600.0 / 1852.0
@@ -69,7 +72,7 @@ def _num(record: dict[str, Any], key: str) -> float | None:
 
 def nmea_sentences(record: dict[str, Any], talker: str = "GP", satellites: int = 10, hdop_m: float = 5.0,
                    now_unix: float | None = None) -> list[str]:
-    """[GGA, RMC] for one record (see module doc)."""
+    """[GGA, RMC] for one record, + HDT for a vouched fix with a registered heading (module doc)."""
     t = _num(record, "capture_unix_s")
     if t is None or t <= 0:
         t = time.time() if now_unix is None else now_unix
@@ -90,7 +93,11 @@ def nmea_sentences(record: dict[str, Any], talker: str = "GP", satellites: int =
     gga = (f"{talker}GGA,{hms},{lat_s},{ns},{lon_s},{ew},{1 if ok else 0},"
            f"{satellites if ok else 0:02d},{hdop},,M,,M,,")
     rmc = f"{talker}RMC,{hms},{'A' if ok else 'V'},{lat_s},{ns},{lon_s},{ew},{sog},{cog},{dmy},,,{'A' if ok else 'N'}"
-    return [sentence(gga), sentence(rmc)]
+    out = [sentence(gga), sentence(rmc)]
+    heading = measured_heading(record) if ok else None
+    if heading is not None:
+        out.append(sentence(f"{talker}HDT,{heading:.1f},T"))
+    return out
 
 
 class NmeaOutput(Output):
@@ -115,6 +122,7 @@ class NmeaOutput(Output):
                 raise SkylocError(f"--nmea host {host!r} does not resolve: {exc}") from None
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
+            self._sock.connect(self._addr)  # a refused port then shows as ECONNREFUSED: counted
         elif target.startswith("file:"):
             try:
                 self._file = open(target[5:], "ab", buffering=0)
@@ -141,7 +149,7 @@ class NmeaOutput(Output):
             for line in lines:
                 data = line.encode("ascii")
                 if self._sock is not None:
-                    self._sock.sendto(data, self._addr)
+                    self._sock.send(data)
                 elif self._serial is not None:
                     self._serial.write(data)
                 else:

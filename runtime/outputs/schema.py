@@ -17,18 +17,77 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Mapping
 
 from skyloc.core.errors import SkylocError
+from skyloc.runtime.register.registry import REGISTRARS
 
 SCHEMA_VERSION = "skyloc.fix/2"
 # Versions whose records `skyloc report` still reads (v1 = records without a `schema` field).
 READABLE_VERSIONS = ("skyloc.fix/1", SCHEMA_VERSION)
 
-SKIP_REASONS = ("corrupt", "empty", "grayscale", "too-small", "wrong-size", "nan", "no-match", "error",
-                "no-pose", "no-coverage")
-# The stages a record may time; `total` is the whole frame, grab included.
-LATENCY_STAGES = ("grab", "pose", "quality", "rectify", "preprocess", "infer", "search", "register", "filter",
+
+
+# The closed sets of values a record carries. Defined once here: the localizer, the filter, the
+# outputs (GPS_INPUT yaw, NMEA heading), the report and the tests import them, so a spelling
+# cannot drift between the module that writes a value and the one that acts on it. StrEnum
+# members are plain strings (JSON, ==, f-strings all see the value).
+class HeadingSource(StrEnum):
+    """`heading_source`: where `heading_deg` came from."""
+    POSE = "pose"  # telemetry / EXIF / --yaw: the autopilot's own heading
+    ROTATION_SEARCH = "rotation-search"  # best of the embedded rotations (a 360/R-degree guess)
+    REGISTRATION = "registration"  # measured by the map registration (what GPS_INPUT.yaw carries)
+
+
+class ScaleSource(StrEnum):
+    """`scale_source`: how the tile scale level was chosen."""
+    COVERAGE = "coverage"  # largest level the frame covers (camera model + altitude)
+    GSD = "gsd"  # no camera model: --gsd
+    SEARCH = "search"  # altitude unknown: every level tried
+
+
+class SkipReason(StrEnum):
+    """`skipped`: why a frame made no match."""
+    UNREADABLE = "unreadable"
+    CORRUPT = "corrupt"
+    EMPTY = "empty"
+    GRAYSCALE = "grayscale"
+    TOO_SMALL = "too-small"
+    WRONG_SIZE = "wrong-size"
+    DTYPE = "dtype"
+    NAN = "nan"
+    NON_FINITE = "non-finite"
+    LOW_CONTRAST = "low-contrast"
+    SATURATED = "saturated"
+    LOW_TEXTURE = "low-texture"
+    BLANK_EMBEDDING = "blank-embedding"
+    NO_MATCH = "no-match"
+    NO_POSE = "no-pose"
+    NO_COVERAGE = "no-coverage"
+    DEADLINE = "deadline"  # the per-frame search deadline passed with nothing to vouch for
+    ERROR = "error"
+
+
+class FixStatus(StrEnum):
+    """`reason`: what the temporal filter decided about a fix (null = accepted on the track)."""
+    INIT = "init"
+    REINIT = "reinit"
+    TENTATIVE = "tentative"
+    SPEED = "speed"
+    LOW_CONFIDENCE = "low-confidence"
+    NON_FINITE = "non-finite"
+    UNVERIFIED = "unverified"  # map imagery present, registration did not vouch: never accepted
+    OUTSIDE_PRIOR = "outside-prior"  # retrieval-only fix outside the start prior before any track
+
+
+# Registrar names: the registry's own keys (one row per plugin there), never retyped.
+REGISTRAR_NAMES: tuple[str, ...] = tuple(REGISTRARS)
+SKIP_REASONS = tuple(SkipReason)
+
+# The stages a record may time, named as Localizer.step's stages (embed = preprocess + infer);
+# `total` is the whole frame, grab included.
+LATENCY_STAGES = ("grab", "pose", "quality", "rectify", "preprocess", "infer", "retrieve", "register", "filter",
                   "total")
 
 
@@ -41,6 +100,7 @@ class FieldSpec:
     when: str = "always"  # always | fix (a match was made: not skipped) | optional
     lo: float | None = None
     hi: float | None = None
+    choices: tuple[str, ...] | None = None  # the closed set a str field takes its value from
 
 
 FIELDS: tuple[FieldSpec, ...] = (
@@ -52,8 +112,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("source", "str", "", "the source's name (file, camera, stream)"),
     FieldSpec("latency_ms", "dict[str, float]", "ms",
               f"wall time per stage that ran: {', '.join(LATENCY_STAGES)} (total = the whole frame)"),
-    FieldSpec("skipped", "str", "", f"why no match was made, e.g. {', '.join(SKIP_REASONS)}; absent on a fix",
-              when="optional"),
+    FieldSpec("skipped", "str", "", "why no match was made; absent on a fix", when="optional",
+              choices=tuple(SkipReason)),
     FieldSpec("error", "str", "", "the exception text when skipped = error", when="optional"),
     FieldSpec("lat", "float", "deg", "aircraft latitude: the filtered fix when accepted, the raw match otherwise",
               when="fix", lo=-90, hi=90),
@@ -65,8 +125,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               when="optional", lo=-90, hi=90),
     FieldSpec("ground_lon", "float", "deg", "longitude of that ground point", when="optional", lo=-180, hi=180),
     FieldSpec("accepted", "bool", "", "the temporal filter accepted the fix (it is on the track)", when="fix"),
-    FieldSpec("reason", "str", "", "why the filter decided so: init, reinit, speed, low-confidence, unverified, "
-              "... (null when accepted in track)", when="optional"),
+    FieldSpec("reason", "str", "", "why the filter decided so (null when accepted on the track)",
+              when="optional", choices=tuple(FixStatus)),
     FieldSpec("verified", "bool", "", "a geometric registration against the map imagery confirmed the match",
               when="optional"),
     FieldSpec("send_3d", "bool", "", "sent to the autopilot as a 3D position (verified, accepted, finite)",
@@ -76,7 +136,10 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("heading_deg", "float", "deg", "aircraft heading used or estimated, clockwise from true north [0, 360)",
               when="optional", lo=0, hi=360),
     FieldSpec("heading_source", "str", "", "where the heading came from: pose (telemetry / EXIF / "
-              "flags), rotation-search (best of the embedded rotations), registration (map registration)",
+              "flags), rotation-search (best of the embedded rotations), registration (map registration; "
+              "the only heading GPS_INPUT.yaw / NMEA HDT carry)", when="optional", choices=tuple(HeadingSource)),
+    FieldSpec("pose_source", "str", "", "where the frame's pose came from: field=source pairs (telemetry, "
+              "mavlink, exif, flags); `none` when no source gave a value (scale and heading then searched)",
               when="optional"),
     FieldSpec("score", "float", "", "cosine similarity of the best tile", when="optional", lo=-1.0001, hi=1.0001),
     FieldSpec("confidence", "float", "", "score margin to the best tile of a distinct place", when="optional"),
@@ -85,7 +148,7 @@ FIELDS: tuple[FieldSpec, ...] = (
               when="optional", lo=0),
     FieldSpec("scale_source", "str", "", "how the scale level was chosen: coverage (largest the "
               "frame covers), gsd (no camera model: --gsd), search (altitude unknown: every level tried)",
-              when="optional"),
+              when="optional", choices=tuple(ScaleSource)),
     FieldSpec("coverage_m", "float", "m", "side of the ground square the frame fully covers", when="optional", lo=0),
     FieldSpec("registration", "object", "", "the geometric registration's details (method, inliers, score, ...)",
               when="optional"),
@@ -134,6 +197,8 @@ def _check_value(spec: FieldSpec, value: Any, where: str) -> None:
             raise SkylocError(f"{where}: {spec.name} = {value!r} must be >= {spec.lo}")
         if spec.hi is not None and not value <= spec.hi:
             raise SkylocError(f"{where}: {spec.name} = {value!r} must be <= {spec.hi}")
+    if spec.choices is not None and value not in spec.choices:
+        raise SkylocError(f"{where}: {spec.name} = {value!r} is not one of {', '.join(spec.choices)}")
 
 
 def validate_record(rec: Mapping[str, Any], where: str = "fix record", strict: bool = False) -> dict[str, Any]:
@@ -180,5 +245,6 @@ def schema_markdown() -> str:
              "| field | type | unit | present | meaning |", "|---|---|---|---|---|"]
     present = {"always": "always", "fix": "on a fix", "optional": "when known"}
     for f in FIELDS:
-        lines.append(f"| `{f.name}` | {f.type} | {f.unit} | {present[f.when]} | {f.meaning} |")
+        meaning = f.meaning + (f" ({', '.join(f'`{c}`' for c in f.choices)})" if f.choices else "")
+        lines.append(f"| `{f.name}` | {f.type} | {f.unit} | {present[f.when]} | {meaning} |")
     return "\n".join(lines) + "\n"

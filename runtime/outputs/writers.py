@@ -226,10 +226,13 @@ class UdpOutput(Output):
             raise SkylocError(f"--udp host {host!r} does not resolve: {exc}") from None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        # connected: the kernel reports "port unreachable" (nobody listening) as ECONNREFUSED on
+        # a later send, so a refused endpoint is counted, not silently lost
+        self._sock.connect(self._addr)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self._sock.sendto(json_line(record).encode(), self._addr)
+            self._sock.send(json_line(record).encode())
             self.written += 1
         except OSError as exc:
             self.lost += 1
@@ -327,3 +330,6 @@ class MavlinkOutput(Output):
             return
         self._closed = True
         self.link.close()
+        if self.link.stats.refused:  # datagrams the endpoint refused: lost to the autopilot
+            self.errors += self.link.stats.refused
+            self.error_kinds["ECONNREFUSED"] += self.link.stats.refused

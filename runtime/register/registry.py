@@ -19,6 +19,8 @@ REGISTRARS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "lightglue": ("skyloc.runtime.register.features", "LightGlueRegistrar", {}),
     "aliked": ("skyloc.runtime.register.features", "LightGlueRegistrar", {"extractor": "aliked"}),
     "disk": ("skyloc.runtime.register.features", "LightGlueRegistrar", {"extractor": "disk"}),
+    "xfeat": ("skyloc.runtime.register.learned", "LearnedRegistrar", {}),
+    "learned": ("skyloc.runtime.register.learned", "LearnedRegistrar", {}),
 }
 
 

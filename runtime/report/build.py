@@ -3,8 +3,12 @@
 Reads the fix records `skyloc run` wrote (schema in runtime/outputs/schema.py), and writes into DIR:
 trajectory.png (fixes over the map: accepted / verified / rejected, truth when given),
 error.png (error over time, with --truth), latency.png (per stage), track.geojson / .gpx / .kml
-(for QGIS, Mission Planner, Google Earth), report.json and report.md. Torch-free and
-matplotlib-free, so it runs on the drone computer after a flight.
+(for QGIS, Mission Planner, Google Earth), report.json and report.md; per frame (per_frame.py):
+timeline.png (each frame's state and skip / filter reason), window.png (the search windows on the
+map), accuracy.png (error against the claimed accuracy, with --truth), autopilot.png + .csv (what
+GPS_INPUT / NMEA carried), and evidence.png (a sheet of the registration evidence `skyloc run
+--evidence DIR` wrote, with --evidence DIR). Torch-free and matplotlib-free, so it runs on the
+drone computer after a flight.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from skyloc.core.atomic import write_json_atomic, write_text_atomic
 from skyloc.core.errors import SkylocError
 from skyloc.runtime.outputs.schema import validate_record
 from skyloc.core.geo import haversine_m
+from skyloc.runtime.report.per_frame import frame_pictures, run_start
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +128,12 @@ def summarize(records: Sequence[dict[str, Any]], errors: Sequence[dict[str, Any]
 
 def write_report(fixes_path: str | os.PathLike, out_dir: str | os.PathLike, map_path: Any = None,
                  truth_path: str | os.PathLike | None = None, title: str | None = None,
-                 name: str = "report") -> Path:
-    """Write the report files into out_dir; returns the path of `<name>.json` (`<name>.md` beside it)."""
+                 name: str = "report", evidence_dir: str | os.PathLike | None = None,
+                 start: Sequence[float] | None = None) -> Path:
+    """Write the report files into out_dir; returns the path of `<name>.json` (`<name>.md` beside it).
+
+    `evidence_dir`: the run's `--evidence` folder; `start`: the run's start prior LAT,LON[,R] (default:
+    read from the run's resolved config beside the fixes, when there is one)."""
     from skyloc.runtime.report import plots
     from skyloc.runtime.outputs.tracks import write_tracks
 
@@ -170,15 +179,18 @@ def write_report(fixes_path: str | os.PathLike, out_dir: str | os.PathLike, map_
     lat = latency_summary(records)
     if lat:
         files["latency"] = plots.latency_png(out / "latency.png", lat, f"{title}: latency per stage (ms)")
+    per_frame = frame_pictures(out, records, errors, gmap, title, files, evidence_dir,
+                               start if start is not None else run_start(fixes_path))
     summary = summarize(records, errors)
     report = {"fixes": str(fixes_path), "map": str(getattr(gmap, "source", map_path)) if gmap else None,
               "truth": str(truth_path) if truth_path else None, "summary": summary, "latency_ms": lat,
-              "files": {k: p.name for k, p in files.items()}}
-    write_text_atomic(out / f"{name}.md", _markdown(title, summary, lat, files))
+              **per_frame, "files": {k: p.name for k, p in files.items()}}
+    write_text_atomic(out / f"{name}.md", _markdown(title, summary, lat, files, per_frame))
     return write_json_atomic(out / f"{name}.json", report, sort_keys=False)
 
 
-def _markdown(title: str, s: dict[str, Any], lat: dict[str, dict[str, float | None]], files: dict[str, Path]) -> str:
+def _markdown(title: str, s: dict[str, Any], lat: dict[str, dict[str, float | None]], files: dict[str, Path],
+              per_frame: dict[str, Any]) -> str:
     rows = [("frames", s["frames"]), ("fixes (not skipped)", s["fixes"]), ("accepted", s["accepted"]),
             ("verified", s["verified"]), ("skipped", ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "-"),
             ("rejected", ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "-")]
@@ -187,11 +199,22 @@ def _markdown(title: str, s: dict[str, Any], lat: dict[str, dict[str, float | No
         e = s.get("truth", {}).get(key)
         if e and e["n"]:
             rows.append((f"{label} median / p90 / max", f"{e['median']} / {e['p90']} / {e['max']} m (n={e['n']})"))
+    ap = per_frame["autopilot"]
+    rows.append(("sent to the autopilot (position)", f"{ap['sent']} of {ap['frames']} frames; longest without: "
+                                                    f"{ap['longest_without_position_s']} s (autopilot.csv)"))
+    acc = per_frame.get("accuracy")
+    if acc and acc["n"]:
+        rows.append(("error within 1x / 2x claimed accuracy", f"{acc['within_1x']} / {acc['within_2x']} of {acc['n']}"))
+    ev = per_frame.get("evidence")
+    if ev:
+        rows.append(("registration evidence", f"{ev['images']} images in {ev['dir']}; frames shown: "
+                                              f"{', '.join(map(str, ev['shown'])) or '-'}"))
     for st, v in lat.items():
         rows.append((f"latency {st} p50 / p99", f"{v['p50']:.1f} / {v['p99']:.1f} ms"))
     md = [f"# skyloc report: {title}", "", "| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows] + [""]
     md += [f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png"]
-    md += ["", "Tracks: " + ", ".join(p.name for k, p in files.items() if p.suffix != ".png"), ""]
+    md += ["", "Tracks: " + ", ".join(p.name for k, p in files.items() if p.suffix in (".geojson", ".gpx", ".kml")),
+           ""]
     return "\n".join(md)
 
 
@@ -201,12 +224,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map", default=None, help="map to draw under the track (anything `skyloc tiles --map` takes)")
     p.add_argument("--truth", default=None, help="truth.csv (frame, center_lat, center_lon[, lat, lon]): error plots")
     p.add_argument("--title", default=None, help="title on the pictures (default: the fixes file's name)")
+    p.add_argument("--evidence", default=None, metavar="DIR",
+                   help="the folder `skyloc run --evidence DIR` wrote: a sheet of per-frame registration evidence")
 
 
 def main(args: argparse.Namespace) -> int:
     import sys
 
-    path = write_report(args.fixes, args.out, args.map, args.truth, args.title)
+    path = write_report(args.fixes, args.out, args.map, args.truth, args.title, evidence_dir=args.evidence)
     print(f"skyloc report: wrote {path.parent} ({', '.join(json.loads(path.read_text())['files'].values())}, "
           f"report.json, report.md)", file=sys.stderr)
     return 0

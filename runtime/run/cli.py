@@ -2,13 +2,15 @@
 
 The flags are derived from `RunOptions` (runtime/run/loop.py), the one place their defaults and checks
 live; `--config FILE.toml` sets any of them (flags typed on the command line win), and the options
-the run actually used are written beside the fixes: `--out fixes.jsonl` -> `fixes.config.json`
+the run actually used are written beside the fixes: `--out fixes.jsonl` -> `fixes.jsonl.config.json`
 (with `--out -`: beside `--stats-json`, else not written); `--config` reads that file back.
 
-Exit codes: 0 the run ended normally (source ended, --max-frames, or SIGINT/SIGTERM/SIGHUP) and
-every record was written; 2 a startup error (bad input or option: nothing was written);
-3 the run finished but an output failed (disk full, broken pipe, MAVLink link error: records
-were lost, see `output_errors`); 4 the source failed mid-run (see the log). A summary is always
+Exit codes: 0 the run ended normally (source ended, --max-frames, or a termination signal: INT,
+TERM, HUP, QUIT, USR1, USR2, ...) and every record was written; 2 a startup error (bad input or
+option: nothing was written); 3 an output failed (disk full, also at startup; broken pipe; a
+refused UDP / MAVLink / NMEA endpoint; MAVLink link error: records were lost, see
+`output_errors`); 4 the source failed: it never gave a frame (never opened, undecodable), a live
+source gave up reopening, or it failed mid-run (see the log). A summary is always
 printed to stderr once the run has started, and --stats-json written.
 """
 from __future__ import annotations
@@ -23,12 +25,18 @@ from skyloc.core.errors import SkylocError
 EXIT_OK, EXIT_STARTUP, EXIT_OUTPUT_ERRORS, EXIT_SOURCE_FAILED = 0, 2, 3, 4
 
 
+class OutputWriteError(SkylocError):
+    """An output file could not be written at startup (disk full, quota, read-only): exit 3, as
+    for an output that fails mid-run, not 2 (the inputs and options were fine)."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from skyloc.runtime.run.loop import RunOptions
     from skyloc.core.options import add_options
 
-    p.epilog = ("Exit codes: 0 ok; 2 startup error (nothing written); 3 an output failed (records lost); "
-                "4 the source failed. Only verified, accepted fixes are ever sent as a 3D fix.")
+    p.epilog = ("Exit codes: 0 ok; 2 startup error (nothing written); 3 an output failed (records lost, disk full, "
+                "refused endpoint); 4 the source failed (never opened, undecodable, gave up reopening). Only "
+                "verified, accepted fixes are ever sent as a 3D fix.")
     p.add_argument("--model", required=True, help="exported model.onnx (sidecar beside it) or a built .engine")
     p.add_argument("--tiles", required=True, help="tile set made by this model (`skyloc tiles`)")
     p.add_argument("--source", required=True,
@@ -38,12 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_path_for(out: str, stats_json: str | None) -> Path | None:
-    """Where the resolved config goes: beside --out (fixes.jsonl -> fixes.config.json), else beside
+    """Where the resolved config goes: beside --out (fixes.jsonl -> fixes.jsonl.config.json: named after
+    the whole output, so `skyloc tiles --out area.npz` and `--out area.jsonl` do not collide), else beside
     --stats-json, else nowhere (stdout run without stats)."""
     base = Path(out) if out not in ("-", "") else (Path(stats_json) if stats_json else None)
     if base is None:
         return None
-    return base.with_name(base.name.split(".")[0] + ".config.json")
+    return base.with_name(base.name + ".config.json")
 
 
 def _same(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -62,7 +71,7 @@ def check_paths(args: argparse.Namespace, opt: object) -> list[Path]:
     model = Path(args.model)
     inputs = {"--model": model, "model sidecar": model.with_suffix(".json"), "--tiles": Path(args.tiles),
               "--source": Path(args.source)}
-    for name in ("telemetry", "truth", "camera", "imagery", "config"):
+    for name in ("telemetry", "truth", "camera", "imagery", "matcher", "config"):
         v = getattr(opt, name, None) if name != "config" else getattr(args, "config", None)
         if v:
             inputs[f"--{name}"] = Path(v)
@@ -129,9 +138,18 @@ def main(args: argparse.Namespace) -> int:
     cfg_path = config_path_for(opt.out, opt.stats_json)
 
     def outputs() -> list:  # called by run() once every input has been opened and checked
+        fresh = opt.out not in ("-", "") and not Path(opt.out).exists()
         outs = _open_outputs(opt)
         if cfg_path is not None:
-            write_resolved_config(opt, cfg_path, model=str(args.model), tiles=str(args.tiles), source=str(args.source))
+            try:
+                write_resolved_config(opt, cfg_path, model=str(args.model), tiles=str(args.tiles),
+                                      source=str(args.source))
+            except (SkylocError, OSError) as exc:
+                for o in outs:
+                    o.close()
+                if fresh and Path(opt.out).is_file() and Path(opt.out).stat().st_size == 0:
+                    Path(opt.out).unlink()  # ours, empty: a failed start leaves no trace
+                raise OutputWriteError(str(exc)) from None
         return outs
 
     stats = RunStats()
@@ -139,6 +157,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         stats = run(args.model, args.tiles, args.source, outputs, opt, stats=stats)
         started = True
+    except OutputWriteError as exc:
+        print(f"skyloc run: error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT_ERRORS
     finally:
         started = started or bool(stats.backend)
         if started:
@@ -146,7 +167,11 @@ def main(args: argparse.Namespace) -> int:
             if opt.stats_json:
                 from skyloc.core.atomic import write_json_atomic
 
-                write_json_atomic(opt.stats_json, stats.to_dict())
+                try:
+                    write_json_atomic(opt.stats_json, stats.to_dict())
+                except (SkylocError, OSError) as exc:  # disk full at the end: an output failed (exit 3)
+                    stats.output_errors += 1
+                    print(f"skyloc run: error: --stats-json not written: {exc}", file=sys.stderr)
             if stats.output_errors and opt.out in ("-", ""):
                 # stdout is gone (broken pipe): do not let the interpreter's final flush fail again
                 devnull = os.open(os.devnull, os.O_WRONLY)

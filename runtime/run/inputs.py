@@ -41,6 +41,18 @@ def open_imagery(ts: TileSet, opt: Any) -> Any:
     return MapImagery.for_tileset(ts.path, ts.meta)
 
 
+def check_coverage(ts: TileSet, opt: Any, cam: Any, poses: Any) -> None:
+    """Refuse a tile set whose tiles no frame can cover (every frame would be skipped as
+    no-coverage); warn when only part of the altitudes is served (runtime.maps.coverage)."""
+    import logging
+
+    from skyloc.runtime.maps.coverage import check_run_coverage
+
+    warning = check_run_coverage(ts, opt, cam, poses)
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
+
+
 class Poses:
     """The run's pose source: each field from the first source that has it: --telemetry CSV (joined
     on time), MAVLink telemetry (when --mavlink), the image files' EXIF/DJI XMP (image folders),

@@ -7,8 +7,8 @@
             out.write(fix_record(fix))
 
 One JSON record per frame (skipped frames included, with the reason; schema in
-runtime/outputs/schema.py), and a RunStats at the end. Nothing but a signal (SIGINT, SIGTERM, SIGHUP),
-the source ending or --max-frames stops it: a bad frame is skipped and counted, an exception
+runtime/outputs/schema.py), and a RunStats at the end. Nothing but a termination signal (STOP_SIGNALS
+and the other catchable ones), the source ending or --max-frames stops it: a bad frame is skipped and counted, an exception
 inside one frame is logged and counted, a failing output is counted (and turns the exit code
 non-zero, run_cli.EXIT_OUTPUT_ERRORS). Every input is opened and checked before any output is
 opened, so a startup error never touches an output file.
@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from skyloc.runtime.backends import Backend, open_backend
-from skyloc.runtime.outputs.schema import SCHEMA_VERSION
+from skyloc.runtime.outputs.schema import SCHEMA_VERSION, SkipReason
 from skyloc.core.geo import haversine_m
 from skyloc.runtime.localize.localizer import Fix, Localizer, LocalizerOptions
 from skyloc.core.options import opt
 from skyloc.runtime.outputs.writers import Output
-from skyloc.runtime.run.inputs import open_camera, open_imagery, open_pose_source
+from skyloc.runtime.report.evidence import EvidenceWriter
+from skyloc.runtime.run.health import RunHealth, pose_source_label
+from skyloc.runtime.run.inputs import check_coverage, open_camera, open_imagery, open_pose_source
 from skyloc.runtime.run.stats import RunStats, load_truth
 from skyloc.runtime.sources.base import Frame, FrameSource, ReconnectPolicy
 from skyloc.runtime.sources.open import open_source
@@ -81,10 +83,15 @@ class RunOptions(LocalizerOptions):
     live: bool = opt(False, "treat a video file as a live camera (latest frame, reopened when it ends)")
     reopen_initial: float = opt(0.5, "first reopen back-off of a live source, s", gt=0, le=3600)
     reopen_max: float = opt(10.0, "longest back-off, s", gt=0, le=3600)
-    reopen_attempts: int = opt(0, "give up after N failed reopens (0 = never)", ge=0)
+    reopen_attempts: int = opt(30, "a live source gives up after N reopens in a row without a frame, then the "
+                                   "run ends with exit 4 (about 4 min at the default back-off; 0 = never)", ge=0)
     max_frames: int | None = opt(None, "stop after this many frames", ge=0)
     truth: str | None = opt(None, "truth.csv of a synthetic flight: report the error against it", metavar="CSV")
     stats_json: str | None = opt(None, "also write the final statistics as JSON here", metavar="FILE")
+    pose_wait: float = opt(5.0, "say so when --mavlink has given no valid pose this many seconds into the run",
+                           gt=0, le=3600, metavar="S")
+    evidence: str | None = opt(None, "also write a registration-evidence PNG per positioned frame into this folder "
+                                     "(`skyloc report --evidence` shows them)", metavar="DIR")
     log_level: str = opt("WARNING", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     handle_signals: bool = opt(True, cli=False)
 
@@ -98,18 +105,30 @@ class RunOptions(LocalizerOptions):
         return {"providers": self.providers} if self.providers else None
 
 
+# Every catchable signal whose default action ends the process: each stops the run the way SIGTERM
+# does (summary, --stats-json, outputs closed). The last group is taken only when not ignored
+# (nohup-style parents): an ignored signal stays ignored.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+STOP_SIGNALS_UNLESS_IGNORED = ("SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU",
+                               "SIGPWR", "SIGIO")
+
+
 class _Stop:
-    """Signal handlers (SIGINT, SIGTERM, SIGHUP) that ask the loop and a waiting live source to stop."""
+    """Signal handlers (STOP_SIGNALS and the rest) that ask the loop and a waiting live source to stop."""
 
     def __init__(self, source: FrameSource, enable: bool) -> None:
         self.reason: str | None = None
         self._source = source
         self._old: dict[int, Any] = {}
         if enable and threading.current_thread() is threading.main_thread():
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            for name in STOP_SIGNALS + STOP_SIGNALS_UNLESS_IGNORED:
                 sig = getattr(signal, name, None)
-                if sig is not None:
+                if sig is None or (name not in STOP_SIGNALS and signal.getsignal(sig) == signal.SIG_IGN):
+                    continue
+                try:
                     self._old[sig] = signal.signal(sig, self._handle)
+                except (OSError, ValueError):  # not catchable on this platform
+                    pass
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.reason = signal.Signals(signum).name
@@ -181,12 +200,14 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
         cam = camera if camera is not None else open_camera(opt)
         img = imagery if imagery is not None else (open_imagery(ts, opt) if opt.register else None)
         pose_src = poses if poses is not None else open_pose_source(opt, source)
+        check_coverage(ts, opt, cam, pose_src)  # tiles larger than every frame's footprint: refuse now
         truth = load_truth(opt.truth) if opt.truth else None
         localizer = Localizer(backend, ts, opt, camera=cam, imagery=img)
         src = source if isinstance(source, FrameSource) else open_source(
             str(source), live=opt.live or None, fps=opt.fps, reconnect=opt.reconnect, reuse_buffers=True)
         if not isinstance(source, FrameSource):
             opened.append(src)
+        evidence = EvidenceWriter(opt.evidence, opt.overwrite) if opt.evidence else None  # refuses old evidence
         outs = outputs() if callable(outputs) else outputs  # inputs are good: now open the outputs
         if hasattr(pose_src, "attach"):
             pose_src.attach(outs)
@@ -203,9 +224,11 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
     log.info("run: %s, %d tiles, source %s, %s", stats.backend, len(ts), src.name,
              "retrieval only (no map imagery): fixes unverified" if img is None else "registration on")
     stop = _Stop(src, opt.handle_signals)
+    health = RunHealth(pose_src, src, stats, opt.telemetry, opt.mavlink, mavlink_pose_wait_s=opt.pose_wait)
     it = iter(src)
     try:
-        _loop(localizer, pose_src, it, src, outs, opt, stats, stop, truth)
+        _loop(localizer, pose_src, it, src, outs, opt, stats, stop, truth, health, evidence)
+        _check_source_ended(src, stats)
     finally:
         close_it = getattr(it, "close", None)
         if close_it is not None:
@@ -225,8 +248,25 @@ def run(model: str | Path | Backend, tiles: str | Path | TileSet, source: str | 
     return stats
 
 
+def _check_source_ended(src: FrameSource, stats: RunStats) -> None:
+    """A source that ends by itself having given no frame (undecodable video, a camera that never
+    opened) or a live source that ends at all (it gave up reopening) has failed: exit 4, said."""
+    if stats.stopped_by is not None or stats.source_failed:
+        return
+    live = hasattr(src, "policy")
+    if stats.frames == 0:
+        stats.source_failed = True
+        log.error("source %s gave no frame: %s", src.name, "it never opened (or gave up reopening); check the "
+                  "device / URL" if live else "it cannot be decoded (damaged or truncated file, or a codec this "
+                  "OpenCV lacks); check it with ffprobe or extract the frames to a folder")
+    elif live:
+        stats.source_failed = True
+        log.error("live source %s ended: it gave up reopening (--reopen-attempts)", src.name)
+
+
 def _loop(localizer: Localizer, poses: Any, it: Iterator[Frame], src: FrameSource, outputs: Sequence[Output],
-          opt: RunOptions, stats: RunStats, stop: _Stop, truth: dict | None) -> None:
+          opt: RunOptions, stats: RunStats, stop: _Stop, truth: dict | None, health: RunHealth | None = None,
+          evidence: EvidenceWriter | None = None) -> None:
     clock = time.perf_counter
     exif_camera = localizer.camera is None and hasattr(poses, "camera_for")
     while stop.reason is None:
@@ -247,6 +287,7 @@ def _loop(localizer: Localizer, poses: Any, it: Iterator[Frame], src: FrameSourc
             break
         t1 = clock()
         stats.frames += 1
+        pose = None
         try:
             pose = poses.pose_for(frame.time_s, {"index": frame.index, **(frame.meta or {})})
             cam = poses.camera_for(frame) if exif_camera else None
@@ -256,7 +297,7 @@ def _loop(localizer: Localizer, poses: Any, it: Iterator[Frame], src: FrameSourc
                               **fix.latency_ms}
         except Exception as exc:  # one bad frame never ends the run
             stats.errors += 1
-            fix = Fix(frame.index, float(frame.time_s), frame.source_name, skipped="error",
+            fix = Fix(frame.index, float(frame.time_s), frame.source_name, skipped=SkipReason.ERROR,
                       error=f"{type(exc).__name__}: {exc}")
             fix.latency_ms = {"grab": round((t1 - t0) * 1000.0, 3)}
             if stats.errors <= 5 or stats.errors % 100 == 0:
@@ -264,11 +305,16 @@ def _loop(localizer: Localizer, poses: Any, it: Iterator[Frame], src: FrameSourc
                             exc_info=stats.errors <= 5)
         fix.latency_ms["total"] = round((clock() - t0) * 1000.0, 3)
         rec = fix_record(fix)
+        rec["pose_source"] = pose_source_label(pose) if pose is not None else "none"
+        if health is not None:
+            health.frame(frame.index, float(frame.time_s), pose, fix, fix.latency_ms["total"] / 1000.0)
         if frame.unix_s is not None and math.isfinite(frame.unix_s):
             rec["capture_unix_s"] = round(frame.unix_s, 6)
         if truth is not None and fix.skipped is None and frame.index in truth:
             _truth(rec, fix, truth[frame.index])
         stats.add(fix, rec)
+        if evidence is not None and fix.skipped is None:
+            stats.output_errors += not evidence.write_safely(frame, pose, cam, rec, localizer)
         for o in outputs:
             try:
                 o.write(rec)

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from skyloc.core.errors import SkylocError
+from skyloc.runtime.outputs.schema import LATENCY_STAGES as STAGES  # one list of stage names
 
 LATENCY_WINDOW = 100_000
-STAGES = ("grab", "pose", "quality", "rectify", "preprocess", "infer", "search", "register", "filter", "total")
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -38,6 +38,8 @@ class RunStats:
     dropped: int = 0  # live frames replaced by newer ones before being processed
     telemetry_rows_skipped: int = 0  # --telemetry rows with a bad / non-finite cell (never used)
     mavlink_nonfinite_dropped: int = 0  # MAVLink messages with NaN / Inf fields (never used)
+    frames_without_telemetry: int = 0  # --telemetry given but no value of it for the frame (outside its time range)
+    slow_frames: int = 0  # frames slower than run/health.SLOW_FRAME_S (each warned about)
     stopped_by: str | None = None  # signal name, "max-frames", or None (source ended)
     backend: str = ""
     registration: str = ""
@@ -115,6 +117,7 @@ class RunStats:
             "reopens": self.reopens, "dropped": self.dropped, "stopped_by": self.stopped_by,
             "telemetry_rows_skipped": self.telemetry_rows_skipped,
             "mavlink_nonfinite_dropped": self.mavlink_nonfinite_dropped,
+            "frames_without_telemetry": self.frames_without_telemetry, "slow_frames": self.slow_frames,
             "backend": self.backend, "registration": self.registration, "exit_code": self.exit_code,
             "latency_ms": self.latency_summary(), "truth": self.truth_summary(),
         }
@@ -133,6 +136,10 @@ class RunStats:
         ]
         if self.telemetry_rows_skipped:
             lines.append(f"telemetry: {self.telemetry_rows_skipped} rows skipped (bad or non-finite cells; never used)")
+        if self.frames_without_telemetry:
+            lines.append(f"telemetry: {self.frames_without_telemetry} frames outside its time range (no pose from it)")
+        if self.slow_frames:
+            lines.append(f"{self.slow_frames} frames slower than the warning threshold (see the log)")
         if self.mavlink_nonfinite_dropped:
             lines.append(f"MAVLink: {self.mavlink_nonfinite_dropped} messages dropped (NaN/Inf fields; never used)")
         lat = self.latency_summary()

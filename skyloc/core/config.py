@@ -42,9 +42,12 @@ def load_config(path: str | os.PathLike, section: str | None = None) -> dict[str
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SkylocError(f"config file {path} is not valid TOML ({exc})") from None
-    if section and isinstance(data.get(section), dict):
-        return dict(data[section])
-    return data
+    # "bench.search" is the [bench.search] table; the deepest table present applies
+    for key in section.split(".") if section else ():
+        if not isinstance(data.get(key), dict):
+            break
+        data = data[key]
+    return dict(data)
 
 
 def options_from_config(cls: type, table: dict[str, Any], source: str = "config",
@@ -62,7 +65,7 @@ def options_from_config(cls: type, table: dict[str, Any], source: str = "config"
         field_, kind, tp, optional = f
         if kind == "other":
             raise SkylocError(f"{source}: option {key!r} cannot be set from a config file")
-        values[field_.name] = _convert(value, kind, tp, optional, f"{source}: {key}")
+        values[field_.name] = _convert(value, kind, tp, optional, f"{source}: {key}", field_.metadata.get("sep", ","))
     return cls(**values)
 
 
@@ -108,6 +111,13 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         raise SkylocError(f"cannot write the non-finite value {x} to a config")
     return x
+
+
+def config_path_beside(out: str | os.PathLike) -> Path:
+    """Where a command records the options it used: `<out name>.config.json` beside its output (m.onnx ->
+    m.onnx.config.json), named after the whole output so two commands' outputs with one stem never collide."""
+    out = Path(out)
+    return out.with_name(out.name + ".config.json")
 
 
 def write_resolved_config(obj: Any, path: str | os.PathLike, **extra: Any) -> Path:

@@ -40,14 +40,18 @@ _CONFIG_DEST = "config"
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
         choices: Iterable[Any] | None = None, ge: float | None = None, gt: float | None = None,
         le: float | None = None, lt: float | None = None, flag: str | None = None,
-        metavar: str | None = None, cli: bool = True) -> Any:
+        metavar: str | None = None, cli: bool = True, sep: str = ",", nargs: str | None = None) -> Any:
     """A dataclass field with its help text, allowed values and range (inclusive ge/le, strict gt/lt).
 
     Floats must always be finite (NaN and inf are refused). `flag` renames the command-line
-    flag (default: --field-name); `cli=False` keeps the field off the command line.
+    flag (default: --field-name); `cli=False` keeps the field off the command line. `sep` splits a
+    tuple field typed on the command line (its items may hold commas themselves with another `sep`);
+    `nargs` ("+" / "*") takes a tuple as separate words instead (`--images A B`); a `flag` without
+    leading dashes makes the field a positional operand.
     """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "ge": ge, "gt": gt,
-            "le": le, "lt": lt, "flag": flag, "metavar": metavar, "cli": cli, "skyloc_opt": True}
+            "le": le, "lt": lt, "flag": flag, "metavar": metavar, "cli": cli, "sep": sep, "nargs": nargs,
+            "skyloc_opt": True}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -124,6 +128,11 @@ def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
+            try:  # 1e5: a whole number in scientific notation (never 2.5, nan or inf)
+                if float(value).is_integer():
+                    return int(float(value))
+            except ValueError:
+                pass
         raise SkylocError(f"{where}: {value!r} is not an integer")
     if tp is float:
         if isinstance(value, bool):
@@ -143,13 +152,13 @@ def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _convert(value: Any, kind: str, tp: Any, optional: bool, where: str) -> Any:
+def _convert(value: Any, kind: str, tp: Any, optional: bool, where: str, sep: str = ",") -> Any:
     if value is None or (optional and isinstance(value, str) and value.strip().lower() == "none"):
         if optional:
             return None
         raise SkylocError(f"{where}: a value is required (this option cannot be none)")
     if kind == "tuple":
-        items = [s for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        items = [s for s in value.split(sep) if s.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise SkylocError(f"{where}: {value!r} is not a list")
         return tuple(_convert_scalar(v, tp, where) for v in items)
@@ -174,6 +183,30 @@ def _check_number(x: Any, meta: dict, where: str) -> None:
         raise SkylocError(f"{where} = {x}: must be <= {meta['le']}")
     if meta.get("lt") is not None and not x < meta["lt"]:
         raise SkylocError(f"{where} = {x}: must be < {meta['lt']}")
+
+
+def check_number(x: Any, where: str, *, ge: float | None = None, gt: float | None = None,
+                 le: float | None = None, lt: float | None = None) -> None:
+    """The one numeric check (finite, in range), raising SkylocError naming `where` (the flag)."""
+    _check_number(x, {"ge": ge, "gt": gt, "le": le, "lt": lt}, where)
+
+
+def number(tp: type = float, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """argparse `type=` for a plain argparse flag: parses `tp` and runs `check_number` on it, so a
+    hand-written parser refuses NaN / inf / out-of-range values like the dataclass options do
+    (argparse names the flag: "argument --speed: 'inf': must be a finite number"; exit 2)."""
+    def parse(text: str) -> Any:
+        try:
+            v = _convert_scalar(text, tp, "value")
+            _check_number(v, {"ge": ge, "gt": gt, "le": le, "lt": lt}, "value")
+        except SkylocError as exc:
+            why = str(exc).split(": ", 1)[-1]
+            raise argparse.ArgumentTypeError(why if why.startswith(repr(text)) else f"{text!r}: {why}") from None
+        return v
+
+    parse.__name__ = tp.__name__  # argparse's "invalid float value" wording for a non-number
+    return parse
 
 
 def check_options(obj: Any) -> None:
@@ -288,33 +321,28 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, config: boo
         flag = _flag(f)
         help_ = meta.get("help") or ""
         common = {"dest": f.name, "default": default}
-        if kind == "scalar" and tp is bool and not optional:
-            # --x / --no-x, whatever the default, so a flag can always override a config file
+        if kind == "scalar" and tp is bool:  # optional: absent = None
+            # --x / --no-x, whatever the default, so a flag can always override a config file; an optional
+            # switch left out stays None (e.g. "the preset's value")
             parser.add_argument(flag, "--no-" + flag[2:], action=_Explicit, nargs=0, help=help_, **common)
             continue
 
         def convert(text: str, option_string: str | None, kind=kind, tp=tp, optional=optional, f=f) -> Any:
-            return _convert(text, kind, tp, optional, option_string or _flag(f))
+            return _convert(text, kind, tp, optional, option_string or _flag(f), f.metadata.get("sep", ","))
 
         metavar = meta.get("metavar")
         if metavar is None and meta.get("choices") is not None and kind == "scalar":
             metavar = "{" + ",".join(str(c) for c in meta["choices"]) + "}"
         elif metavar is None and kind == "tuple":
             metavar = "X,Y,..."
-        if kind == "tuple" and isinstance(default, tuple):
-            common["default"] = default
+        if kind == "tuple" and meta.get("nargs"):
+            common["nargs"] = meta["nargs"]
+            metavar = meta.get("metavar")
+        if not flag.startswith("-"):  # a positional operand: argparse names its dest after it
+            del common["dest"]
         parser.add_argument(flag, action=_Explicit, convert=convert, help=help_, metavar=metavar, **common)
 
 
 def explicit_flags(args: argparse.Namespace) -> set[str]:
     """The dests the user typed on the command line."""
     return set(getattr(args, _EXPLICIT, set()) or set())
-
-
-# ---- config files --------------------------------------------------------------------------
-
-
-# ---- resolved config -----------------------------------------------------------------------
-
-
-

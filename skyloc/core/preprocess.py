@@ -102,11 +102,6 @@ def prepare_image(image: np.ndarray, contract: InputContract, bgr: bool = False)
     return cv2.resize(np.ascontiguousarray(sq), (w, h), interpolation=cv2.INTER_AREA)
 
 
-def load_image(path: str | os.PathLike, contract: InputContract) -> np.ndarray:
-    """`read_image` then `prepare_image`: a file as the model sees it (uint8 HxWx3)."""
-    return prepare_image(read_image(path), contract, bgr=False)
-
-
 def _to_uint8_rgb(image: np.ndarray, bgr: bool, want_rgb: bool) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"expected an HxWx3 (or x4) colour image, got shape {image.shape}")

@@ -2,15 +2,26 @@
 chaining the stage functions in-process: map -> synthetic dataset -> train a small MSBA ->
 ONNX -> INT8 (ONNX Runtime U8S8) -> tile set (+ map imagery) -> simulated flight (altitude
 wandering, camera tilted, heading changing) -> `run` (heading unknown: rotation search, map
-registration) -> report (error, verified-fix rate, accuracy calibration, per-stage latency)."""
+registration) -> report (error, verified-fix rate, accuracy calibration, per-stage latency).
+
+Sized to finish in under 5 minutes on a 2-core laptop CPU: training is most of it, and the map
+registration (not retrieval) makes the metre-level fix, so a small model trained for a few epochs
+is enough to find the place inside the start prior and to re-find it. A re-run into the same
+folder with the same world, dataset and training settings reuses the trained model (`--retrain`
+trains afresh)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from skyloc.core.atomic import write_json_atomic
+from skyloc.core.options import number
 
 DEMO_STEPS = ("map", "dataset", "train", "export", "int8", "tiles", "flight", "run", "report")
 
@@ -21,12 +32,12 @@ class DemoConfig:
     map_path: Path | None = None  # GeoTIFF or PNG + corners CSV; None: procedural world
     seed: int = 0
     world_size_m: float = 1000.0
-    locations: int = 60
-    drone_per_location: int = 8
+    locations: int = 40
+    drone_per_location: int = 6
     image_px: int = 64  # dataset images; the model input follows the preset's size
     spiral_scale: float = 0.5
     min_separation_m: float | None = None  # between dataset locations; None: half a satellite crop
-    epochs: int = 20
+    epochs: int = 10
     lr: float = 1e-3
     stride_m: float = 40.0
     flight_seconds: float = 40.0
@@ -36,11 +47,15 @@ class DemoConfig:
     attitude_deg: float = 2.0  # airframe roll / pitch wander
     altitude_spread: float = 1.25  # altitude wanders from the lowest that covers a tile to this factor above
     start_radius_m: float = 200.0  # start prior around the take-off point
-    calib_images: int = 96
+    calib_images: int = 64
+    # the registration method `run` uses (runtime/register/registry.py REGISTRARS): the one place to change it
+    registrar: str = "ncc"
+    retrain: bool = False  # train afresh even when the folder holds a model trained on the same settings
 
     @classmethod
     def quick(cls, out: Path, **kw: Any) -> "DemoConfig":
-        """Shortened demo for tests and a first look: same stages, smaller everything."""
+        """The test suite's demo (its model is the one the accuracy tests share): same stages, a 20 s
+        flight, 12 epochs, 48 calibration images."""
         base = dict(out=out, world_size_m=1000.0, locations=40, drone_per_location=6, epochs=12,
                     flight_seconds=20.0, calib_images=48)
         base.update(kw)
@@ -64,6 +79,47 @@ def lowest_altitude_m(fcfg: Any, tile_m: float) -> float:
     return 1.05 * tile_m / worst
 
 
+KEY_FILE = "demo-training.json"
+
+
+def training_settings(cfg: DemoConfig) -> tuple[Any, Any, Any]:
+    """(dataset, model, training) configs of the demo's model."""
+    from skyloc.synth.camera import SpiralConfig
+    from skyloc.synth.dataset import SynthDatasetConfig
+    from skyloc.training.config import preset
+
+    dcfg = SynthDatasetConfig(locations=cfg.locations, drone_per_location=cfg.drone_per_location,
+                              test_fraction=0.1, image_px=cfg.image_px, spiral=SpiralConfig(scale=cfg.spiral_scale),
+                              seed=cfg.seed, overwrite=True, min_separation_m=cfg.min_separation_m)
+    mc, tc = preset("tiny", epochs=cfg.epochs, lr=cfg.lr, drones_per_location=4, seed=cfg.seed)
+    return dcfg, mc, tc
+
+
+def training_key(world: Path, dcfg: Any, mc: Any, tc: Any) -> str:
+    """What the trained model depends on: the world's bytes (the procedural world's folder, or the map
+    file and its same-named siblings such as a corners CSV), the dataset and the model / training
+    settings, and the skyloc version."""
+    from skyloc import __version__
+    from skyloc.core.sidecar import sha256_file
+
+    world = Path(world)
+    files = sorted(p for p in (world.rglob("*") if world.is_dir() else {world, *world.parent.glob(world.stem + ".*")})
+                   if p.is_file())
+    ident = [(p.relative_to(world.parent).as_posix(), sha256_file(p)) for p in files]
+    blob = json.dumps([__version__, ident, asdict(dcfg), asdict(mc), asdict(tc)], default=str, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def reusable_checkpoint(run_dir: Path, key: str) -> Path | None:
+    """The checkpoint a previous demo in this folder trained with the same key, or None."""
+    try:
+        rec = json.loads((run_dir / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ckpt = run_dir / str(rec.get("checkpoint", ""))
+    return ckpt if rec.get("key") == key and ckpt.is_file() and ckpt.suffix == ".pt" else None
+
+
 def _step(i: int, name: str, what: str) -> float:
     print(f"[{i}/{len(DEMO_STEPS)}] {name}: {what}", flush=True)
     return time.perf_counter()
@@ -83,10 +139,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     from skyloc.runtime.maps.imagery import imagery_record
     from skyloc.runtime.run.stats import load_truth_table
     from skyloc.runtime.maps.tileset_build import build_tileset
-    from skyloc.training.config import preset
     from skyloc.pipelines.demo_report import write_report
     from skyloc.synth.camera import SpiralConfig, mid_spiral_ground_width_m
-    from skyloc.synth.dataset import SynthDatasetConfig, make_dataset
+    from skyloc.synth.dataset import make_dataset
     from skyloc.synth.flight import FlightConfig, make_flight
     from skyloc.synth.world import make_world
     from skyloc.training.train import train
@@ -114,20 +169,24 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     tile_m = mid_spiral_ground_width_m(spiral)  # the satellite crop size the model learns from
     t = _step(2, "dataset", f"{cfg.locations} locations x {cfg.drone_per_location} drone views "
                             f"(University-1652 layout, spiral scale {cfg.spiral_scale})")
-    dcfg = SynthDatasetConfig(locations=cfg.locations, drone_per_location=cfg.drone_per_location,
-                              test_fraction=0.1, image_px=cfg.image_px, spiral=spiral, seed=cfg.seed, overwrite=True,
-                              min_separation_m=cfg.min_separation_m)
+    dcfg, mc, tc = training_settings(cfg)
     data = timed("dataset", lambda: make_dataset(world, out / "data", dcfg))
     _done(t, str(data))
 
-    mc, tc = preset("tiny", epochs=cfg.epochs, lr=cfg.lr, drones_per_location=4, seed=cfg.seed)
     t = _step(3, "train", f"MSBA {mc.backbone} @ {mc.image_size} px, {tc.epochs} epochs (CPU is fine)")
     run_dir = out / "run"
-    if (run_dir / "last.pt").exists():  # a re-run of the demo starts training afresh
-        for p in run_dir.glob("*.pt"):
-            p.unlink()
-    ckpt = timed("train", lambda: train(data, run_dir, mc, tc, resume=True, progress=progress))
-    _done(t, str(ckpt))
+    key = training_key(world, dcfg, mc, tc)
+    ckpt = reusable_checkpoint(run_dir, key) if not cfg.retrain else None
+    if ckpt is not None:
+        timings["train"] = 0.0
+        _done(t, f"reused {ckpt} (trained earlier on the same world, dataset and settings; --retrain to redo)")
+    else:
+        if run_dir.exists():  # a re-run with other settings starts training afresh
+            for p in [*run_dir.glob("*.pt"), run_dir / KEY_FILE]:
+                p.unlink(missing_ok=True)
+        ckpt = timed("train", lambda: train(data, run_dir, mc, tc, resume=True, progress=progress))
+        write_json_atomic(run_dir / KEY_FILE, {"key": key, "checkpoint": Path(ckpt).name})
+        _done(t, str(ckpt))
 
     t = _step(4, "export", "ONNX, full variant, uint8 input with normalisation baked in")
     fp32 = timed("export", lambda: export_onnx(ckpt, out / "model.onnx", variant="full"))
@@ -164,16 +223,17 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     take_off = load_truth_table(truth)[0]
     opts = RunOptions(backend="onnxruntime", camera=str(video.parent / "flight.json"), telemetry=str(truth),
                       use_heading=False, start=(take_off["lat"], take_off["lon"], cfg.start_radius_m),
-                      truth=str(truth), handle_signals=False)
+                      truth=str(truth), handle_signals=False, registrar=cfg.registrar,
+                      evidence=str(out / "evidence"), overwrite=True)  # the demo owns its folder
     # the demo owns its folder: its outputs are replaced on a re-run
     stats = timed("run", lambda: run(model, tiles, str(video), [JsonLinesOutput(fixes, overwrite=True)], opts))
     _done(t, stats.summary().splitlines()[0])
 
     t = _step(9, "report", "table, trajectory and retrieval example")
     report = write_report(out, world=world, fixes=fixes, truth=truth, tiles=tiles, model=model, video=video,
-                          stats=stats, stride_m=cfg.stride_m,
+                          stats=stats, stride_m=cfg.stride_m, evidence=out / "evidence",
                           extra={"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                                 "stage_seconds": timings,
+                                 "stage_seconds": timings, "model_reused": timings.get("train") == 0.0,
                                  "total_seconds": round(time.perf_counter() - t_start, 1),
                                  "calibration_report": str(cal["report_md"])})
     _done(t, str(report))
@@ -190,15 +250,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("skyloc-demo"), help="output folder (re-runs overwrite it)")
     parser.add_argument("--map", type=Path, default=None,
                         help="your own orthophoto: GeoTIFF, or PNG/JPEG tiles with a corners CSV (default: procedural world)")
-    parser.add_argument("--quick", action="store_true", help="a shorter run with smaller settings (about half the time)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, quick 12)")
-    parser.add_argument("--seconds", type=float, default=None, help="flight length in seconds (default 40, quick 20)")
-    parser.add_argument("--fps", type=float, default=None, help="flight frame rate (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller dataset and a 20 s flight (the test suite's settings)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train afresh even when --out holds a model trained on the same world and settings")
+    parser.add_argument("--seed", type=number(int, ge=0, le=2**32 - 1), default=0)
+    parser.add_argument("--epochs", type=number(int, ge=1, le=10_000), default=None, help="training epochs (default 10, quick 12)")
+    parser.add_argument("--seconds", type=number(gt=0, le=86_400), default=None, help="flight length in seconds (default 40, quick 20)")
+    parser.add_argument("--fps", type=number(gt=0, le=1000), default=None, help="flight frame rate (default 2)")
 
 
 def main(args: argparse.Namespace) -> int:
-    kw: dict[str, Any] = {"seed": args.seed, "map_path": args.map}
+    kw: dict[str, Any] = {"seed": args.seed, "map_path": args.map, "retrain": args.retrain}
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.seconds is not None:

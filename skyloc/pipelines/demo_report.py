@@ -137,7 +137,8 @@ def _table(summary: dict[str, Any], lat: dict[str, dict[str, float | None]], bac
 
 
 def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Path, model: Path, video: Path,
-                 stats: RunStats, stride_m: float, extra: dict[str, Any] | None = None) -> Path:
+                 stats: RunStats, stride_m: float, extra: dict[str, Any] | None = None,
+                 evidence: Path | None = None) -> Path:
     from skyloc.runtime.maps.tileset import TileSet
 
     side = read_model_sidecar(model)
@@ -147,7 +148,8 @@ def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Pat
     lat = stats.latency_summary()
     gmap = open_map(world)
     # the report any run gets (`skyloc report`): trajectory / error / latency PNGs, GeoJSON, GPX, KML
-    run_report = write_run_report(fixes, out, gmap, truth, title="skyloc demo", name="run-report")
+    run_report = write_run_report(fixes, out, gmap, truth, title="skyloc demo", name="run-report",
+                                  evidence_dir=evidence)
     run_files = json.loads(run_report.read_text())["files"]
     retrieval = plot_retrieval(out / "retrieval.png", gmap, model, tiles, video, tr, frame_index=len(tr) // 2)
     report = {"summary": summary, "latency_ms": lat, "backend": stats.backend, "precision": side.precision,
@@ -161,11 +163,16 @@ def write_report(out: Path, *, world: Path, fixes: Path, truth: Path, tiles: Pat
           "registration against the map imagery (only they are ever sent as a 3D fix); a correct tile is a "
           "best tile whose centre lies within one stride of the ground point under the optical axis.", "",
           "![trajectory](trajectory.png)", "", "![retrieval](retrieval.png)", "",
-          *[f"![{k}]({v})" for k, v in run_files.items() if k in ("error", "latency")], "",
+          *[f"![{k}]({v})" for k, v in run_files.items() if k in ("error", "latency", "timeline", "accuracy")], "",
+          *([f"Registration evidence (frame, its ground patch, the map at the fix, the match surface; every "
+             f"frame's in {evidence.name}/):", "", f"![evidence]({run_files['evidence']})", ""]
+            if "evidence" in run_files and evidence is not None else []),
           "Track for QGIS / Mission Planner / Google Earth: " + ", ".join(
               run_files[k] for k in ("geojson", "gpx", "kml")) + f"; the run's own report: {run_report.name}", ""]
     if extra and "stage_seconds" in extra:
         md.insert(4, "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in extra["stage_seconds"].items())
-                  + f"; total {extra.get('total_seconds', '?')} s\n")
+                  + f"; total {extra.get('total_seconds', '?')} s"
+                  + (" (training skipped: the model an earlier demo in this folder trained on the same world and "
+                     "settings was reused)" if extra.get("model_reused") else "") + "\n")
     (out / "report.md").write_text("\n".join(md))
     return out / "report.json"

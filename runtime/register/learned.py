@@ -1,0 +1,245 @@
+"""The learned registrar (`xfeat`, alias `learned`): pretrained local features exported to ONNX
+(`skyloc export matcher`), mutual nearest neighbours, a pose-constrained RANSAC similarity.
+
+Both images are brought to one working resolution (default 0.5 m/px: on the real aerovloc pair,
+photo against its other-season map, the right fit had 74 inliers there against 29 at the map's
+0.338 m/px, 27 at 0.75 and 8 at 1.0). XFeat is not rotation invariant (inliers on that pair:
+74 at 0 deg off, 55 at 10, 42 at 20, 28 at 30, 26 at 45, <= 10 at 90 / 180), so the frame patch
+is turned over the headings to search, `rot_step_deg` apart, and matched at each; the map is
+extracted once. Each fit is constrained to the pose: scale within 1 +- (scale_tol + 0.02) and a
+residual rotation within half a step (+2 deg), so a wrong place rarely gathers inliers.
+
+`verified` needs enough inliers, a clear margin over the best *distinct* alternative (another
+rotation's or the outliers' best fit landing more than `distinct_m` away or turned more than
+10 deg), and heading / scale inside the prior. `accuracy_m` comes from the inlier residuals.
+Offsets, headings and scale follow register/base.py.
+
+Gate (benchmarks/results/learned_gate.md: 373 wrong-place trials, 182 of them heading unknown, and
+124 right-place trials on the real Turku and aerovloc maps and the real aerovloc photo): wrong
+places reached at most 19 inliers (second 9), at most 15 with a x2.5 margin; hence >= 24 inliers
+(x1.5 safety) and x2.5: 0 of 373 wrong places verified, 120 of 124 right places (the 4 misses:
+photo squares with the heading unknown), verified error median 0.21 m, max 2.2 m, 99 % within
+2 x accuracy_m.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from skyloc.core.errors import SkylocError
+from skyloc.runtime.register.base import (
+    PatchLike,
+    Registrar,
+    Registration,
+    aircraft_heading,
+    check_inputs,
+    failed,
+    rotation_search,
+)
+from skyloc.runtime.register.extractor import Keypoints, open_extractor
+from skyloc.runtime.register.matching import mutual_nn, ransac_similarity, to_complex
+
+ROT_SLACK_DEG = 2.0      # a fit may turn this much past half a rotation step
+DISTINCT_TURN_DEG = 10.0
+
+
+@dataclass
+class LearnedConf:
+    onnx: str = ""                # matcher ONNX from `skyloc export matcher` (required)
+    threads: int = 0              # ONNX Runtime intra-op threads (0: its default)
+    providers: str = ""           # ONNX Runtime providers, comma-separated ("": CPU), e.g. "CUDAExecutionProvider,CPUExecutionProvider"
+    work_mpp: float = 0.5         # working resolution (never finer than the patch or the map)
+    max_kpts: int = 2048          # frame keypoints per rotation
+    map_max_kpts: int = 16384     # map-crop keypoints when `register` extracts the crop itself
+    min_cos: float = 0.5          # mutual nearest neighbours below this cosine are dropped
+    rot_step_deg: float = 30.0    # spacing of the frame rotations tried
+    ransac_px: float = 3.0        # inlier threshold, working pixels
+    ransac_iters: int = 2000
+    min_inliers: int = 24         # `skyloc bench learned-gate`: wrong places reach <= 15 at margin 2.5 (x1.5 safety)
+    min_margin: float = 2.5       # inliers / inliers of the best distinct alternative
+    distinct_m: float = 15.0
+    acc_floor_m: float = 1.0
+    acc_k: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class _Fit:
+    q: complex          # patch working px -> map px (composite of the turn and the fit)
+    t: complex
+    n: int
+    rms_px: float
+    matches: int
+    alternatives: list[tuple[int, complex, complex]] = field(default_factory=list)
+
+
+class LearnedRegistrar(Registrar):
+    name = "xfeat"
+    Conf = LearnedConf
+
+    def __init__(self, **conf) -> None:
+        super().__init__(**conf)
+        c = self.conf
+        if not c.onnx:
+            raise SkylocError("learned registrar: no matcher model: export one with `skyloc export matcher "
+                              "--kind xfeat --out M.onnx` and pass onnx=M.onnx")
+        for name in ("work_mpp", "rot_step_deg", "ransac_px", "min_margin", "distinct_m"):
+            v = getattr(c, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SkylocError(f"learned registrar: {name} must be a finite number > 0 (got {v!r})")
+        if not (c.max_kpts > 0 and c.map_max_kpts > 0 and c.min_inliers >= 3 and c.ransac_iters > 0):
+            raise SkylocError("learned registrar: max_kpts, map_max_kpts, ransac_iters must be > 0, min_inliers >= 3")
+        self.extractor = open_extractor(Path(c.onnx), threads=c.threads,
+                                        providers=[p.strip() for p in c.providers.split(",") if p.strip()] or None)
+        self.name = self.extractor.kind
+
+    def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
+                 heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
+                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None) -> Registration:
+        check_inputs(patch, map_rgb, map_mpp, heading_prior_deg, heading_tol_deg, scale_tol, map_valid)
+        work = max(float(self.conf.work_mpp), float(patch.mpp), float(map_mpp))
+        img, valid, mpx = _resample(np.asarray(map_rgb), map_valid, float(map_mpp), work)
+        map_kp = self.extractor.extract(img, valid, max_kpts=self.conf.map_max_kpts)
+        return self._register(patch, map_kp, mpx, img.shape[:2], heading_prior_deg, heading_tol_deg, scale_tol)
+
+    def register_keypoints(self, patch: PatchLike, map_kp: Keypoints, map_mpp: float,
+                           map_shape: tuple[int, int], heading_prior_deg: float | None = None,
+                           heading_tol_deg: float = 5.0, scale_tol: float = 0.05) -> Registration:
+        """Register against stored map features (pixel coords of a virtual north-up crop of
+        `map_shape` at `map_mpp`, centred on the candidate); offsets as in `register`."""
+        check_inputs(patch, np.zeros((1, 1, 3), np.uint8), map_mpp, heading_prior_deg, heading_tol_deg,
+                     scale_tol, None)  # the crop is virtual: only its m/px is checked here
+        _check_keypoints(map_kp, map_shape, self.extractor.sidecar.get("descriptor_dim", 64))
+        return self._register(patch, map_kp, float(map_mpp), tuple(map_shape), heading_prior_deg,
+                              heading_tol_deg, scale_tol)
+
+    # --- the shared core -------------------------------------------------------------------------
+
+    def _register(self, patch: PatchLike, map_kp: Keypoints, mpx: float, map_shape: tuple[int, int],
+                  heading_prior_deg: float | None, heading_tol_deg: float, scale_tol: float) -> Registration:
+        c = self.conf
+        img, valid, ppx = _resample(np.asarray(patch.image), np.asarray(patch.valid), float(patch.mpp), mpx)
+        if len(map_kp) < c.min_inliers:
+            return failed(self.name, f"{len(map_kp)} map keypoints (< {c.min_inliers}): no texture or no data")
+        centre, half = rotation_search(patch, heading_prior_deg, heading_tol_deg)
+        angles, spacing = _angles(centre, half, c.rot_step_deg)
+        q0 = ppx / mpx
+        tol = scale_tol + 0.02
+        fits = []
+        for a in angles:
+            fits.append(self._fit_at(img, valid, a, map_kp, (q0 * (1 - tol), q0 * (1 + tol)),
+                                     spacing / 2 + ROT_SLACK_DEG))
+        done = [f for f in fits if f is not None]
+        if not done:
+            return failed(self.name, "no rotation gave a similarity within the pose's scale / heading")
+        best = max(done, key=lambda f: f.n)
+        h, w = img.shape[:2]
+        cp = complex(w / 2, h / 2)
+        where = best.q * cp + best.t
+        up = math.degrees(math.atan2(best.q.imag, best.q.real))
+        alts = [(f.n, f.q, f.t) for f in done if f is not best] + best.alternatives
+        second = max((n for n, q, t in alts if abs(q * cp + t - where) * mpx > c.distinct_m
+                      or abs(_turn(math.degrees(math.atan2(q.imag, q.real)) - up)) > DISTINCT_TURN_DEG),
+                     default=0)
+        scale = abs(best.q) / q0
+        H, W = map_shape
+        east, north = (where.real - W / 2) * mpx, -(where.imag - H / 2) * mpx
+        rms_m = best.rms_px * mpx
+        acc = math.hypot(c.acc_floor_m, c.acc_k * rms_m / math.sqrt(max(best.n, 1)))
+        reasons = []
+        if best.n < c.min_inliers:
+            reasons.append(f"{best.n} inliers < {c.min_inliers}")
+        if best.n < c.min_margin * second:
+            reasons.append(f"a distinct alternative has {second} inliers vs {best.n} (< x{c.min_margin:g})")
+        if half < 180 and abs(_turn(up - centre)) > half + 1.0:
+            reasons.append(f"rotation {up:.1f} deg outside the prior {centre:.1f} +- {half:.1f}")
+        if abs(scale - 1) > tol:
+            reasons.append(f"scale {scale:.3f} outside 1 +- {scale_tol}")
+        return Registration(not reasons, float(east), float(north), aircraft_heading(patch, up), float(scale),
+                            float(best.n), float(second), best.n, float(acc) if not reasons else float("inf"),
+                            self.name, "; ".join(reasons))
+
+    def _fit_at(self, img: np.ndarray, valid: np.ndarray, angle_deg: float, map_kp: Keypoints,
+                q_range: tuple[float, float], half_turn: float) -> _Fit | None:
+        """Turn the patch clockwise by angle_deg, extract, match, fit; the fit composed with the turn."""
+        c = self.conf
+        r, off, canvas, cvalid = _turned(img, valid, angle_deg)
+        kp = self.extractor.extract(canvas, cvalid, max_kpts=c.max_kpts)
+        i1, i2, _ = mutual_nn(kp.desc, map_kp.desc, c.min_cos)
+        src, dst = to_complex(kp.xy[i1]), to_complex(map_kp.xy[i2])
+        sim = ransac_similarity(src, dst, c.ransac_px, q_range, 0.0, half_turn, c.ransac_iters, c.seed)
+        if sim is None:
+            return None
+        # canvas = r * patch + off; map = q * canvas + t  =>  map = (q r) patch + (q off + t)
+        fit = _Fit(sim.q * r, sim.q * off + sim.t, sim.n, sim.rms_px, len(src))
+        rest = ~sim.inliers
+        if rest.sum() >= 2:
+            alt = ransac_similarity(src[rest], dst[rest], c.ransac_px, q_range, 0.0, half_turn,
+                                    c.ransac_iters, c.seed + 1)
+            if alt is not None:
+                fit.alternatives.append((alt.n, alt.q * r, alt.q * off + alt.t))
+        return fit
+
+
+def _turn(deg: float) -> float:
+    return (deg + 180.0) % 360.0 - 180.0
+
+
+def _angles(centre: float, half: float, step: float) -> tuple[list[float], float]:
+    """Rotations covering centre +- half (the whole circle when half >= 180), at most `step`
+    apart, and their spacing."""
+    if half >= 180:
+        n = max(1, math.ceil(360.0 / step))
+        return [centre + k * 360.0 / n for k in range(n)], 360.0 / n
+    n = max(1, math.ceil(2 * half / step))
+    spacing = 2 * half / n
+    return [centre - half + spacing * (k + 0.5) for k in range(n)], spacing
+
+
+def _turned(img: np.ndarray, valid: np.ndarray, angle_deg: float
+            ) -> tuple[complex, complex, np.ndarray, np.ndarray]:
+    """The image turned clockwise by angle_deg on a canvas holding all of it, and (r, off) with
+    canvas point = r * image point + off (pixel-centre coords, y down)."""
+    h, w = valid.shape
+    r = complex(math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg)))
+    if abs(_turn(angle_deg)) < 1e-9:
+        return 1 + 0j, 0j, img, valid
+    W2 = int(math.ceil(w * abs(r.real) + h * abs(r.imag) - 1e-6))
+    H2 = int(math.ceil(w * abs(r.imag) + h * abs(r.real) - 1e-6))
+    off = complex(W2 / 2, H2 / 2) - r * complex(w / 2, h / 2)
+    # cv2 works in pixel-index coords (centre of pixel i at i): shift by half a pixel both ways
+    o = r * complex(0.5, 0.5) + off - complex(0.5, 0.5)
+    M = np.array([[r.real, -r.imag, o.real], [r.imag, r.real, o.imag]])
+    canvas = cv2.warpAffine(img, M, (W2, H2), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    cvalid = cv2.warpAffine(valid.astype(np.uint8), M, (W2, H2), flags=cv2.INTER_NEAREST) > 0
+    return r, off, canvas, cvalid
+
+
+def _resample(rgb: np.ndarray, valid: np.ndarray | None, mpp: float, work: float
+              ) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The image (and mask) at ~work m/px and its true m/px."""
+    f = mpp / work
+    if abs(f - 1) < 1e-6:
+        return rgb, valid, mpp
+    H, W = rgb.shape[:2]
+    size = (max(8, round(W * f)), max(8, round(H * f)))
+    out = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    v = None if valid is None else cv2.resize(np.asarray(valid, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    return out, v, mpp * W / size[0]
+
+
+def _check_keypoints(kp: Keypoints, shape: tuple[int, int], dim: int) -> None:
+    if not isinstance(kp, Keypoints):
+        raise SkylocError(f"register_keypoints: map features must be Keypoints (got {type(kp).__name__})")
+    n = len(kp)
+    if kp.xy.shape != (n, 2) or kp.desc.shape != (n, dim) or kp.score.shape != (n,):
+        raise SkylocError(f"register_keypoints: map features have shapes xy {kp.xy.shape}, desc {kp.desc.shape}, "
+                          f"score {kp.score.shape}; expected (N, 2), (N, {dim}), (N,) (another matcher's store?)")
+    if len(shape) != 2 or min(shape) < 8:
+        raise SkylocError(f"register_keypoints: map_shape {shape} must be (h, w) >= 8 px")
+    if n and not (np.isfinite(kp.xy).all() and np.isfinite(kp.desc).all()):
+        raise SkylocError("register_keypoints: map features hold NaN/Inf")
