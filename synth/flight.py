@@ -50,6 +50,7 @@ from skyloc.synth.photometric import (
     encode_jpeg,
 )
 from skyloc.synth.render import render_view
+from skyloc.synth.world import WorldConfig
 
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ class FlightConfig:
     write_frames: bool = False
     overwrite: bool = False
     max_tries: int = 200
-    world_size_m: float = 1500.0  # the procedural world used when no map is given
-    world_mpp: float = 1.0
+    world_size_m: float = WorldConfig.size_m  # the procedural world used when no map is given
+    world_mpp: float = WorldConfig.mpp
     appearance: str = "none"  # one of synth.appearance.APPEARANCES: another season / sensor than the map
     render_map: str | None = None  # render the frames from this image of the area (the run uses the map)
     lower_to_fit: bool = True  # no path fits: fly lower (with a warning) instead of failing

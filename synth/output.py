@@ -9,7 +9,7 @@ from skyloc.runtime.maps.base import GeoMap
 from skyloc.runtime.maps.geotiff import GeoTiffMap
 from skyloc.runtime.maps.mosaic import TiledMap, write_corners_csv
 from skyloc.runtime.maps.open import open_map
-from skyloc.synth.world import make_world
+from skyloc.synth.world import WorldConfig, make_world
 
 
 def prepare_out(out: Path, names: tuple[str, ...], overwrite: bool, keep: Path | None) -> None:
@@ -54,8 +54,8 @@ def keep_map_copy(gmap: GeoMap, dest: Path) -> Path:
     raise SkylocError(f"map {gmap.source}: only file-backed maps can be copied into the output")
 
 
-def resolve_map(map_path: Path | str | None, out_dir: Path, seed: int, size_m: float = 1500.0,
-                mpp: float = 1.0) -> Path:
+def resolve_map(map_path: Path | str | None, out_dir: Path, seed: int, size_m: float = WorldConfig.size_m,
+                mpp: float = WorldConfig.mpp) -> Path:
     """The map to use: the given one, or the built-in procedural world generated into out_dir/map."""
     if map_path is not None:
         return Path(map_path)

@@ -138,8 +138,8 @@ def world_corners(cfg: WorldConfig) -> tuple[float, float, float, float]:
     return geo.corners_for_centre(cfg.lat, cfg.lon, cfg.size_m, cfg.size_m)
 
 
-def make_world(out_dir: Path | str, seed: int = 0, size_m: float = 1500.0, mpp: float = 1.0,
-               lat: float = DEFAULT_LAT, lon: float = DEFAULT_LON) -> Path:
+def make_world(out_dir: Path | str, seed: int = WorldConfig.seed, size_m: float = WorldConfig.size_m,
+               mpp: float = WorldConfig.mpp, lat: float = WorldConfig.lat, lon: float = WorldConfig.lon) -> Path:
     """Write the procedural world as out_dir/map.png + out_dir/map.csv; returns the CSV path."""
     cfg = WorldConfig(size_m=size_m, mpp=mpp, lat=lat, lon=lon, seed=seed)
     out = Path(out_dir)

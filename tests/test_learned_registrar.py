@@ -3,7 +3,6 @@ appearance change, the real aerovloc photo against its other-season map, wrong p
 and the stored-features entry point (`register_keypoints`) agreeing with `register`."""
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -18,24 +17,11 @@ from skyloc.runtime.localize.rectify import GroundPatch
 from skyloc.runtime.register.extractor import Keypoints
 from skyloc.runtime.register.learned import _angles, _turned
 from skyloc.runtime.register.matching import mutual_nn, ransac_similarity
+from real_data import AERO, TURKU, open_real_map
+from skyloc.benchmarks.flight_photo import aerovloc_patch
 from skyloc.runtime.register.registry import make_registrar
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TURKU = DATA / "turku-satellite"
-AERO = DATA / "aerovloc"
-
-
-def _open(path: Path):
-    if not path.exists():
-        pytest.skip(f"real imagery {path} is not present (../shared/data)")
-    return _open_cached(str(path))
-
-
-@functools.lru_cache(maxsize=None)
-def _open_cached(path: str):
-    from skyloc.runtime.maps.open import open_map
-
-    return open_map(path)
+_open = open_real_map
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +78,24 @@ def test_mutual_nn_matches_brute_force():
     np.testing.assert_allclose(cos, [S[i, j] for i, j in ref], atol=1e-5)
 
 
+def test_mutual_nn_equals_two_sided_argmax_with_duplicates_across_blocks():
+    """The one-product mutual check equals the two-sided argmax definition, also when the map
+    holds exact duplicates (overlapping store blocks) spread over several similarity blocks."""
+    rng = np.random.default_rng(5)
+    b0 = rng.normal(size=(3000, 8)).astype(np.float32)
+    b = np.concatenate([b0, b0[::-1], b0[:500]])  # 6500 rows: duplicates in other blocks
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    a = b0[rng.choice(3000, 400, replace=False)] + rng.normal(0, 0.2, (400, 8)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    i1, i2, cos = mutual_nn(a, b, 0.2)
+    S = a @ b.T  # float32 like mutual_nn: exact duplicates tie exactly
+    ref = [(i, int(S[i].argmax())) for i in range(len(a))
+           if int(S[:, S[i].argmax()].argmax()) == i and S[i].max() > 0.2]
+    assert list(zip(i1.tolist(), i2.tolist())) == ref and len(ref) > 100
+    assert all(j < 3000 for _, j in ref)  # the lowest of the duplicates
+    np.testing.assert_allclose(cos, [S[i, j] for i, j in ref], atol=1e-5)
+
+
 def test_ransac_similarity_recovers_model_and_respects_constraints():
     rng = np.random.default_rng(1)
     src = rng.uniform(0, 400, 200) + 1j * rng.uniform(0, 300, 200)
@@ -139,19 +143,9 @@ def test_recovers_known_offset_heading_scale_after_appearance_change(reg, where,
 
 
 def _aerovloc_photo(mpp: float = 0.25):
-    q = AERO / "query" / "aerovloc_q0.jpg"
-    if not q.is_file():
-        pytest.skip(f"real imagery {q} is not present (../shared/data)")
-    import csv
-
-    bgr = cv2.imread(str(q))
-    with open(AERO / "query" / "truth.csv", newline="") as f:
-        row = next(csv.DictReader(f))
-    k = 0.065 / mpp
-    small = cv2.resize(bgr, (round(bgr.shape[1] * k), round(bgr.shape[0] * k)), interpolation=cv2.INTER_AREA)
-    rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-    patch = GroundPatch(rgb, rgb.max(axis=2) > 8, 0.065 * bgr.shape[1] / small.shape[1], 0.0, (0.0, 0.0))
-    return patch, float(row["lat"]), float(row["lon"])
+    if not (AERO / "query" / "aerovloc_q0.jpg").is_file():
+        pytest.skip(f"real imagery {AERO / 'query'} is not present (../shared/data)")
+    return aerovloc_patch(AERO, mpp)  # the benchmark's loader: the photo north-up at ~mpp, and its truth
 
 
 @pytest.mark.parametrize("heading", ["known", "unknown"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,23 +15,10 @@ from skyloc.core import geo
 from skyloc.core.errors import SkylocError
 from skyloc.runtime.localize.rectify import GroundPatch
 from skyloc.runtime.register.base import gradient_magnitude, parabola_vertex, second_peak, subpixel_peak
+from real_data import AERO, TURKU, open_real_map
 from skyloc.runtime.register.registry import make_registrar
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TURKU = DATA / "turku-satellite"
-AERO = DATA / "aerovloc"
-
-
-def _open(path: Path):
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return _open_cached(str(path))
-
-
-@functools.lru_cache(maxsize=None)
-def _open_cached(path: str):
-    from skyloc.runtime.maps.open import open_map
-    return open_map(path)  # one decode of the tiles for the whole module
+_open = open_real_map
 
 
 def _photometric(img: np.ndarray, seed: int, blur: float = 1.0, noise: float = 0.03) -> np.ndarray:

@@ -258,7 +258,11 @@ def test_run_on_a_synthetic_flight_with_the_trained_model(flight_pipeline, tmp_p
     assert all(_haversine(float(truth[l["frame"]]["lat"]), float(truth[l["frame"]]["lon"]), l["lat"], l["lon"]) <= 50
                for l in lines if l["accepted"])
     stats = json.loads(stats_path.read_text())
-    assert stats["truth"]["verified"] == len(verified) and stats["registration"] == "ncc"
+    # `--registrar auto`: the learned registrar when the tile set carries map features (the demo's does)
+    from skyloc.runtime.maps.tileset import TileSet
+
+    learned = bool(TileSet.load(p["tiles"]).meta.get("map_features"))
+    assert stats["truth"]["verified"] == len(verified) and stats["registration"] == ("xfeat" if learned else "ncc")
     assert stats["truth"]["verified_median_m"] == pytest.approx(float(np.median([err[l["frame"]] for l in verified])),
                                                                 abs=0.02)
 

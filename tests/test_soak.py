@@ -55,7 +55,9 @@ def test_every_frame_has_one_record_and_channels_agree(soak: dict) -> None:
     assert soak["gps_input_sent"] == soak["gps_input_received"] == len(sent) == soak["sent_3d"]
     assert ch["GPS_INPUT fix_type 3"] == sent  # decoded by pymavlink, frame from time_usec
     assert ch["NMEA GGA quality 1"] == sent  # own parser, checksums checked
-    assert soak["nmea_bad_checksum"] == 0 and soak["nmea_sentences"] == 2 * 150
+    # GGA + RMC for every frame, + HDT for each sent fix whose heading registration measured
+    assert soak["nmea_hdt"] == soak["sent_with_registered_heading"] > 0
+    assert soak["nmea_bad_checksum"] == 0 and soak["nmea_sentences"] == 2 * 150 + soak["nmea_hdt"]
 
 
 def test_judge_counts_what_it_must() -> None:

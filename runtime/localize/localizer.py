@@ -55,7 +55,7 @@ from skyloc.runtime.pose.frame_pose import FramePose
 from skyloc.core.preprocess import check_frame, to_model_input
 from skyloc.runtime.localize.quality import BlankEmbedding, QualityGate
 from skyloc.runtime.localize.rectify import GroundPatch, crop_centre, ground_coverage_m, pick_scale_level, rectify, rotate_patch
-from skyloc.runtime.maps.tileset import TileSet
+from skyloc.runtime.maps.tileset import TILE_M, TileSet
 from skyloc.runtime.outputs.schema import FixStatus, ScaleSource, SkipReason
 
 __all__ = ["Fix", "Localizer", "LocalizerOptions", "nadir_patch"]
@@ -78,7 +78,7 @@ class Localizer:
         self.quality_gate = quality if quality is not None else QualityGate()
         self.matcher = matcher or make_matcher(tiles, opt.index)
         meta = tiles.meta
-        self.tile_m = float(meta.get("tile_m") or 100.0)
+        self.tile_m = float(meta.get("tile_m") or TILE_M)
         self.stride_m = float(meta.get("stride_m") or self.tile_m)
         self.levels = sorted({float(s) for s in np.unique(tiles.scale)})
         self.sides_m = [self.tile_m * s for s in self.levels]

@@ -65,8 +65,10 @@ def open_registration(opt: Any, tiles: Any, imagery: Any, registrar: Any = None,
     if registrar is None:
         if name == AUTO:
             name = LEARNED[0] if has_features else "ncc"
-        registrar = make_registrar(name, onnx=str(_matcher_for(opt, tiles))) if name in LEARNED else \
-            make_registrar(name)
+        conf = opt.registrar_conf(name) if hasattr(opt, "registrar_conf") else {}  # --ncc-*, [run.ncc], ...
+        if name in LEARNED:
+            conf["onnx"] = str(_matcher_for(opt, tiles))
+        registrar = make_registrar(name, **conf)
     if not is_learned(registrar) or not has_features:
         return registrar, None
     fp = registrar_fingerprint(registrar)

@@ -2,13 +2,18 @@
 they derive) and `Fix` (everything decided about one frame: the record before JSON)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from skyloc.core.errors import SkylocError
 from skyloc.runtime.localize.retrieval import SearchWindow
-from skyloc.core.options import check_options, opt
+from skyloc.runtime.register.features import FeatureConf, LightGlueConf
+from skyloc.runtime.register.learned import LearnedConf
+from skyloc.runtime.register.ncc import NccConf
+
+from skyloc.core.errors import SkylocError
+from skyloc.core.options import check_options, group_fields, opt, opt_group
 
 
 def parse_start(start: tuple[float, ...] | None) -> SearchWindow | None:
@@ -93,11 +98,39 @@ class LocalizerOptions:
     blas_threads: int = opt(1, "BLAS threads of the tile search, capped process-wide while localizing "
                                "(threads fighting the model's for the cores cost 10-40x; 0: leave as is)",
                             ge=0, le=1024)
+    # each registrar's own options, its Conf the one source of their defaults: --ncc-min-ratio, a
+    # [run.ncc] table; only the chosen registrar's are used (registrar_conf)
+    ncc: NccConf = opt_group(NccConf, "NCC registrar (--registrar ncc) options")
+    features: FeatureConf = opt_group(FeatureConf, "SIFT / ORB registrar (--registrar sift|orb) options")
+    lightglue: LightGlueConf = opt_group(LightGlueConf, "ALIKED / DISK + LightGlue registrar "
+                                                        "(--registrar lightglue|aliked|disk) options")
+    xfeat: LearnedConf = opt_group(LearnedConf, "learned registrar (--registrar xfeat, or auto on a tile set "
+                                                "with map features) options; its matcher is --matcher")
 
     def __post_init__(self) -> None:
         check_options(self)
         if self.start is not None:
             parse_start(self.start)
+        for g, cls in group_fields(type(self)):
+            conf = getattr(self, g.name)
+            if type(conf) is not cls:
+                raise SkylocError(f"{type(self).__name__}.{g.name}: expected {cls.__name__}, got {type(conf).__name__}")
+            for f in dataclasses.fields(cls):  # set by the run itself (the registrar's name, --matcher)
+                if not f.metadata.get("cli", True) and getattr(conf, f.name) != f.default:
+                    raise SkylocError(f"{g.name}.{f.name} = {getattr(conf, f.name)!r}: not an option here (the "
+                                      f"registrar's name or --matcher sets it); leave it out of the config")
+
+    def registrar_conf(self, name: str) -> dict[str, Any]:
+        """The options of registrar `name` (registry.py) as make_registrar(name, **conf) takes them: the
+        fields of its Conf group, less those the run sets itself (cli=False: detector, onnx)."""
+        from skyloc.runtime.register.registry import registrar_class
+
+        conf_cls = registrar_class(name).Conf
+        for g, cls in group_fields(type(self)):
+            if cls is conf_cls:
+                conf = getattr(self, g.name)
+                return {f.name: getattr(conf, f.name) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+        return {}
 
 
 @dataclass

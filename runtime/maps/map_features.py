@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,12 @@ import numpy as np
 from skyloc.core import geo
 from skyloc.core.atomic import atomic_open
 from skyloc.core.errors import SkylocError
+from skyloc.core.npz_store import read_npz_store
 
 FORMAT = "skyloc-map-features/1"
 ARRAYS = {"latlon": "<f8", "desc": "<f2", "score": "<f4"}
 BLOCK_PX, OVERLAP_PX, BLOCK_KPTS = 1024, 64, 8192
+FEATURES_MPP = 0.5  # the learned registrar's working m/px (LearnedConf.work_mpp): the map is stored at it
 MAX_WINDOW_PX = 16384
 
 
@@ -159,19 +160,7 @@ class MapFeatures:
         if sha256 is not None and (actual := file_sha256(p)) != sha256:
             raise SkylocError(f"map features {p}: sha256 {actual[:12]}... does not match the {str(sha256)[:12]}... "
                               f"the tile set recorded (changed or corrupted); {hint}")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if set(z.files) != set(ARRAYS) | {"meta"}:
-                    raise SkylocError(f"{p} is not a skyloc map-feature store (holds {sorted(z.files)}); {hint}")
-                arrays = {k: z[k] for k in ARRAYS}
-                meta = json.loads(str(z["meta"][()]))
-        except SkylocError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError, TypeError) as exc:
-            raise SkylocError(f"map features {p} is truncated or damaged ({type(exc).__name__}: {exc}); {hint}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise SkylocError(f"map features {p}: format {meta.get('format') if isinstance(meta, dict) else '?'!r}, "
-                              f"expected {FORMAT!r}; {hint}")
+        arrays, meta = read_npz_store(p, ARRAYS, FORMAT, "map-feature store", hint)
         n = len(arrays["score"])
         shapes_ok = (arrays["latlon"].shape == (n, 2) and arrays["desc"].ndim == 2 and len(arrays["desc"]) == n
                      and arrays["score"].shape == (n,) and n == meta.get("count")

@@ -13,9 +13,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from skyloc.core.config import options_from_args, write_resolved_config
 from skyloc.core.errors import SkylocError
 from skyloc.core.options import HelpFormatter, add_options, check_options, opt
-from skyloc.core.config import options_from_args, write_resolved_config
+from skyloc.runtime.maps.map_features import BLOCK_KPTS, BLOCK_PX, FEATURES_MPP
+from skyloc.runtime.maps.tileset import STRIDE_M, TILE_M
 
 LOG_LEVEL = "INFO"  # skyloc/cli.py's default for this command: the build reports its progress
 INDEX_KINDS = ("none", "flat", "hnsw", "ivfpq")
@@ -28,8 +30,8 @@ class TilesOptions:
     model: str | None = opt(None, "exported model.onnx or built model.engine (with its .json sidecar)")
     map: str | None = opt(None, "GeoTIFF, corners CSV, folder with map.csv, or PNG/JPG with <stem>.csv")
     out: str | None = opt(None, "tile set to write (.npz)")
-    tile_m: float = opt(150.0, "tile side on the ground, metres", gt=0)
-    stride_m: float = opt(30.0, "distance between tile centres, metres", gt=0)
+    tile_m: float = opt(TILE_M, "tile side on the ground, metres", gt=0)
+    stride_m: float = opt(STRIDE_M, "distance between tile centres, metres", gt=0)
     # several levels by default: a frame registers against the largest tile it covers, so one tile set
     # serves frames covering 0.45-1x tile_m and more (a 320x240 60-deg frame at 120 m covers 73-104 m,
     # by heading, of the default 150 m); a single level skips every lower frame as no-coverage
@@ -50,11 +52,11 @@ class TilesOptions:
     matcher: str | None = opt(None, "matcher ONNX (`skyloc export matcher`): also extract the map's keypoints + "
                                     "descriptors once into <out stem>.features.npz, so `skyloc run` registers with "
                                     "the learned registrar and extracts only the frame", metavar="M.onnx")
-    features_mpp: float = opt(0.5, "metres per pixel the map features are extracted at (the learned registrar's "
+    features_mpp: float = opt(FEATURES_MPP, "metres per pixel the map features are extracted at (the learned registrar's "
                                    "working resolution; never finer than the imagery)", gt=0, le=10)
-    features_block: int = opt(1024, "map features are extracted in blocks of this many pixels a side (64 px of "
+    features_block: int = opt(BLOCK_PX, "map features are extracted in blocks of this many pixels a side (64 px of "
                                     "overlap each side)", ge=256, le=4096)
-    features_kpts: int = opt(8192, "keypoints kept per block at most (aerovloc photo vs its map, 1024 px blocks: "
+    features_kpts: int = opt(BLOCK_KPTS, "keypoints kept per block at most (aerovloc photo vs its map, 1024 px blocks: "
                                    "4096 -> ~21 inliers, 8192 -> ~41, 16384 -> ~65 at 2-3x the matching time)",
                              ge=64, le=65536)
 
@@ -98,27 +100,33 @@ def _build_index(out: Path, kind: str) -> None:
     print(f"faiss {kind} index: {m.index_path} ({'reused' if m.reused else 'built'})", file=sys.stderr)
 
 
-def _map_features(opts: TilesOptions, imagery: dict) -> dict:
+def extract_map_features(matcher: str | Path, out: str | Path, imagery: dict, mpp: float = FEATURES_MPP,
+                         block_px: int = BLOCK_PX, max_kpts: int = BLOCK_KPTS, overwrite: bool = False,
+                         progress: bool = True) -> dict:
     """Extract the recorded imagery's features with the matcher into <out stem>.features.npz (before
-    the tile set, which records its path, sha256 and the matcher's fingerprint)."""
+    the tile set `out`, which records its path, sha256 and the matcher's fingerprint); returns that
+    record (`build_tileset(..., map_features=)`)."""
     from skyloc.runtime.maps.imagery import MapImagery
-    from skyloc.runtime.maps.map_features import MapFeatures, build_map_features, features_path_for
+    from skyloc.runtime.maps.map_features import (
+        MapFeatures,
+        build_map_features,
+        features_path_for,
+    )
     from skyloc.runtime.register.extractor import open_extractor
 
-    out = Path(opts.out)
+    out = Path(out)
     fpath = features_path_for(out)
-    if fpath.exists() and not opts.overwrite:
+    if fpath.exists() and not overwrite:
         raise SkylocError(f"{fpath} exists; pass --overwrite to replace it (only once the new one is complete) "
                           f"or choose another --out")
-    ext = open_extractor(opts.matcher)
+    ext = open_extractor(matcher)
     img = MapImagery.for_tileset(out, {"imagery": imagery})
     assert img is not None  # imagery_record always gives a record
-    mpp = max(float(opts.features_mpp), img.mpp)
-    build_map_features(ext, img, fpath, mpp, img.sha256, block_px=opts.features_block,
-                       max_kpts=opts.features_kpts, progress=opts.progress)
+    build_map_features(ext, img, fpath, max(float(mpp), img.mpp), img.sha256, block_px=block_px,
+                       max_kpts=max_kpts, progress=progress)
     feats = MapFeatures(fpath, fingerprint=ext.fingerprint, imagery_sha256=img.sha256)
     print(f"map features {fpath}: {len(feats)} keypoints at {feats.mpp:g} m/px ({feats.kind})", file=sys.stderr)
-    return feats.record(relative_to=out.parent, matcher=opts.matcher)
+    return feats.record(relative_to=out.parent, matcher=str(matcher))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -137,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
         from skyloc.runtime.maps.imagery import imagery_record
 
         imagery = imagery_record(opts.map, opts.out, opts.pack_imagery, opts.imagery_mpp, opts.overwrite)
-        features = _map_features(opts, imagery) if opts.matcher else None
+        features = extract_map_features(opts.matcher, opts.out, imagery, opts.features_mpp, opts.features_block,
+                                        opts.features_kpts, opts.overwrite, opts.progress) if opts.matcher else None
         out = build_tileset(
             opts.model, opts.map, opts.out, tile_m=opts.tile_m, stride_m=opts.stride_m,
             scales=list(opts.scales), batch=opts.batch, backend=opts.backend,

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,14 @@ import numpy as np
 
 from skyloc.core.atomic import atomic_open
 from skyloc.core.errors import SkylocError
+from skyloc.core.npz_store import read_npz_store
 from skyloc.core.sidecar import EngineSidecar, ModelSidecar
 
 FORMAT = "skyloc-tiles/1"
 ARRAYS = {"embeddings": "<f4", "centers": "<f8", "footprints": "<f8", "scale": "<f4"}
+# a tile set's geometry by default, metres: `skyloc tiles`, build_tileset and the tile side the
+# localizer takes for a tile set that does not record its own (one default per value)
+TILE_M, STRIDE_M = 150.0, 30.0
 _HASH_BLOCK = 1 << 22  # bytes hashed per step, so a memory-mapped array is never copied whole
 
 
@@ -92,27 +95,13 @@ class TileSet:
         path = Path(path)
         if not path.is_file():
             raise SkylocError(f"tile set {path} not found: build it with `skyloc tiles --model MODEL --map MAP --out {path}`")
-        bad = f"tile set {path} is truncated or damaged"
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names = set(z.files)
-                if names != set(ARRAYS) | {"meta"}:
-                    raise SkylocError(f"{path} is not a skyloc tile set (holds {sorted(names)}): "
-                                      f"build one with `skyloc tiles`")
-                arrays = {k: z[k] for k in ARRAYS}
-                meta = json.loads(str(z["meta"][()]))
-        except SkylocError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError, TypeError) as exc:
-            raise SkylocError(f"{bad} ({type(exc).__name__}: {exc}); rebuild or copy it again") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise SkylocError(f"{path} has format {meta.get('format') if isinstance(meta, dict) else '?'!r}, "
-                              f"expected {FORMAT!r}: {_rebuild_hint({}, path)}")
+        arrays, meta = read_npz_store(path, ARRAYS, FORMAT, "tile set",
+                                      "rebuild it with `skyloc tiles` or copy it again")
         ts = cls(**arrays, meta=meta, path=path)
         ts._validate_shapes(str(path))
         actual = tileset_checksum(ts)
         if actual != meta.get("checksum"):
-            raise SkylocError(f"{bad}: checksum {actual[:12]}… does not match the recorded "
+            raise SkylocError(f"tile set {path} is truncated or damaged: checksum {actual[:12]}… does not match the recorded "
                               f"{str(meta.get('checksum'))[:12]}… (modified after it was written); "
                               f"{_rebuild_hint(meta, path)}")
         ts._validate_values(str(path))

@@ -22,6 +22,8 @@ from skyloc.core.sidecar import model_sidecar_path
 from skyloc.runtime.maps.tileset import (
     ARRAYS,
     FORMAT,
+    STRIDE_M,
+    TILE_M,
     TileSet,
     first_non_finite,
     save_tileset,
@@ -94,7 +96,7 @@ def _scratch_memmap(path: Path, shape: tuple[int, int], out: Path) -> np.ndarray
 
 
 def build_tileset(
-    model: Any, map_path: Any, out: str | os.PathLike, tile_m: float = 150, stride_m: float = 30,
+    model: Any, map_path: Any, out: str | os.PathLike, tile_m: float = TILE_M, stride_m: float = STRIDE_M,
     scales: Sequence[float] = (1.0,), batch: int = 32, backend: str = "auto",
     shard: tuple[int, int] | str = (0, 1), progress: bool = True, min_valid: float = 1.0,
     conf: dict[str, Any] | None = None, overwrite: bool = True, imagery: dict[str, Any] | None = None,

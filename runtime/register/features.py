@@ -13,21 +13,29 @@ import cv2
 import numpy as np
 
 from skyloc.core.errors import SkylocError
+from skyloc.core.options import check_options, opt
 from skyloc.runtime.register.base import PatchLike, Registrar, Registration, aircraft_heading, check_inputs, failed, rotation_search, to_gray
 
 
 @dataclass
 class FeatureConf:
-    detector: str = "sift"         # sift | orb
-    work_mpp: float = 0.5          # working resolution (never finer than the patch or the map)
-    max_features: int = 4000
-    ratio: float = 0.8             # Lowe ratio test
-    ransac_px: float = 3.0         # RANSAC reprojection threshold, working pixels
-    min_inliers: int = 15
-    min_inlier_share: float = 0.25  # inliers / ratio-test matches
-    min_second_ratio: float = 2.0  # inliers / inliers of the best model on the outliers
-    acc_floor_m: float = 1.0
-    acc_k: float = 1.0
+    """The SIFT / ORB registrar's options (`skyloc run --features-*`, the `[run.features]` table)."""
+
+    option_prefix = "features"  # flags --features-FIELD (skyloc/core/options.py opt_group)
+    # which detector is the registrar's name (registry.py: sift, orb), never a separate option
+    detector: str = opt("sift", "keypoint detector", cli=False)
+    work_mpp: float = opt(0.5, "working resolution, m/px (never finer than the patch or the map)", gt=0, le=100)
+    max_features: int = opt(4000, "keypoints per image", ge=2)
+    ratio: float = opt(0.8, "Lowe ratio test: best / second-best descriptor distance below this", gt=0, le=1)
+    ransac_px: float = opt(3.0, "RANSAC reprojection threshold, working pixels", gt=0, le=100)
+    min_inliers: int = opt(15, "RANSAC inliers needed for `verified`", ge=3)
+    min_inlier_share: float = opt(0.25, "inliers / ratio-test matches needed for `verified`", ge=0, le=1)
+    min_second_ratio: float = opt(2.0, "inliers / inliers of the best model on the outliers needed", ge=0)
+    acc_floor_m: float = opt(1.0, "accuracy never claimed better than this, metres", ge=0, le=1000)
+    acc_k: float = opt(1.0, "scale of the inlier-residual accuracy term", gt=0, le=100)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 class FeatureRegistrar(Registrar):
@@ -128,11 +136,14 @@ def _resample(rgb: np.ndarray, valid: np.ndarray | None, mpp: float, work: float
 
 @dataclass
 class LightGlueConf(FeatureConf):
-    detector: str = "aliked"       # aliked | disk
-    extractor_onnx: str = ""       # the ALIKED or DISK ONNX file
-    matcher_onnx: str = ""         # the LightGlue ONNX file matching that extractor
-    max_features: int = 2048
-    match_threshold: float = 0.2   # LightGlue match confidence
+    """The ALIKED / DISK + LightGlue registrar's options (`skyloc run --lightglue-*`, `[run.lightglue]`)."""
+
+    option_prefix = "lightglue"
+    detector: str = opt("aliked", "keypoint extractor (the registrar's name: aliked, disk)", cli=False)
+    extractor_onnx: str = opt("", "the ALIKED or DISK ONNX file", metavar="X.onnx")
+    matcher_onnx: str = opt("", "the LightGlue ONNX file matching that extractor", metavar="LG.onnx")
+    max_features: int = opt(2048, "keypoints per image", ge=2)
+    match_threshold: float = opt(0.2, "LightGlue match confidence needed", ge=0, le=1)
 
 
 class LightGlueRegistrar(FeatureRegistrar):

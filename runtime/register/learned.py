@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from skyloc.core.errors import SkylocError
+from skyloc.core.options import check_options, opt
 from skyloc.runtime.register.base import (
     PatchLike,
     Registrar,
@@ -49,22 +50,35 @@ DISTINCT_TURN_DEG = 10.0
 
 @dataclass
 class LearnedConf:
-    onnx: str = ""                # matcher ONNX from `skyloc export matcher` (required)
-    threads: int = 0              # ONNX Runtime intra-op threads (0: its default)
-    providers: str = ""           # ONNX Runtime providers, comma-separated ("": CPU), e.g. "CUDAExecutionProvider,CPUExecutionProvider"
-    work_mpp: float = 0.5         # working resolution (never finer than the patch or the map)
-    max_kpts: int = 2048          # frame keypoints per rotation
-    map_max_kpts: int = 16384     # map-crop keypoints when `register` extracts the crop itself
-    min_cos: float = 0.5          # mutual nearest neighbours below this cosine are dropped
-    rot_step_deg: float = 30.0    # spacing of the frame rotations tried
-    ransac_px: float = 3.0        # inlier threshold, working pixels
-    ransac_iters: int = 2000
-    min_inliers: int = 24         # `skyloc bench learned-gate`: wrong places reach <= 15 at margin 2.5 (x1.5 safety)
-    min_margin: float = 2.5       # inliers / inliers of the best distinct alternative
-    distinct_m: float = 15.0
-    acc_floor_m: float = 1.0
-    acc_k: float = 1.0
-    seed: int = 0
+    """The learned registrar's options (`skyloc run --xfeat-*`, the `[run.xfeat]` table of a `--config` TOML)."""
+
+    option_prefix = "xfeat"  # flags --xfeat-FIELD (skyloc/core/options.py opt_group)
+    # `skyloc run` sets it from --matcher / the tile set's map features (one option per value)
+    onnx: str = opt("", "matcher ONNX from `skyloc export matcher` (required)", cli=False)
+    threads: int = opt(0, "ONNX Runtime intra-op threads (0: its default)", ge=0, le=1024)
+    providers: str = opt("", "ONNX Runtime providers, comma-separated (\"\": CPU), e.g. "
+                             "CUDAExecutionProvider,CPUExecutionProvider")
+    work_mpp: float = opt(0.5, "working resolution, m/px (never finer than the patch or the map)", gt=0, le=100)
+    max_kpts: int = opt(2048, "frame keypoints per rotation", ge=1)
+    map_max_kpts: int = opt(16384, "map-crop keypoints when `register` extracts the crop itself", ge=1)
+    min_cos: float = opt(0.5, "mutual nearest neighbours below this cosine are dropped", ge=-1, le=1)
+    rot_step_deg: float = opt(30.0, "spacing of the frame rotations tried, degrees", gt=0, le=360)
+    ransac_px: float = opt(3.0, "inlier threshold, working pixels", gt=0, le=100)
+    ransac_iters: int = opt(2000, "RANSAC iterations", ge=1)
+    # `skyloc bench learned-gate`: wrong places reach <= 15 at margin 2.5 (x1.5 safety)
+    min_inliers: int = opt(24, "inliers needed for `verified`", ge=3)
+    min_margin: float = opt(2.5, "inliers / inliers of the best distinct alternative needed", gt=0)
+    distinct_m: float = opt(15.0, "an alternative fit farther than this is a distinct place, metres", gt=0)
+    # The inlier residuals cannot see how far the map itself sits from the ground truth: two sources of
+    # one area (the map and what the camera sees) disagree by ~1 m; with a 1.0 m floor only 75 % of the
+    # cross-domain flights' verified errors fell within 2 x accuracy_m, with 1.5 m 55 of 58 (95 %;
+    # benchmarks/results/flight-crossdomain.md).
+    acc_floor_m: float = opt(1.5, "accuracy never claimed better than this, metres", ge=0, le=1000)
+    acc_k: float = opt(1.0, "scale of the inlier-residual accuracy term", gt=0, le=100)
+    seed: int = opt(0, "RANSAC random seed", ge=0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass

@@ -15,29 +15,45 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from skyloc.core.options import check_options, opt
 from skyloc.runtime.register.base import PatchLike, Registrar, Registration, aircraft_heading, check_inputs, failed, gradient_magnitude, parabola_vertex, rotation_search, second_peak, subpixel_peak, to_gray
 
 
 @dataclass
 class NccConf:
-    work_mpp: float = 1.0          # working resolution (never finer than the patch or the map)
-    sigma_px: float = 1.0          # Gaussian smoothing before the gradient, working pixels
-    rot_step_deg: float = 1.0      # fine rotation step (the real pair's peak falls ~13 %/deg)
-    coarse_rot_step_deg: float = 4.0  # first pass when the heading range is wider than fine_range
-    fine_range_deg: float = 8.0    # half-ranges up to this skip the coarse_rot_step pass
-    narrow_step_factor: float = 2.5  # ...and are first searched at this many fine steps (1: the full grid)
-    narrow_min_ratio: float = 1.55  # min_ratio of that two-pass search: its second peak is read over fewer
-    # hypotheses (wrong places of Turku / aerovloc: ratios up to 10 % higher, at most 1.50)
-    scale_step: float = 0.03       # relative scale step within +-scale_tol
-    min_peak: float = 0.2          # NCC peak needed for `verified` (real cross-season pair: 0.28)
-    min_ratio: float = 1.4         # peak / second needed for `verified`
-    exclusion_m: float = 10.0      # second peak is searched farther than this from the best
-    min_valid_px: int = 400        # valid template pixels needed at the working resolution
-    min_texture: float = 2.0       # std of the template's gradient image needed (featureless: below)
-    acc_floor_m: float = 1.0       # accuracy never claimed better than this (map georeference, rectification)
-    acc_k: float = 0.6             # scale of the curvature term (real pair: 0.9 m off, 3.2 m claimed)
-    pyramid_min_px: int = 320      # windows this large (working px, shorter side) go coarse-to-fine
-    candidates: int = 6            # coarse places refined at the working resolution
+    """The NCC registrar's options (`skyloc run --ncc-*`, the `[run.ncc]` table of a `--config` TOML)."""
+
+    option_prefix = "ncc"  # flags --ncc-FIELD (skyloc/core/options.py opt_group)
+    work_mpp: float = opt(1.0, "working resolution, m/px (never finer than the patch or the map)", gt=0, le=100)
+    sigma_px: float = opt(1.0, "Gaussian smoothing before the gradient, working pixels", gt=0, le=20)
+    rot_step_deg: float = opt(1.0, "fine rotation step, degrees (the real pair's peak falls ~13 percent a "
+                                   "degree)", gt=0, le=90)
+    coarse_rot_step_deg: float = opt(4.0, "first-pass rotation step when the heading range is wider than "
+                                          "--ncc-fine-range-deg, degrees", gt=0, le=90)
+    fine_range_deg: float = opt(8.0, "heading half-ranges up to this skip the coarse rotation pass, degrees",
+                                ge=0, le=180)
+    narrow_step_factor: float = opt(2.5, "...and are first searched at this many fine steps (1: the full grid)",
+                                    ge=1, le=100)
+    # the two-pass search reads its second peak over fewer hypotheses (wrong places of Turku /
+    # aerovloc: ratios up to 10 % higher, at most 1.50)
+    narrow_min_ratio: float = opt(1.55, "peak / second needed for `verified` after that two-pass search",
+                                  ge=1, le=100)
+    scale_step: float = opt(0.03, "relative scale step within +-scale_tol", gt=0, le=0.5)
+    min_peak: float = opt(0.2, "NCC peak needed for `verified` (real cross-season pair: 0.28)", ge=-1, le=1)
+    min_ratio: float = opt(1.4, "peak / second peak needed for `verified`", ge=1, le=100)
+    exclusion_m: float = opt(10.0, "the second peak is searched farther than this from the best, metres",
+                             ge=0, le=10000)
+    min_valid_px: int = opt(400, "valid template pixels needed at the working resolution", ge=1)
+    min_texture: float = opt(2.0, "std of the template's gradient image needed (featureless: below)", ge=0)
+    acc_floor_m: float = opt(1.0, "accuracy never claimed better than this (map georeference, rectification), "
+                                  "metres", ge=0, le=1000)
+    acc_k: float = opt(0.6, "scale of the peak-curvature accuracy term (real pair: 0.9 m off, 3.2 m claimed)",
+                       gt=0, le=100)
+    pyramid_min_px: int = opt(320, "windows this large (working px, shorter side) go coarse-to-fine", ge=1)
+    candidates: int = opt(6, "coarse places refined at the working resolution", ge=1, le=1000)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 class NccRegistrar(Registrar):

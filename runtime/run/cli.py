@@ -1,7 +1,9 @@
 """`skyloc run`: localize frames from a camera, stream, video or image folder against a tile set.
 
 The flags are derived from `RunOptions` (runtime/run/loop.py), the one place their defaults and checks
-live; `--config FILE.toml` sets any of them (flags typed on the command line win), and the options
+live; each registrar's own options are flags too, generated from its Conf (`--ncc-min-ratio`,
+`--xfeat-min-inliers`, ...; only the chosen registrar's apply). `--config FILE.toml` sets any of
+them (`[run]`, and `[run.ncc]`-style tables per registrar; flags typed on the command line win), and the options
 the run actually used are written beside the fixes: `--out fixes.jsonl` -> `fixes.jsonl.config.json`
 (with `--out -`: beside `--stats-json`, else not written); `--config` reads that file back.
 

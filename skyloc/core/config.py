@@ -19,6 +19,7 @@ from skyloc.core.options import (
     _fields,
     _flag,
     explicit_flags,
+    group_fields,
 )
 
 
@@ -57,7 +58,14 @@ def options_from_config(cls: type, table: dict[str, Any], source: str = "config"
     by_key = _keys(cls)
     for key, value in table.items():
         if isinstance(value, dict):
-            continue  # another command's [section]
+            group = by_key.get(key) or by_key.get(key.replace("-", "_"))
+            if group is not None and group[0].metadata.get("skyloc_group"):  # [section.group]: an opt_group field
+                where = f"{source} [{key}]"
+                try:
+                    values[group[0].name] = options_from_config(group[2], value, where, base=values.get(group[0].name))
+                except SkylocError as exc:  # a range check of the group's class: say which file and table
+                    raise SkylocError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+            continue  # else another command's [section]
         f = by_key.get(key) or by_key.get(key.replace("-", "_"))
         if f is None:
             known = ", ".join(sorted(n for n in by_key if "-" not in n))
@@ -96,6 +104,11 @@ def options_from_args(cls: type, args: argparse.Namespace, section: str | None =
         if config else cls()
     typed = explicit_flags(args)
     updates = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name in typed}
+    for g, gcls in group_fields(cls):  # --PREFIX-FIELD flags of an opt_group: dest "group.field"
+        sub = {f.name: getattr(args, f"{g.name}.{f.name}") for f in dataclasses.fields(gcls)
+               if f"{g.name}.{f.name}" in typed}
+        if sub:
+            updates[g.name] = dataclasses.replace(getattr(obj, g.name), **sub)
     return dataclasses.replace(obj, **updates) if updates else obj
 
 

@@ -15,7 +15,8 @@ resolved config written beside the outputs (`write_resolved_config`). Nothing re
     opts = options_from_args(TilesOptions, args)  # defaults < --config file < typed flags
 
 Field types understood: bool, int, float, str, Path, `X | None`, tuple[float|int|str, ...]
-(comma-separated on the command line, an array in TOML). A field without `opt` metadata, or
+(comma-separated on the command line, an array in TOML), and another options dataclass as an
+`opt_group` (its flags --PREFIX-FIELD, its `[section.FIELD]` table). A field without `opt` metadata, or
 with `cli=False`, is not a flag (it can still come from a config file when its type is one of
 those). A flag given as `none` sets an optional field to None (overrides a config value).
 """
@@ -23,14 +24,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
-import types
 import typing
-from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from skyloc.core.errors import SkylocError
+
+# the value conversions and checks live in option_values.py; imported here, the names callers use
+from skyloc.core.option_values import (  # noqa: F401
+    _check_items,
+    _check_number,
+    _convert,
+    _convert_scalar,
+    _kind,
+    _split_optional,
+    check_number,
+    number,
+)
 
 CONFIG_FORMAT = "skyloc.options/1"
 _EXPLICIT = "_skyloc_explicit_options"  # namespace attribute: dests the user typed
@@ -57,36 +68,18 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: 
     return dataclasses.field(default=default, metadata=meta)
 
 
-# ---- types ---------------------------------------------------------------------------------
-
-def _split_optional(tp: Any) -> tuple[Any, bool]:
-    """(inner type, optional?) for `X | None` / Optional[X]."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        if len(args) == 1:
-            return args[0], optional
-        # str | Path and the like: a path-ish string
-        if all(a in (str, Path) for a in args):
-            return str, optional
-        return tp, optional
-    return tp, False
+def opt_group(cls: type, help: str = "") -> Any:
+    """A field holding another options dataclass (e.g. a registrar's Conf), which stays the one source
+    of its defaults: its fields become the flags `--PREFIX-FIELD` (PREFIX: the class's `option_prefix`,
+    else this field's name), the `[SECTION.FIELD]` table of a TOML config, and a nested object of the
+    resolved config. Its fields with `cli=False` are set by the command itself, not by the user."""
+    # cli=False: the group is no flag itself (its fields are)
+    return dataclasses.field(default_factory=cls, metadata={"help": help, "skyloc_group": True, "cli": False})
 
 
-def _kind(tp: Any) -> tuple[str, Any, bool]:
-    """('scalar', type, optional) or ('tuple', element type, optional); ('other', tp, _) when unsupported."""
-    inner, optional = _split_optional(tp)
-    if inner in (bool, int, float, str):
-        return "scalar", inner, optional
-    if inner is Path or (isinstance(inner, type) and issubclass(inner, os.PathLike)):
-        return "scalar", str, optional
-    if typing.get_origin(inner) in (tuple, list):
-        args = typing.get_args(inner)
-        elem = args[0] if args else str
-        if elem in (int, float, str):
-            return "tuple", elem, optional
-    return "other", inner, optional
+def group_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    """The `opt_group` fields of the options dataclass `cls`, with their classes."""
+    return [(f, tp) for f, kind, tp, _ in _fields(cls) if f.metadata.get("skyloc_group")]
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, str, Any, bool]]:
@@ -106,107 +99,14 @@ def _default_of(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+def _flag(f: dataclasses.Field, prefix: str | None = None) -> str:
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    return f"--{prefix}-{flag[2:]}" if prefix else flag
 
 
-def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
-    """Convert a TOML / command-line value to `tp`; strings are parsed, other types must match."""
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise SkylocError(f"{where}: {value!r} is not true/false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SkylocError(f"{where}: {value!r} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-            try:  # 1e5: a whole number in scientific notation (never 2.5, nan or inf)
-                if float(value).is_integer():
-                    return int(float(value))
-            except ValueError:
-                pass
-        raise SkylocError(f"{where}: {value!r} is not an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise SkylocError(f"{where}: {value!r} is not a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise SkylocError(f"{where}: {value!r} is not a number")
-    if tp is str:
-        if isinstance(value, (str, os.PathLike)):
-            return str(value)
-        raise SkylocError(f"{where}: {value!r} is not a string")
-    return value
-
-
-def _convert(value: Any, kind: str, tp: Any, optional: bool, where: str, sep: str = ",") -> Any:
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() == "none"):
-        if optional:
-            return None
-        raise SkylocError(f"{where}: a value is required (this option cannot be none)")
-    if kind == "tuple":
-        items = [s for s in value.split(sep) if s.strip()] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise SkylocError(f"{where}: {value!r} is not a list")
-        return tuple(_convert_scalar(v, tp, where) for v in items)
-    if kind == "scalar":
-        return _convert_scalar(value, tp, where)
-    return value
-
-
-# ---- checks --------------------------------------------------------------------------------
-
-def _check_number(x: Any, meta: dict, where: str) -> None:
-    if isinstance(x, float) and not math.isfinite(x):
-        raise SkylocError(f"{where} = {x}: must be a finite number")
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return
-    # written as "not (x >= b)" so that a NaN could never pass, whatever the type checks above
-    if meta.get("ge") is not None and not x >= meta["ge"]:
-        raise SkylocError(f"{where} = {x}: must be >= {meta['ge']}")
-    if meta.get("gt") is not None and not x > meta["gt"]:
-        raise SkylocError(f"{where} = {x}: must be > {meta['gt']}")
-    if meta.get("le") is not None and not x <= meta["le"]:
-        raise SkylocError(f"{where} = {x}: must be <= {meta['le']}")
-    if meta.get("lt") is not None and not x < meta["lt"]:
-        raise SkylocError(f"{where} = {x}: must be < {meta['lt']}")
-
-
-def check_number(x: Any, where: str, *, ge: float | None = None, gt: float | None = None,
-                 le: float | None = None, lt: float | None = None) -> None:
-    """The one numeric check (finite, in range), raising SkylocError naming `where` (the flag)."""
-    _check_number(x, {"ge": ge, "gt": gt, "le": le, "lt": lt}, where)
-
-
-def number(tp: type = float, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None) -> Any:
-    """argparse `type=` for a plain argparse flag: parses `tp` and runs `check_number` on it, so a
-    hand-written parser refuses NaN / inf / out-of-range values like the dataclass options do
-    (argparse names the flag: "argument --speed: 'inf': must be a finite number"; exit 2)."""
-    def parse(text: str) -> Any:
-        try:
-            v = _convert_scalar(text, tp, "value")
-            _check_number(v, {"ge": ge, "gt": gt, "le": le, "lt": lt}, "value")
-        except SkylocError as exc:
-            why = str(exc).split(": ", 1)[-1]
-            raise argparse.ArgumentTypeError(why if why.startswith(repr(text)) else f"{text!r}: {why}") from None
-        return v
-
-    parse.__name__ = tp.__name__  # argparse's "invalid float value" wording for a non-number
-    return parse
+def _prefix(cls: type, default: str | None = None) -> str | None:
+    """The flag prefix of an `opt_group` class (its fields' flags are --PREFIX-FIELD)."""
+    return getattr(cls, "option_prefix", None) or default
 
 
 def check_options(obj: Any) -> None:
@@ -217,7 +117,8 @@ def check_options(obj: Any) -> None:
     for f, kind, tp, optional in _fields(type(obj)):
         value = getattr(obj, f.name)
         meta = f.metadata
-        where = f"{type(obj).__name__}.{f.name} ({_flag(f)})" if meta.get("cli", True) and kind != "other" \
+        where = f"{type(obj).__name__}.{f.name} ({_flag(f, _prefix(type(obj)))})" \
+            if meta.get("cli", True) and kind != "other" \
             else f"{type(obj).__name__}.{f.name}"
         if kind == "other":
             continue
@@ -243,11 +144,7 @@ def check_options(obj: Any) -> None:
             for v in items:
                 if not isinstance(v, tp) and not (tp is float and isinstance(v, int) and not isinstance(v, bool)):
                     raise SkylocError(f"{where} = {value!r}: expected a list of {tp.__name__}")
-        for v in items:
-            _check_number(v, meta, where)
-            if meta.get("choices") is not None and v not in meta["choices"]:
-                choices = ", ".join(str(c) for c in meta["choices"])
-                raise SkylocError(f"{where} = {v!r}: choose one of {choices}")
+        _check_items(items, meta, where)
 
 
 # ---- argparse ------------------------------------------------------------------------------
@@ -262,7 +159,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 and action.option_strings[1] == "--no-" + action.option_strings[0][2:]:
             on, off = action.option_strings  # a --x / --no-x pair (runtime.options)
             return f"{help_} (default: {on if default else off})"
-        if "%(default)" in help_ or default is None or default is False or default is argparse.SUPPRESS \
+        if "%(default)" in help_ or default is None or default is False or default == "" \
+                or default is argparse.SUPPRESS \
                 or not action.option_strings or action.nargs == 0:
             return help_
         if isinstance(default, (tuple, list)):
@@ -299,28 +197,35 @@ class _Explicit(argparse.Action):
 
 
 def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, config: bool = True,
-                skip: Iterable[str] = ()) -> None:
+                skip: Iterable[str] = (), _group: tuple[str, str] | None = None) -> None:
     """Add one flag per field of the dataclass `cls` (and `--config FILE.toml` unless config=False).
 
     `parser` may be an argument group. The argparse defaults are the dataclass defaults (so
     `--help` shows them and code reading `args.x` sees them); `options_from_args` knows which
-    flags were typed and merges a config file under them.
+    flags were typed and merges a config file under them. An `opt_group` field adds an argument group
+    of --PREFIX-FIELD flags (dest "FIELD.SUBFIELD"), whose values are range-checked as they parse.
     """
     skip = set(skip)
+    prefix, dest_of = (_group[0], lambda name: f"{_group[1]}.{name}") if _group else (None, lambda name: name)
     if config:
         parser.add_argument("--config", dest=_CONFIG_DEST, default=None, metavar="FILE.toml",
                             help="read options from a TOML file (or a resolved-config JSON); "
                                  "flags typed here override it")
     for f, kind, tp, optional in _fields(cls):
         meta = f.metadata
+        if meta.get("skyloc_group") and f.name not in skip and _group is None:
+            title = meta.get("help") or f.name
+            target = parser.add_argument_group(title) if isinstance(parser, argparse.ArgumentParser) else parser
+            add_options(target, tp, config=False, _group=(_prefix(tp, f.name.replace("_", "-")), f.name))
+            continue
         if f.name in skip or not meta.get("skyloc_opt") or not meta.get("cli", True) or kind == "other":
             continue
         default = _default_of(f)
         if default is dataclasses.MISSING:
             default = None
-        flag = _flag(f)
+        flag = _flag(f, prefix)
         help_ = meta.get("help") or ""
-        common = {"dest": f.name, "default": default}
+        common = {"dest": dest_of(f.name), "default": default}
         if kind == "scalar" and tp is bool:  # optional: absent = None
             # --x / --no-x, whatever the default, so a flag can always override a config file; an optional
             # switch left out stays None (e.g. "the preset's value")
@@ -328,7 +233,11 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, config: boo
             continue
 
         def convert(text: str, option_string: str | None, kind=kind, tp=tp, optional=optional, f=f) -> Any:
-            return _convert(text, kind, tp, optional, option_string or _flag(f), f.metadata.get("sep", ","))
+            where = option_string or _flag(f, prefix)
+            value = _convert(text, kind, tp, optional, where, f.metadata.get("sep", ","))
+            if prefix and value is not None:  # refused as it parses: exit 2 naming the flag, like argparse's own
+                _check_items(list(value) if kind == "tuple" else [value], f.metadata, where)
+            return value
 
         metavar = meta.get("metavar")
         if metavar is None and meta.get("choices") is not None and kind == "scalar":
@@ -338,6 +247,8 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, *, config: boo
         if kind == "tuple" and meta.get("nargs"):
             common["nargs"] = meta["nargs"]
             metavar = meta.get("metavar")
+        if metavar is None and prefix:  # not "NCC.MIN_RATIO" (the dest)
+            metavar = f.name.upper()
         if not flag.startswith("-"):  # a positional operand: argparse names its dest after it
             del common["dest"]
         parser.add_argument(flag, action=_Explicit, convert=convert, help=help_, metavar=metavar, **common)

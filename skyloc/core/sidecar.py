@@ -196,16 +196,21 @@ def check_onnx_model_id(model_path: str | os.PathLike, sidecar: ModelSidecar, me
                 f"with `skyloc export onnx` (it writes both)")
 
 
+def _read_sidecar(path: Path, what: str, fmt: str, cls: type, hint: str) -> dict[str, Any]:
+    """The sidecar's JSON, refused unless it has the format tag and the fields of `cls`."""
+    data = _read_json(path, what, hint)
+    if data.get("format") != fmt:
+        raise SkylocError(f"{path} has format {data.get('format')!r}, expected {fmt!r}: {hint}")
+    _check_schema(data, cls, path, hint)
+    return data
+
+
 def read_model_sidecar(model_path: str | os.PathLike, verify: bool = True) -> ModelSidecar:
     """Read `model.json` beside `model.onnx`; with `verify`, refuse it if the ONNX changed."""
     model_path = Path(model_path)
     path = model_sidecar_path(model_path)
     hint = "re-export the model with `skyloc export onnx` (it writes the sidecar beside the ONNX)"
-    data = _read_json(path, "model sidecar", hint)
-    if data.get("format") != MODEL_FORMAT:
-        raise SkylocError(f"{path} has format {data.get('format')!r}, expected {MODEL_FORMAT!r}: {hint}")
-    _check_schema(data, ModelSidecar, path, hint)
-    sidecar = ModelSidecar(**data)
+    sidecar = ModelSidecar(**_read_sidecar(path, "model sidecar", MODEL_FORMAT, ModelSidecar, hint))
     if verify and model_path.suffix == ".onnx":
         if not model_path.is_file():
             raise SkylocError(f"model {model_path} not found")
@@ -249,8 +254,4 @@ def write_engine_sidecar(engine_path: str | os.PathLike, sidecar: EngineSidecar)
 def read_engine_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
     path = model_sidecar_path(engine_path)
     hint = "rebuild the engine on this device with `skyloc engine --onnx MODEL.onnx --out MODEL.engine`"
-    data = _read_json(path, "engine sidecar", hint)
-    if data.get("format") != ENGINE_FORMAT:
-        raise SkylocError(f"{path} has format {data.get('format')!r}, expected {ENGINE_FORMAT!r}: {hint}")
-    _check_schema(data, EngineSidecar, path, hint)
-    return EngineSidecar(**data)
+    return EngineSidecar(**_read_sidecar(path, "engine sidecar", ENGINE_FORMAT, EngineSidecar, hint))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from skyloc.core.atomic import write_json_atomic
+from skyloc.runtime.localize.map_match import LEARNED
 from skyloc.core.options import number
 
 DEMO_STEPS = ("map", "dataset", "train", "export", "int8", "tiles", "flight", "run", "report")
@@ -48,8 +49,9 @@ class DemoConfig:
     altitude_spread: float = 1.25  # altitude wanders from the lowest that covers a tile to this factor above
     start_radius_m: float = 200.0  # start prior around the take-off point
     calib_images: int = 64
-    # the registration method `run` uses (runtime/register/registry.py REGISTRARS): the one place to change it
-    registrar: str = "ncc"
+    # the registration method `run` uses (runtime/register/registry.py REGISTRARS): the one place to change it;
+    # a learned one (xfeat) also exports the pretrained matcher and stores the map's features with the tiles
+    registrar: str = "xfeat"
     retrain: bool = False  # train afresh even when the folder holds a model trained on the same settings
 
     @classmethod
@@ -139,6 +141,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     from skyloc.runtime.maps.imagery import imagery_record
     from skyloc.runtime.run.stats import load_truth_table
     from skyloc.runtime.maps.tileset_build import build_tileset
+    from skyloc.runtime.maps.tiles_cli import extract_map_features
+    from skyloc.export.matcher import export_matcher
     from skyloc.pipelines.demo_report import write_report
     from skyloc.synth.camera import SpiralConfig, mid_spiral_ground_width_m
     from skyloc.synth.dataset import make_dataset
@@ -188,9 +192,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         write_json_atomic(run_dir / KEY_FILE, {"key": key, "checkpoint": Path(ckpt).name})
         _done(t, str(ckpt))
 
-    t = _step(4, "export", "ONNX, full variant, uint8 input with normalisation baked in")
+    learned = cfg.registrar in LEARNED
+    t = _step(4, "export", "ONNX, full variant, uint8 input with normalisation baked in"
+                           + (" + the pretrained XFeat matcher" if learned else ""))
     fp32 = timed("export", lambda: export_onnx(ckpt, out / "model.onnx", variant="full"))
-    _done(t, str(fp32))
+    matcher = export_matcher("xfeat", out / "matcher.onnx") if learned else None
+    _done(t, str(fp32) + (f", {matcher}" if matcher else ""))
 
     t = _step(5, "int8", f"calibrate on {cfg.calib_images} images -> QDQ U8S8 (ONNX Runtime) + S8S8 (TensorRT)")
     cal = timed("int8", lambda: calibrate(fp32, [data / "train" / "satellite", data / "train" / "drone"],
@@ -198,11 +205,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     model = cal["int8-ort"]
     _done(t, str(model))
 
-    t = _step(6, "tiles", f"tile set: {tile_m:.0f} m tiles every {cfg.stride_m:.0f} m, with its map imagery")
+    t = _step(6, "tiles", f"tile set: {tile_m:.0f} m tiles every {cfg.stride_m:.0f} m, with its map imagery"
+                          + (" and the map's XFeat features" if learned else ""))
     imagery = imagery_record(world, out / "tiles.npz")  # registration reads the map through it (sha256-checked)
+    features = extract_map_features(matcher, out / "tiles.npz", imagery, overwrite=True, progress=progress) \
+        if matcher else None
     tiles = timed("tiles", lambda: build_tileset(model, world, out / "tiles.npz", tile_m=tile_m,
                                                  stride_m=cfg.stride_m, backend="onnxruntime", progress=progress,
-                                                 imagery=imagery))
+                                                 imagery=imagery, map_features=features))
     _done(t, str(tiles))
 
     fcfg = FlightConfig(seconds=cfg.flight_seconds, fps=cfg.fps, speed_mps=cfg.speed_mps, seed=cfg.seed,
@@ -254,6 +264,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smaller dataset and a 20 s flight (the test suite's settings)")
     parser.add_argument("--retrain", action="store_true",
                         help="train afresh even when --out holds a model trained on the same world and settings")
+    parser.add_argument("--registrar", choices=("ncc", *LEARNED), default=DemoConfig.registrar,
+                        help="registration method: ncc (normalized cross-correlation of gradients) or xfeat (the "
+                             "pretrained learned matcher: exported, and the map's features stored with the tiles)")
     parser.add_argument("--seed", type=number(int, ge=0, le=2**32 - 1), default=0)
     parser.add_argument("--epochs", type=number(int, ge=1, le=10_000), default=None, help="training epochs (default 10, quick 12)")
     parser.add_argument("--seconds", type=number(gt=0, le=86_400), default=None, help="flight length in seconds (default 40, quick 20)")
@@ -261,7 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    kw: dict[str, Any] = {"seed": args.seed, "map_path": args.map, "retrain": args.retrain}
+    kw: dict[str, Any] = {"seed": args.seed, "map_path": args.map, "retrain": args.retrain,
+                          "registrar": args.registrar}
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.seconds is not None:
