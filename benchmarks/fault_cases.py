@@ -253,6 +253,8 @@ INTEGRITY_CASES: list[Case] = [
          "not a text corners CSV", prepare=fi.binary_map_csv),
     Case("tiles: PNG map whose header claims 200000 x 200000", "maps", E, lambda w: w.tiles_argv(),
          "refuses to decode|huge", prepare=fi.huge_png_header),
+    Case("run: map imagery PNG whose header claims 200000 x 200000 refused at start", "maps", E,
+         lambda w: w.run_argv("--imagery", str(w.map_png)), r"map\.png.*200000 x 200000", prepare=fi.huge_png_header),
     Case("synth flight --out naming the map CSV with --overwrite", "synth", E,
          lambda w: ["synth", "flight", "--map", str(w.map_csv), "--out", str(w.map_csv), "--overwrite"], "is a file",
          protect=("map_csv",)),

@@ -134,3 +134,32 @@ def test_tiles_cli_pack_imagery_records_it(src_map: Path, tmp_path: Path):
     ref, _ = open_map(src_map).read_crop(lat, lon, 40.0, 40)
     assert valid.all() and _mad(rgb, ref) < 6.0
     json.dumps(ts.meta)  # the record is plain JSON
+
+
+def _claim_size(png: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's IHDR size (CRC fixed, so only the size is a lie), the way a damaged or hostile file would."""
+    import struct
+    import zlib
+
+    b = bytearray(png.read_bytes())
+    assert b[12:16] == b"IHDR"
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
+    png.write_bytes(bytes(b))
+
+
+def test_a_tile_claiming_more_pixels_than_opencv_decodes_is_refused_at_open(src_map: Path, monkeypatch):
+    """Refused when the imagery opens (`skyloc run` start, exit 2), naming the file, rather than on
+    every frame's crop; OpenCV's own limit is the bound (its env setting moves both)."""
+    import cv2
+
+    assert MapImagery(src_map).mpp > 0  # the genuine 300 x 260 map opens
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", str(300 * 260 - 1))
+    with pytest.raises(SkylocError, match=r"map\.png.*300 x 260"):
+        MapImagery(src_map)
+    monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS")
+    _claim_size(src_map, 200000, 200000)
+    with pytest.raises(cv2.error):  # what every crop met before: OpenCV refuses the header itself
+        cv2.imread(str(src_map), cv2.IMREAD_UNCHANGED)
+    with pytest.raises(SkylocError, match=r"map imagery tile .*map\.png.*200000 x 200000.*replace the file"):
+        MapImagery(src_map)

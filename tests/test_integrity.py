@@ -88,3 +88,57 @@ def test_a_retrieval_only_fix_outside_the_start_prior_is_refused(localizer):
     loc.filter(FixCandidate(float(near[0]), float(near[1]), 30.0, False, 0.9, 0.1, 0), fix2)
     assert fix2.reason == FixStatus.INIT and loc.tracker.last is not None
     assert np.isclose(fix2.raw_lat, near[0]) and not fix2.send_3d
+
+
+def test_an_agreeing_retrieval_only_track_is_kept_but_never_accepted(localizer):
+    """Retrieval only, inside the prior: the filter tracks the fixes (the track narrows the search)
+    but none is `accepted`: a look-alike agrees with itself frame after frame as well as the truth does."""
+    from skyloc.core.geo import offset_latlon
+    from skyloc.runtime.localize.filter import FixCandidate
+    from skyloc.runtime.localize.options import Fix
+    from skyloc.runtime.outputs.schema import FixStatus
+
+    loc, (lat0, lon0) = localizer
+    loc.tracker.reset()
+    reasons = []
+    for i in range(4):
+        p = offset_latlon(lat0, lon0, 20.0 + 3.0 * i, 10.0)
+        fix = Fix(i, 0.5 * i)
+        loc.filter(FixCandidate(float(p[0]), float(p[1]), 30.0, False, 0.9, 0.1, 0), fix)
+        assert not fix.accepted and not fix.send_3d and fix.vn_mps is None
+        reasons.append(fix.reason)
+    # the filter itself took them (init, then its confirmed track), only the verdict is withheld
+    assert reasons[0] == FixStatus.INIT and reasons[-1] == FixStatus.UNVERIFIED and loc.tracker.verified_support == 0
+    assert loc.tracker.last is not None
+
+
+def test_retrieval_only_on_a_flight_never_accepts_a_fix(tmp_path):
+    """`skyloc run --no-register` on a synthetic flight (truth from its own log, independent of the
+    run): the claimed accuracy_m does not bound the error (look-alikes), so no fix is accepted or sent."""
+    pytest.importorskip("onnx")
+    import json
+
+    from skyloc.benchmarks import fault_integrity as fi
+    from skyloc.benchmarks.fault_cases import build_world
+    from skyloc.cli import main as skyloc
+
+    from skyloc.synth.flight import FlightConfig, make_flight
+
+    w = build_world(tmp_path / "w")
+    fi.flight(w)  # the fault case's world: 50 m tiles; then a longer flight, so the filter builds a track
+    make_flight(w.map_csv, w.root / "flight", FlightConfig(
+        seconds=6.0, fps=2.0, speed_mps=6.0, altitude_range_m=(120.0, 140.0), fov_deg=90.0, tilt_max_deg=5.0,
+        attitude_deg=2.0, yaw_mode="random-walk", seed=1, overwrite=True))
+    truth = {int(r["frame"]): (float(r["lat"]), float(r["lon"])) for r in fi._truth(w)}
+    assert skyloc(fi.flight_argv(w, "--telemetry", str(w.root / "flight" / "truth.csv"), "--no-heading",
+                                 "--no-register")) == 0
+    recs = [json.loads(s) for s in (w.root / "run.jsonl").read_text().splitlines()]
+    placed = [r for r in recs if r.get("skipped") is None]
+    assert len(recs) == len(truth) and len(placed) >= len(truth) - 1
+    assert not any(r["accepted"] or r["send_3d"] or r["verified"] for r in recs)
+    assert any(r["reason"] == "unverified" for r in placed)  # the filter took them: only the verdict is withheld
+    errs = [fi._haversine(*truth[r["frame"]], r["lat"], r["lon"]) for r in placed]
+    assert all(np.isfinite(errs))
+    # before the fix these were accepted: the fault suite's judge now calls that wrong
+    from skyloc.benchmarks.faults import Outcome
+    assert fi.judge_retrieval_prior(w, Outcome(0))[0] == "survived and counted"

@@ -35,6 +35,7 @@ from skyloc.training.config import ModelConfig, TrainConfig
 from skyloc.training.data import PairedTrainSet, unwrap_worker_error
 from skyloc.training.losses import msba_loss
 from skyloc.training.model import MSBA, build_model
+from skyloc.training.stop import StopFlag, TrainingStopped, stop_on_signals
 from skyloc.training.seeding import (
     capture_rng,
     restore_rng,
@@ -92,16 +93,18 @@ def train(data_dir: Path, out_dir: Path, model_cfg: ModelConfig, train_cfg: Trai
     starts from scratch; without `resume` an existing last.pt is an error (never overwritten).
 
     `model_cfg.num_classes` is taken from the data. Under torchrun every process calls this;
-    `train_cfg.batch_size` is per process."""
+    `train_cfg.batch_size` is per process. A termination signal stops it at a safe point and
+    raises TrainingStopped (training/stop.py)."""
     env = D.setup(device)
     try:
-        return _train(env, Path(data_dir), Path(out_dir), model_cfg, train_cfg, resume, progress)
+        with stop_on_signals() as stop:
+            return _train(env, Path(data_dir), Path(out_dir), model_cfg, train_cfg, resume, progress, stop)
     finally:
         D.cleanup(env)
 
 
 def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-           resume: bool, progress: bool) -> Path:
+           resume: bool, progress: bool, stop: StopFlag) -> Path:
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     seed_everything(train_cfg.seed + env.rank)  # ranks differ in the per-row random drone picks
 
@@ -194,7 +197,9 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
     try:
         for epoch in range(start_epoch, train_cfg.epochs):
             step, stats = _run_epoch(net, loader, sampler, optimizer, scaler, use_amp, model_cfg, train_cfg,
-                                     env, epoch, step, writer, progress)
+                                     env, epoch, step, writer, progress, stop)
+            if stats is None:  # stopped mid-epoch: dropped, last.pt keeps the last finished epoch
+                raise _stopped(stop, out_dir, epoch, finished=False)
             lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
             scheduler.step()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **stats, "lr": lrs}
@@ -216,6 +221,8 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
                 best = _finish_epoch(out_dir, model, model_cfg, train_cfg, optimizer, scheduler, scaler, rng,
                                      record, best, dataset.classes, data_dir, writer)
             D.barrier(env)
+            if epoch + 1 < train_cfg.epochs and stop.requested(env):
+                raise _stopped(stop, out_dir, epoch + 1, finished=True)
     finally:
         if writer is not None:
             writer.close()
@@ -227,7 +234,8 @@ def _train(env: D.DistEnv, data_dir: Path, out_dir: Path, model_cfg: ModelConfig
 
 def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler | None, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, use_amp: bool, model_cfg: ModelConfig, train_cfg: TrainConfig,
-               env: D.DistEnv, epoch: int, step: int, writer: Any, progress: bool) -> tuple[int, dict[str, Any]]:
+               env: D.DistEnv, epoch: int, step: int, writer: Any, progress: bool,
+               stop: StopFlag) -> tuple[int, dict[str, Any] | None]:
     if sampler is not None:
         sampler.set_epoch(epoch)
     net.train()
@@ -237,6 +245,8 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
                disable=not (progress and env.is_main), dynamic_ncols=True)
     try:
         for sat, drone, labels in bar:
+            if stop.requested(env):
+                return step, None
             sat = sat.to(env.device, non_blocking=True)
             drone = drone.to(env.device, non_blocking=True)
             labels = torch.as_tensor(labels).to(env.device, non_blocking=True)
@@ -280,6 +290,13 @@ def _run_epoch(net: nn.Module, loader: DataLoader, sampler: DistributedSampler |
     images = D.sum_over_ranks(float(n_images), env)
     return step, {"loss": means, "batches": n_batches, "seconds": round(seconds, 3),
                   "img_per_s": images / max(seconds, 1e-9)}
+
+
+def _stopped(stop: StopFlag, out_dir: Path, epochs_done: int, finished: bool) -> TrainingStopped:
+    where = f"after epoch {epochs_done}" if finished else f"during epoch {epochs_done + 1} (dropped)"
+    kept = f"{out_dir / 'last.pt'} holds epoch {epochs_done}" if epochs_done else "no epoch finished, nothing saved"
+    return TrainingStopped(stop.signum or 0, f"stopped by {stop.name} {where}; {kept}; continue with "
+                                             f"`skyloc train --resume {out_dir}`")
 
 
 def _rng_untouched(env: D.DistEnv):

@@ -3,12 +3,17 @@
     skyloc train --data DIR --preset NAME --out RUN_DIR [--epochs N --size PX --batch-size B ...]
     skyloc train --resume RUN_DIR [--epochs N] [--data DIR] [--device ...] [--workers N]
     torchrun --nproc_per_node 2 -m runtime.cli train ...   (one process per GPU; gloo on CPU)
+
+Exit codes: 0 trained, 2 an error (the message says what to do), 128 + N stopped by signal N
+(SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, ...: at a safe point, last.pt / best.pt whole, then
+`--resume` continues; training/stop.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +120,7 @@ def _resumed_configs(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from skyloc.core.config import options_from_args
+    from skyloc.training.stop import TrainingStopped
     from skyloc.training.train import train
 
     args = options_from_args(TrainCliOptions, args, section="train")
@@ -127,8 +133,13 @@ def main(args: argparse.Namespace) -> int:
         model_cfg, train_cfg = preset(args.preset, **_overrides(args, _FIXED), **_overrides(args, _RESUMABLE))
         data_dir, out_dir = Path(args.data), Path(args.out)
     # Numbers were validated (finite, in range) by the config dataclasses themselves.
-    best = train(data_dir, out_dir, model_cfg, train_cfg, resume=args.resume is not None,
-                 progress=args.progress, device=args.device)
+    try:
+        best = train(data_dir, out_dir, model_cfg, train_cfg, resume=args.resume is not None,
+                     progress=args.progress, device=args.device)
+    except TrainingStopped as exc:  # a termination signal: exit 128 + its number (training/stop.py)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"skyloc train: {exc}", file=sys.stderr)
+        return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}\nlast checkpoint: {best.parent / 'last.pt'}")
     return 0

@@ -22,10 +22,9 @@ value (values.py), timed into `fix.latency_ms` under the same name (embed: `prep
 - **register**: the track's predicted place and the top few retrieved places are registered
   against the map imagery around them (`register` doc); a trusted registration gives the ground
   point to metres, the heading and `accuracy_m`, and makes the fix `verified`. Without imagery
-  (or when nothing verifies) the fix is retrieval-only and unverified, with an accuracy from the
-  tile stride / size;
+  (or when nothing verifies) the fix is retrieval-only and unverified, weighted by the tile stride;
 - **filter**: the temporal filter (runtime/localize/filter.py) gates and smooths by accuracy; with map
-  imagery only verified fixes reach it.
+  imagery only verified fixes reach it; only verified fixes are ever `accepted`.
 
 A fix goes out as a 3D position only when `send_3d`: verified, accepted, and every number finite.
 """
@@ -315,8 +314,10 @@ class Localizer:
 
     def filter(self, c: FixCandidate, fix: Fix) -> TrackState | None:
         """The temporal filter. With map imagery only verified fixes reach it (an unverified one is
-        reported, reason "unverified", never accepted); retrieval-only, every fix does. Returns the
-        track state the next frame predicts from (unchanged when this fix did not enter the track)."""
+        reported, reason "unverified", never accepted); retrieval-only, every fix does (its track narrows
+        the search) but none is accepted: retrieval is right to a stride or off by a look-alike's distance
+        and no accuracy it could claim says which (tests/test_integrity.py). Returns the track state the
+        next frame predicts from (unchanged when this fix did not enter the track)."""
         outside = self._outside_prior(c)  # retrieval-only: a place outside the start prior never starts a track
         if not c.verified and (self.imagery is not None or outside):
             fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
@@ -328,6 +329,8 @@ class Localizer:
         fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
         fix.lat, fix.lon, fix.accuracy_m = out.lat, out.lon, out.accuracy_m
         fix.accepted, fix.reason, fix.verified = out.accepted, out.reason, c.verified
+        if fix.accepted and not c.verified:  # retrieval-only: on the track, never vouched for (see above)
+            fix.accepted, fix.reason = False, FixStatus.UNVERIFIED
         fix.speed_mps = out.speed_mps
         v = self.tracker.velocity_ne() if fix.accepted else None
         fix.vn_mps, fix.ve_mps = (v if v is not None else (None, None))

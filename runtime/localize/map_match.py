@@ -111,13 +111,13 @@ def whole_map_window(stage: Any) -> tuple[float, float, float, float] | None:
 
 
 def register_stored(stage: Any, patch: Any, lat: float, lon: float, half_e_m: float, half_n_m: float,
-                    tol: float, scale_tol: float) -> Any:
+                    tol: float, scale_tol: float, deadline: float | None = None) -> Any:
     """Register the patch against the stored map features inside the north-up rectangle around
     (lat, lon); offsets are metres of the patch centre from (lat, lon)."""
     mf = stage.map_features
     kp = mf.window(lat, lon, half_e_m, half_n_m)
     shape = mf.window_shape(half_e_m, half_n_m)
-    return stage.registrar.register_keypoints(patch, kp, mf.mpp, shape, None, tol, scale_tol)
+    return stage.registrar.register_keypoints(patch, kp, mf.mpp, shape, None, tol, scale_tol, deadline=deadline)
 
 
 def registration_view(stage: Any, patch: Any) -> Any:

@@ -50,7 +50,7 @@ class LocalizerOptions:
     refine_m: float | None = opt(None, "retrieval-only fix = score-weighted centre of the hits this close to "
                                        "the best tile, metres; 0 = the best tile's centre [1.5 x stride]", ge=0)
     register: bool = opt(True, "register candidates against the map imagery; --no-register: retrieval only "
-                               "(every fix unverified, never sent as a 3D fix)")
+                               "(every fix unverified: never accepted, never sent as a 3D fix)")
     registrar: str = opt("auto", "registration method (runtime/register/registry.py): auto = the learned "
                                  "registrar when the tile set carries map features (`skyloc tiles --matcher`), "
                                  "else ncc")
@@ -63,9 +63,11 @@ class LocalizerOptions:
     register_px: int = opt(160, "side of the tile-sized patch registered against the map, pixels", ge=32, le=2048)
     register_max_px: int = opt(64, "registration works at no finer than the tile side / this many pixels "
                                    "(a 95 m tile at 1.5 m/px: the same metre-level fix at half the cost)", ge=16)
-    register_deadline_s: float = opt(10.0, "the register stage starts no further candidate place once it has "
-                                           "spent this long on a frame (the record says which were left; "
-                                           "0: no limit), seconds", ge=0, le=3600)
+    register_deadline_s: float = opt(10.0, "the register stage spends at most this long on a frame (plus one "
+                                           "registration hypothesis): no further candidate place is started "
+                                           "and the search in progress ends with its best so far, unverified "
+                                           "(the record says why and which were left; 0: no limit), seconds",
+                                      ge=0, le=3600)
     max_accuracy_m: float = opt(5.0, "a registration claiming a worse 1-sigma accuracy than this is not "
                                      "trusted (the fix stays unverified), metres", gt=0)
     heading_tol_deg: float = opt(5.0, "registration's heading search around the known / estimated heading, "

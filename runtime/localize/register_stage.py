@@ -115,8 +115,10 @@ class RegisterStage:
                     tol_n = candidate_tol(self, label, tol)
                     scale_tol = self.opt.scale_tol if fix.scale_source != ScaleSource.SEARCH else max(self.opt.scale_tol, 0.3)
                 margin = {"retrieval": side_m, "prior-scan": scan.radius_m if scan else 0.0}.get(label, 0.5 * side_m)
+                # the same deadline inside the registrar: a scan already running stops there too
                 reg = self._register_one(reg_patch, lat, lon, side_m, tol_n, scale_tol, margin,
-                                         whole if label == "whole-map" else None)
+                                         whole if label == "whole-map" else None,
+                                         t_start + deadline if deadline else None)
                 regs.append((n, reg, reg_patch))
                 if label == "track" and self._trusted(reg):
                     break  # the track vouches for the place: no need to look at look-alikes
@@ -150,7 +152,9 @@ class RegisterStage:
         refine = 1.5 * self.stride_m if self.opt.refine_m is None else self.opt.refine_m
         glat, glon = refine_position(s_row, i_row, self.ts.centers, refine)
         fix.ground_lat, fix.ground_lon = glat, glon
-        acc = max(self.stride_m, 0.25 * side_m)  # right place: within about a stride; the filter gates the rest
+        # the filter's weight if retrieval ranked the right place (about a stride); a look-alike is off by
+        # any distance, which nothing here measures: such a fix is never accepted (Localizer.filter)
+        acc = max(self.stride_m, 0.25 * side_m)
         return self._aircraft(patch, fix, FixCandidate(glat, glon, acc, False, score, fix.confidence or 0.0, tile))
 
     @staticmethod
@@ -186,13 +190,14 @@ class RegisterStage:
                     and math.isfinite(reg.accuracy_m) and reg.accuracy_m <= self.opt.max_accuracy_m)
 
     def _register_one(self, reg_patch: GroundPatch, lat: float, lon: float, side_m: float, tol: float,
-                      scale_tol: float, margin: float, whole: tuple[float, ...] | None = None) -> Any:
+                      scale_tol: float, margin: float, whole: tuple[float, ...] | None = None,
+                      deadline: float | None = None) -> Any:
         """Register against the map crop around (lat, lon) holding the patch turned by up to tol,
         shifted by up to `margin` metres (distinct places are a tile side apart: a margin of one
         side leaves no ground between candidates unsearched); with stored map features, against
         those inside that crop (`whole`: the whole map's rectangle, map_match.whole_map_window)."""
         if whole is not None:
-            return register_stored(self, reg_patch, lat, lon, whole[2], whole[3], tol, scale_tol)
+            return register_stored(self, reg_patch, lat, lon, whole[2], whole[3], tol, scale_tol, deadline)
         work = float(getattr(getattr(self.registrar, "conf", None), "work_mpp", 0.0) or 0.0)
         # a big tile has pixels to spare: registration cost goes with the window's pixel count
         mpp = max(reg_patch.mpp, work, 0.0 if is_learned(self.registrar) else side_m / self.opt.register_max_px)
@@ -201,10 +206,10 @@ class RegisterStage:
         crop_m = side_m * turned + 2.0 * margin
         if self.map_features is not None:  # the learned registrar's patch may span more than a tile
             half = 0.5 * (max(side_m, reg_patch.side_m) * turned + 2.0 * margin)
-            return register_stored(self, reg_patch, lat, lon, half, half, tol, scale_tol)
+            return register_stored(self, reg_patch, lat, lon, half, half, tol, scale_tol, deadline)
         map_rgb, map_valid = self.imagery.crop(lat, lon, crop_m, mpp)
         return self.registrar.register(reg_patch, map_rgb, crop_m / map_rgb.shape[1], None, tol,
-                                       scale_tol, map_valid=map_valid)
+                                       scale_tol, map_valid=map_valid, deadline=deadline)
 
     def _aircraft(self, patch: GroundPatch, fix: Fix, c: FixCandidate) -> FixCandidate:
         """The aircraft = the ground point minus the nadir -> patch-centre offset, turned to north/east."""

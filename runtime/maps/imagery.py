@@ -64,6 +64,31 @@ def imagery_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _cv_limit(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def decode_limit_px() -> tuple[int, int, int]:
+    """What OpenCV decodes in one image: (pixels, width, height), its OPENCV_IO_MAX_IMAGE_* settings."""
+    return (_cv_limit("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30), _cv_limit("OPENCV_IO_MAX_IMAGE_WIDTH", 1 << 20),
+            _cv_limit("OPENCV_IO_MAX_IMAGE_HEIGHT", 1 << 20))
+
+
+def check_decodable(gmap: GeoMap) -> None:
+    """Refuse, before the first frame, a tile whose header claims more pixels than OpenCV decodes:
+    registration would otherwise fail on it frame after frame (each crop decodes it again)."""
+    px, wmax, hmax = decode_limit_px()
+    for t in getattr(gmap, "tiles", ()):
+        if t.path is not None and (t.width * t.height > px or t.width > wmax or t.height > hmax):
+            raise SkylocError(f"map imagery tile {t.path}: its header claims {t.width} x {t.height} pixels, more "
+                              f"than OpenCV decodes ({px} pixels, {wmax} x {hmax}; OPENCV_IO_MAX_IMAGE_*): a header "
+                              "claiming a huge size is damaged or hostile; replace the file, split a genuinely huge "
+                              "map into tiles listed in a corners CSV, or run with --no-register (retrieval only)")
+
+
 class MapImagery:
     """Imagery (any runtime.maps source) checked against the sha256 it was recorded with."""
 
@@ -78,6 +103,7 @@ class MapImagery:
                               f"{str(sha256)[:12]}... the tile set recorded (changed or corrupted); restore the "
                               f"original, re-pack with `skyloc tiles ... --pack-imagery`, or run with --no-register")
         self.map: GeoMap = open_map(self.path)
+        check_decodable(self.map)
         self.mpp = float(self.map.metres_per_pixel)
 
     @classmethod

@@ -77,7 +77,7 @@ class FixStatus(StrEnum):
     SPEED = "speed"
     LOW_CONFIDENCE = "low-confidence"
     NON_FINITE = "non-finite"
-    UNVERIFIED = "unverified"  # map imagery present, registration did not vouch: never accepted
+    UNVERIFIED = "unverified"  # registration did not vouch (or retrieval only): never accepted
     OUTSIDE_PRIOR = "outside-prior"  # retrieval-only fix outside the start prior before any track
 
 

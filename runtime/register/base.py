@@ -57,8 +57,9 @@ whole circle when that is None). `Registration.heading_deg` is the estimated air
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any, Protocol
 
 import cv2
@@ -116,9 +117,53 @@ class Registrar(ABC):
     @abstractmethod
     def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
                  heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
-                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None) -> Registration:
+                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None,
+                 deadline: float | None = None) -> Registration:
         """Register the patch to a north-up map crop centred on the candidate (larger than the
-        patch by the search margin). `map_valid` (optional) marks map pixels holding data."""
+        patch by the search margin). `map_valid` (optional) marks map pixels holding data.
+        `deadline` (a time.monotonic() value, optional): no further hypothesis is started once it
+        has passed; the best found so far comes back unverified (SearchClock)."""
+
+
+# --- a deadline inside one call -----------------------------------------------------------------
+
+DEADLINE_REASON = "deadline"  # a Registration.reason starting with this: the search was cut short
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and not (isinstance(deadline, (int, float, np.floating))
+                                     and not isinstance(deadline, bool) and math.isfinite(deadline)):
+        raise SkylocError(f"register: deadline must be a finite time.monotonic() value or None (got {deadline!r})")
+
+
+class SearchClock:
+    """The hypotheses (rotations, scales) one registration call has tried, and whether its
+    deadline stopped it. The first hypothesis always runs (a call always has a best so far); the
+    deadline is checked before each further one, so a call ends within the deadline plus one
+    hypothesis' time."""
+
+    def __init__(self, deadline: float | None) -> None:
+        check_deadline(deadline)
+        self.deadline, self.tried, self.stopped = deadline, 0, False
+
+    def next(self) -> bool:
+        """True when one more hypothesis may start (and counts it); False once the deadline passed."""
+        if self.tried and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped = True
+        if self.stopped:
+            return False
+        self.tried += 1
+        return True
+
+    def reason(self) -> str:
+        return f"{DEADLINE_REASON}: search stopped after {self.tried} hypotheses"
+
+    def cut(self, reg: Registration) -> Registration:
+        """`reg` from a search the deadline cut short: never verified. The gates (peak / second,
+        inlier margin) were calibrated on the full search; a margin read over fewer hypotheses
+        has seen fewer alternatives and would flatter the match."""
+        why = self.reason() + (f"; {reg.reason}" if reg.reason else "")
+        return replace(reg, verified=False, accuracy_m=float("inf"), reason=why)
 
 
 # --- input checks shared by the plugins --------------------------------------------------------

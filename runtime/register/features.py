@@ -14,7 +14,7 @@ import numpy as np
 
 from skyloc.core.errors import SkylocError
 from skyloc.core.options import check_options, opt
-from skyloc.runtime.register.base import PatchLike, Registrar, Registration, aircraft_heading, check_inputs, failed, rotation_search, to_gray
+from skyloc.runtime.register.base import PatchLike, Registrar, Registration, aircraft_heading, check_deadline, check_inputs, failed, rotation_search, to_gray
 
 
 @dataclass
@@ -68,8 +68,12 @@ class FeatureRegistrar(Registrar):
 
     def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
                  heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
-                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None) -> Registration:
+                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None,
+                 deadline: float | None = None) -> Registration:
+        # one hypothesis (a free similarity, any rotation and scale): a call ends within one
+        # hypothesis' time of any deadline by itself, so the deadline is only checked for its type
         check_inputs(patch, map_rgb, map_mpp, heading_prior_deg, heading_tol_deg, scale_tol, map_valid)
+        check_deadline(deadline)
         c = self.conf
         work = max(float(c.work_mpp), float(patch.mpp), float(map_mpp))
         pg, pmask, ppx = _resample(patch.image, patch.valid, patch.mpp, work)

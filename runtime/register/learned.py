@@ -36,6 +36,7 @@ from skyloc.runtime.register.base import (
     PatchLike,
     Registrar,
     Registration,
+    SearchClock,
     aircraft_heading,
     check_inputs,
     failed,
@@ -113,28 +114,34 @@ class LearnedRegistrar(Registrar):
 
     def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
                  heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
-                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None) -> Registration:
+                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None,
+                 deadline: float | None = None) -> Registration:
         check_inputs(patch, map_rgb, map_mpp, heading_prior_deg, heading_tol_deg, scale_tol, map_valid)
+        clock = SearchClock(deadline)
         work = max(float(self.conf.work_mpp), float(patch.mpp), float(map_mpp))
         img, valid, mpx = _resample(np.asarray(map_rgb), map_valid, float(map_mpp), work)
         map_kp = self.extractor.extract(img, valid, max_kpts=self.conf.map_max_kpts)
-        return self._register(patch, map_kp, mpx, img.shape[:2], heading_prior_deg, heading_tol_deg, scale_tol)
+        return self._register(patch, map_kp, mpx, img.shape[:2], heading_prior_deg, heading_tol_deg, scale_tol,
+                              clock)
 
     def register_keypoints(self, patch: PatchLike, map_kp: Keypoints, map_mpp: float,
                            map_shape: tuple[int, int], heading_prior_deg: float | None = None,
-                           heading_tol_deg: float = 5.0, scale_tol: float = 0.05) -> Registration:
+                           heading_tol_deg: float = 5.0, scale_tol: float = 0.05,
+                           deadline: float | None = None) -> Registration:
         """Register against stored map features (pixel coords of a virtual north-up crop of
-        `map_shape` at `map_mpp`, centred on the candidate); offsets as in `register`."""
+        `map_shape` at `map_mpp`, centred on the candidate); offsets and `deadline` as in `register`."""
+        clock = SearchClock(deadline)
         check_inputs(patch, np.zeros((1, 1, 3), np.uint8), map_mpp, heading_prior_deg, heading_tol_deg,
                      scale_tol, None)  # the crop is virtual: only its m/px is checked here
         _check_keypoints(map_kp, map_shape, self.extractor.sidecar.get("descriptor_dim", 64))
         return self._register(patch, map_kp, float(map_mpp), tuple(map_shape), heading_prior_deg,
-                              heading_tol_deg, scale_tol)
+                              heading_tol_deg, scale_tol, clock)
 
     # --- the shared core -------------------------------------------------------------------------
 
     def _register(self, patch: PatchLike, map_kp: Keypoints, mpx: float, map_shape: tuple[int, int],
-                  heading_prior_deg: float | None, heading_tol_deg: float, scale_tol: float) -> Registration:
+                  heading_prior_deg: float | None, heading_tol_deg: float, scale_tol: float,
+                  clock: SearchClock) -> Registration:
         c = self.conf
         img, valid, ppx = _resample(np.asarray(patch.image), np.asarray(patch.valid), float(patch.mpp), mpx)
         if len(map_kp) < c.min_inliers:
@@ -145,11 +152,14 @@ class LearnedRegistrar(Registrar):
         tol = scale_tol + 0.02
         fits = []
         for a in angles:
+            if not clock.next():
+                break
             fits.append(self._fit_at(img, valid, a, map_kp, (q0 * (1 - tol), q0 * (1 + tol)),
                                      spacing / 2 + ROT_SLACK_DEG))
         done = [f for f in fits if f is not None]
         if not done:
-            return failed(self.name, "no rotation gave a similarity within the pose's scale / heading")
+            return failed(self.name, clock.reason() if clock.stopped else
+                          "no rotation gave a similarity within the pose's scale / heading")
         best = max(done, key=lambda f: f.n)
         h, w = img.shape[:2]
         cp = complex(w / 2, h / 2)
@@ -173,9 +183,10 @@ class LearnedRegistrar(Registrar):
             reasons.append(f"rotation {up:.1f} deg outside the prior {centre:.1f} +- {half:.1f}")
         if abs(scale - 1) > tol:
             reasons.append(f"scale {scale:.3f} outside 1 +- {scale_tol}")
-        return Registration(not reasons, float(east), float(north), aircraft_heading(patch, up), float(scale),
-                            float(best.n), float(second), best.n, float(acc) if not reasons else float("inf"),
-                            self.name, "; ".join(reasons))
+        reg = Registration(not reasons, float(east), float(north), aircraft_heading(patch, up), float(scale),
+                           float(best.n), float(second), best.n, float(acc) if not reasons else float("inf"),
+                           self.name, "; ".join(reasons))
+        return clock.cut(reg) if clock.stopped else reg
 
     def _fit_at(self, img: np.ndarray, valid: np.ndarray, angle_deg: float, map_kp: Keypoints,
                 q_range: tuple[float, float], half_turn: float) -> _Fit | None:

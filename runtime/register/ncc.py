@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from skyloc.core.options import check_options, opt
-from skyloc.runtime.register.base import PatchLike, Registrar, Registration, aircraft_heading, check_inputs, failed, gradient_magnitude, parabola_vertex, rotation_search, second_peak, subpixel_peak, to_gray
+from skyloc.runtime.register.base import PatchLike, Registrar, Registration, SearchClock, aircraft_heading, check_inputs, failed, gradient_magnitude, parabola_vertex, rotation_search, second_peak, subpixel_peak, to_gray
 
 
 @dataclass
@@ -62,8 +62,10 @@ class NccRegistrar(Registrar):
 
     def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
                  heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
-                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None) -> Registration:
+                 scale_tol: float = 0.05, map_valid: np.ndarray | None = None,
+                 deadline: float | None = None) -> Registration:
         check_inputs(patch, map_rgb, map_mpp, heading_prior_deg, heading_tol_deg, scale_tol, map_valid)
+        clock = SearchClock(deadline)
         c = self.conf
         work = max(float(c.work_mpp), float(patch.mpp), float(map_mpp))
         mfeat, mpp_x, mpp_y = _map_features(map_rgb, map_valid, map_mpp, work, c.sigma_px)
@@ -73,18 +75,20 @@ class NccRegistrar(Registrar):
         gray = to_gray(patch.image)
         valid = np.asarray(patch.valid, bool)
         fail = "patch too small or featureless at the working resolution"
-        prior = (centre, half)
+        prior, wide = (centre, half), None
         # coarse-to-fine only when the patch keeps enough pixels at twice the working m/px
         coarse_px = float(valid.sum()) * (patch.mpp / (2.0 * work)) ** 2
         if min(mfeat.shape) >= c.pyramid_min_px and coarse_px >= 2 * c.min_valid_px:
             return self._coarse_to_fine(gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half,
-                                        scales, mfeat, mpp_x, mpp_y) or failed(self.name, fail)
+                                        scales, mfeat, mpp_x, mpp_y, clock) or failed(self.name, fail)
         if half > c.fine_range_deg:
             coarse = _angles(centre, half, c.coarse_rot_step_deg)
-            best = self._search(gray, valid, patch.mpp, work, coarse, scales, mfeat)
+            best = self._search(gray, valid, patch.mpp, work, coarse, scales, mfeat, clock=clock)
+            if clock.stopped:
+                return self._stopped(clock, best, mfeat.shape, patch, mpp_x, mpp_y, work, prior)
             if best is None:
                 return failed(self.name, fail)
-            centre, half = best["angle"], c.coarse_rot_step_deg
+            centre, half, wide = best["angle"], c.coarse_rot_step_deg, best
         # one box for the passes below (room for one more rotation and scale step), so their NCC
         # surfaces share one geometry and the second peak is read over every hypothesis tried
         k0, grow = patch.mpp / work, scales.max() + (c.scale_step if len(scales) > 1 else 0.0)
@@ -96,31 +100,44 @@ class NccRegistrar(Registrar):
             # fine steps at the middle scale, then the fine grid (every scale) around the best of
             # them: about 2.5x fewer correlations than the full grid, the same fine peak
             coarse = _angles(centre, half, c.narrow_step_factor * c.rot_step_deg)
-            first = self._search(gray, valid, patch.mpp, work, coarse, scales[len(scales) // 2:][:1], mfeat, box)
+            first = self._search(gray, valid, patch.mpp, work, coarse, scales[len(scales) // 2:][:1], mfeat, box,
+                                 clock)
+            if clock.stopped:
+                return self._stopped(clock, first, mfeat.shape, patch, mpp_x, mpp_y, work, prior)
             if first is None:
                 return failed(self.name, fail)
             tried.append(first)
             centre, half = first["angle"], c.rot_step_deg
         fine = _angles(centre, half, c.rot_step_deg)
-        best = self._search(gray, valid, patch.mpp, work, fine, scales, mfeat, box)
+        best = self._search(gray, valid, patch.mpp, work, fine, scales, mfeat, box, clock)
         if best is None:
-            return failed(self.name, fail)
-        if len(scales) > 1 and best["j"] in (0, len(scales) - 1):
+            return (self._stopped(clock, tried[-1] if tried else wide, mfeat.shape, patch, mpp_x, mpp_y, work, prior)
+                    if clock.stopped else failed(self.name, fail))
+        if len(scales) > 1 and best["j"] in (0, len(scales) - 1) and not clock.stopped:
             # best scale on the edge: the peak may lie one step beyond (a flat scale response does
             # that often with small patches); look there before calling it an edge
-            best = self._extend_scale(best, gray, valid, patch.mpp, work, fine, mfeat, box)
+            best = self._extend_scale(best, gray, valid, patch.mpp, work, fine, mfeat, box, clock)
         tried.append(best)
         envelope = np.maximum.reduce([t["envelope"] for t in tried])
         best["min_ratio"] = c.min_ratio if len(tried) == 1 else max(c.min_ratio, c.narrow_min_ratio)
         second = second_peak(envelope, best["x"], best["y"], max(3.0, c.exclusion_m / work))
-        return self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work, *prior)
+        reg = self._result(best, second, (0, 0), mfeat.shape, patch, mpp_x, mpp_y, work, *prior)
+        return clock.cut(reg) if clock.stopped else reg
+
+    def _stopped(self, clock: SearchClock, found: dict | None, mshape: tuple[int, int], patch: PatchLike,
+                 mpp_x: float, mpp_y: float, work: float, prior: tuple[float, float]) -> Registration:
+        """The best of a search the deadline stopped (never verified), or a failure saying so."""
+        if found is None:
+            return failed(self.name, clock.reason())
+        second = second_peak(found["envelope"], found["x"], found["y"], max(3.0, self.conf.exclusion_m / work))
+        return clock.cut(self._result(found, second, (0, 0), mshape, patch, mpp_x, mpp_y, work, *prior))
 
     def _extend_scale(self, best: dict, gray: np.ndarray, valid: np.ndarray, patch_mpp: float, work: float,
-                      angles: np.ndarray, mfeat: np.ndarray, box: tuple[int, int]) -> dict:
+                      angles: np.ndarray, mfeat: np.ndarray, box: tuple[int, int], clock: SearchClock) -> dict:
         """The search of `best` with one more scale step beyond the edge its best scale is on."""
         scales, low = best["scales"], best["j"] == 0
         s_new = scales[0] - self.conf.scale_step if low else scales[-1] + self.conf.scale_step
-        extra = self._search(gray, valid, patch_mpp, work, angles, np.array([s_new]), mfeat, box)
+        extra = self._search(gray, valid, patch_mpp, work, angles, np.array([s_new]), mfeat, box, clock)
         if extra is None:
             return best
         merged = np.concatenate([[s_new], scales]) if low else np.concatenate([scales, [s_new]])
@@ -133,7 +150,7 @@ class NccRegistrar(Registrar):
         return out
 
     def _coarse_to_fine(self, gray, valid, patch, map_rgb, map_valid, map_mpp, work, centre, half, scales,
-                        mfeat, mpp_x, mpp_y) -> Registration | None:
+                        mfeat, mpp_x, mpp_y, clock: SearchClock) -> Registration | None:
         """Large windows: every hypothesis at twice the working m/px, then the best few distinct
         places (local maxima of the coarse envelope) refined at the working m/px in small
         sub-windows; peak and second are both fine-level NCC values."""
@@ -141,7 +158,9 @@ class NccRegistrar(Registrar):
         cwork = 2.0 * work
         cfeat, cmx, cmy = _map_features(map_rgb, map_valid, map_mpp, cwork, c.sigma_px)
         cstep = c.coarse_rot_step_deg if half > c.fine_range_deg else 2.0 * c.rot_step_deg
-        cb = self._search(gray, valid, patch.mpp, cwork, _angles(centre, half, cstep), scales, cfeat)
+        cb = self._search(gray, valid, patch.mpp, cwork, _angles(centre, half, cstep), scales, cfeat, clock=clock)
+        if clock.stopped:  # the best so far at the coarse level
+            return self._stopped(clock, cb, cfeat.shape, patch, cmx, cmy, cwork, (centre, half))
         if cb is None:
             return None
         env, hyp = cb["envelope"], cb["hyp"]
@@ -159,6 +178,8 @@ class NccRegistrar(Registrar):
         cbw, cbh = cb["box"]
         fine = []
         for x, y in picked:
+            if clock.stopped:
+                break
             a0 = float(cb["angles"][hyp[y, x] // len(scales)])
             # the true angle is within half a coarse step of the coarse best
             angles = _angles(a0, cstep / 2, c.rot_step_deg) if len(cb["angles"]) > 1 else cb["angles"]
@@ -169,11 +190,11 @@ class NccRegistrar(Registrar):
             pad = 6
             x0, y0 = max(0, int(round(cx - bw / 2)) - pad), max(0, int(round(cy - bh / 2)) - pad)
             x1, y1 = min(mfeat.shape[1], x0 + bw + 2 * pad + 1), min(mfeat.shape[0], y0 + bh + 2 * pad + 1)
-            fb = self._search(gray, valid, patch.mpp, work, angles, scales, mfeat[y0:y1, x0:x1])
+            fb = self._search(gray, valid, patch.mpp, work, angles, scales, mfeat[y0:y1, x0:x1], clock=clock)
             if fb is not None:
                 fine.append((fb, (x0, y0)))
         if not fine:
-            return None
+            return self._stopped(clock, cb, cfeat.shape, patch, cmx, cmy, cwork, (centre, half)) if clock.stopped else None
         fine.sort(key=lambda t: -t[0]["peak"])
         best, off = fine[0]
         excl = max(3.0, c.exclusion_m / work)
@@ -182,13 +203,14 @@ class NccRegistrar(Registrar):
         others = [fb["peak"] for fb, (ox, oy) in fine[1:]
                   if (ox + fb["x"] - bx) ** 2 + (oy + fb["y"] - by) ** 2 > excl ** 2]
         second = max(others + [second_peak(best["envelope"], best["x"], best["y"], excl)])
-        return self._result(best, second, off, mfeat.shape, patch, mpp_x, mpp_y, work, centre, half)
+        reg = self._result(best, second, off, mfeat.shape, patch, mpp_x, mpp_y, work, centre, half)
+        return clock.cut(reg) if clock.stopped else reg
 
     def _search(self, gray: np.ndarray, valid: np.ndarray, patch_mpp: float, work: float,
                 angles: np.ndarray, scales: np.ndarray, mfeat: np.ndarray,
-                box: tuple[int, int] | None = None) -> dict | None:
+                box: tuple[int, int] | None = None, clock: SearchClock | None = None) -> dict | None:
         """Every (angle, scale) hypothesis correlated over the window, in a box holding them all
-        (or the given one)."""
+        (or the given one); those the clock's deadline leaves (clock.stopped) stay untried."""
         c = self.conf
         k0 = patch_mpp / work
         h, w = gray.shape
@@ -202,7 +224,11 @@ class NccRegistrar(Registrar):
         table = np.full((len(angles), len(scales)), -1.0)
         best = None
         for i, a in enumerate(angles):
+            if clock is not None and clock.stopped:
+                break
             for j, s in enumerate(scales):
+                if clock is not None and not clock.next():
+                    break
                 M = _affine(w, h, box, k0 * s, a)
                 g = cv2.warpAffine(src, M, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 m = cv2.warpAffine(vmask, M, box, flags=cv2.INTER_NEAREST, borderValue=0)
