@@ -247,7 +247,7 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
     flights = [r for r in [*reg_rows, *rows] if r.get("frames")]
 
     def plot(fig: Any) -> None:
-        ax = fig.add_subplot(1, 2, 1)
+        ax = fig.add_subplot(1, 2 if flights else 1, 1)
         if run_res:  # the headline: the real photo through `skyloc run`, one point per case
             labels = [f"{r['heading']}/{r['gsd']}/{r['prior_m'] or 'none'}" for r in run_res]
             errs = [min(float(r["error_m"]), 200.0) if r.get("error_m") not in (None, "") else 200.0 for r in run_res]
@@ -255,17 +255,19 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
             ax.scatter(range(len(run_res)), errs, c=colours)
             ax.set_xticks(range(len(run_res)), labels, rotation=70, fontsize=6)
             ax.set(ylabel="error, m (clipped at 200; green: verified)", yscale="symlog",
-                   title="aerovloc real photo through skyloc run (heading/GSD/prior)")
+                   title="real photo via skyloc run (heading/GSD/prior)")
         else:
             for key, grp in _groups(photo_res, ("registrar", "work_mpp", "heading")).items():
                 ax.plot([p["prior_offset_m"] for p in grp], [min(p["error_m"], 200) for p in grp], "o", label=str(key))
             ax.set(xlabel="prior centre offset from truth, m", ylabel="error, m (clipped at 200)", yscale="symlog",
                    title="aerovloc real photo, registrar alone, 300 m prior")
             ax.legend(fontsize=7)
+        if not flights:
+            return
         ax2 = fig.add_subplot(1, 2, 2)
         for key, grp in _groups(flights, ("part", "map", "heading", "registration")).items():
             ax2.plot([r["altitude_m"] for r in grp], [r["verified_median_m"] for r in grp], "o-", label=str(key))
-        ax2.set(xlabel="altitude, m", ylabel="verified median error, m", title=f"simulated flights ({sim_domain()})")
+        ax2.set(xlabel="altitude, m", ylabel="verified median error, m", title="simulated flights")
         ax2.legend(fontsize=6)
 
     domain = sim_domain()

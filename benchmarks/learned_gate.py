@@ -77,15 +77,10 @@ def photo_queries(n: int, rng: np.random.Generator, known: bool) -> list[Query]:
     """Squares of the real photo (north-up, 0.065 m/px) at MPP, turned for heading-unknown trials."""
     from skyloc.runtime.register.learned import _turned
 
-    bgr = cv2.imread(str(PHOTO / "aerovloc_q0.jpg"))
-    if bgr is None:
-        raise SkylocError(f"learned-gate: cannot read {PHOTO / 'aerovloc_q0.jpg'}")
-    with open(PHOTO / "truth.csv", newline="") as f:
-        row = next(csv.DictReader(f))
-    k = 0.065 / MPP
-    small = cv2.cvtColor(cv2.resize(bgr, (round(bgr.shape[1] * k), round(bgr.shape[0] * k)),
-                                    interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    mpp = 0.065 * bgr.shape[1] / small.shape[1]
+    from skyloc.benchmarks.flight_photo import aerovloc_patch
+
+    photo, lat0, lon0 = aerovloc_patch(PHOTO.parent, MPP)  # north-up at ~MPP, and its truth
+    small, mpp = photo.image, photo.mpp
     H, W = small.shape[:2]
     side = min(round(SIDE_M / mpp), H)
     out = []
@@ -94,7 +89,7 @@ def photo_queries(n: int, rng: np.random.Generator, known: bool) -> list[Query]:
         img = small[y0:y0 + side, x0:x0 + side]
         valid = img.max(axis=2) > 8
         de, dn = (x0 + side / 2 - W / 2) * mpp, -(y0 + side / 2 - H / 2) * mpp
-        lat, lon = geo.offset_latlon(float(row["lat"]), float(row["lon"]), de, dn)
+        lat, lon = geo.offset_latlon(lat0, lon0, de, dn)
         up = float(rng.uniform(-3, 3) if known else rng.uniform(0, 360))
         _, _, img, valid = _turned(img, valid, -up)  # heading-up view of a drone flying `up`
         out.append(Query("photo", img, valid, mpp, float(lat), float(lon), up, 1.0, side * mpp / math.sqrt(2)))

@@ -3,7 +3,6 @@ scale on real map crops with photometric changes, integrity (featureless and wro
 never verified) and the real cross-season aerovloc pair."""
 from __future__ import annotations
 
-import csv
 import functools
 import math
 
@@ -16,6 +15,7 @@ from skyloc.core.errors import SkylocError
 from skyloc.runtime.localize.rectify import GroundPatch
 from skyloc.runtime.register.base import gradient_magnitude, parabola_vertex, second_peak, subpixel_peak
 from real_data import AERO, TURKU, open_real_map
+from skyloc.benchmarks.flight_photo import aerovloc_patch as photo_patch
 from skyloc.runtime.register.registry import make_registrar
 
 _open = open_real_map
@@ -213,17 +213,9 @@ def test_lightglue_plugin_names_the_missing_onnx_file(tmp_path):
 
 def aerovloc_patch(mpp: float = 0.5) -> tuple[GroundPatch, float, float]:
     """The real photo as a north-up ground patch (it is north-up at 0.065 m/px) and its truth."""
-    q = AERO / "query" / "aerovloc_q0.jpg"
-    if not q.is_file() or not (AERO / "map" / "map.csv").is_file():
+    if not (AERO / "query" / "aerovloc_q0.jpg").is_file() or not (AERO / "map" / "map.csv").is_file():
         pytest.skip(f"{AERO} not present")
-    row = next(csv.DictReader(open(AERO / "query" / "truth.csv")))
-    bgr = cv2.imread(str(q))
-    f = 0.065 / mpp
-    small = cv2.resize(bgr, (round(bgr.shape[1] * f), round(bgr.shape[0] * f)), interpolation=cv2.INTER_AREA)
-    rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-    valid = rgb.max(axis=2) > 8  # black corners: outside the photo
-    return GroundPatch(rgb, valid, 0.065 * bgr.shape[1] / small.shape[1], 0.0, (0.0, 0.0)), \
-        float(row["lat"]), float(row["lon"])
+    return photo_patch(AERO, mpp)
 
 
 def test_aerovloc_real_pair_within_10_m():

@@ -318,15 +318,14 @@ class Localizer:
         the search) but none is accepted: retrieval is right to a stride or off by a look-alike's distance
         and no accuracy it could claim says which (tests/test_integrity.py). Returns the track state the
         next frame predicts from (unchanged when this fix did not enter the track)."""
+        fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
         outside = self._outside_prior(c)  # retrieval-only: a place outside the start prior never starts a track
         if not c.verified and (self.imagery is not None or outside):
-            fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
             fix.lat, fix.lon, fix.accuracy_m = c.lat, c.lon, c.accuracy_m
             fix.accepted, fix.verified = False, False
             fix.reason = FixStatus.OUTSIDE_PRIOR if outside else FixStatus.UNVERIFIED
             return self.track_state
         out = self.tracker.update(c, fix.time_s)
-        fix.raw_lat, fix.raw_lon, fix.raw_accuracy_m = c.lat, c.lon, c.accuracy_m
         fix.lat, fix.lon, fix.accuracy_m = out.lat, out.lon, out.accuracy_m
         fix.accepted, fix.reason, fix.verified = out.accepted, out.reason, c.verified
         if fix.accepted and not c.verified:  # retrieval-only: on the track, never vouched for (see above)
