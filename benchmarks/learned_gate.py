@@ -112,7 +112,7 @@ def _trial(reg: Any, q: Query, gmap: Any, clat: float, clon: float, known: bool,
     same_map = math.isfinite(dist_m)  # crops of the other map have no meaningful error
     err = math.hypot(r.east_m - float(te), r.north_m - float(tn)) if math.isfinite(r.east_m) and same_map else math.nan
     return {"kind": kind, "query": q.source, "map": map_name, "heading": "known" if known else "unknown",
-            "crop_dist_m": round(dist_m, 1), "inliers": r.inliers, "second": int(r.second) if r.second >= 0 else 0,
+            "crop_dist_m": round(dist_m, 1), "inliers": r.inliers, "second": int(r.second) if r.second >= 0 else 0, "matches": r.matches,
             "geometry_ok": r.verified, "error_m": round(err, 2), "accuracy_m": round(r.accuracy_m, 3),
             "heading_err_deg": round(abs((r.heading_deg - q.up_deg + 180) % 360 - 180), 2)
             if math.isfinite(r.heading_deg) else math.nan,
@@ -178,24 +178,26 @@ def run_trials(reg: Any, maps: dict[str, Any], per_map: int, photo: int, wrong_p
     return rows
 
 
-def passes(row: dict[str, Any], min_inliers: int, margin: float) -> bool:
-    return bool(row["geometry_ok"]) and row["inliers"] >= min_inliers and row["inliers"] >= margin * row["second"]
+def passes(row: dict[str, Any], min_inliers: int, margin: float, min_ratio: float = 0.0) -> bool:
+    return bool(row["geometry_ok"]) and row["inliers"] >= min_inliers and row["inliers"] >= margin * row["second"] \
+        and row["inliers"] >= min_ratio * row.get("matches", 0)
 
 
-def choose_gate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def choose_gate(rows: list[dict[str, Any]], min_ratio: float = 0.0) -> list[dict[str, Any]]:
     """Per margin: the inlier floor = SAFETY x the most inliers any wrong place reached while
-    clearing that margin (rounded up, at least 8), and what it gives on the right places."""
+    clearing that margin and the inlier ratio (rounded up, at least 8), and what it gives on the
+    right places."""
     wrong = [r for r in rows if r["kind"] == "wrong"]
     right = [r for r in rows if r["kind"] == "right"]
     out = []
     for m in MARGINS:
-        worst = max((r["inliers"] for r in wrong if passes(r, 0, m)), default=0)
+        worst = max((r["inliers"] for r in wrong if passes(r, 0, m, min_ratio)), default=0)
         floor = max(8, math.ceil(SAFETY * (worst + 1)))
-        ok = [r for r in right if passes(r, floor, m)]
+        ok = [r for r in right if passes(r, floor, m, min_ratio)]
         errs = np.array([r["error_m"] for r in ok], float)
         within = [r for r in ok if r["error_m"] <= 2 * r["accuracy_m"]]
-        out.append({"margin": m, "worst_wrong_inliers": worst, "min_inliers": floor,
-                    "wrong_trials": len(wrong), "wrong_verified": sum(passes(r, floor, m) for r in wrong),
+        out.append({"margin": m, "min_inlier_ratio": min_ratio, "worst_wrong_inliers": worst, "min_inliers": floor,
+                    "wrong_trials": len(wrong), "wrong_verified": sum(passes(r, floor, m, min_ratio) for r in wrong),
                     "right_trials": len(right), "right_verified": len(ok),
                     "right_verified_pct": round(100 * len(ok) / max(len(right), 1), 1),
                     "median_error_m": round(float(np.median(errs)), 2) if len(errs) else math.nan,
@@ -208,11 +210,12 @@ def choose_gate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def load_trials(path: Path) -> list[dict[str, Any]]:
     """Trials of an earlier run (its CSV), typed back, to re-score them under the current gate.
     (`verified_default_gate` is recomputed; `run` says which run a trial came from.)"""
-    ints, floats = ("inliers", "second"), ("crop_dist_m", "error_m", "accuracy_m", "heading_err_deg", "scale_err", "seconds")
+    ints, floats = ("inliers", "second", "matches"), ("crop_dist_m", "error_m", "accuracy_m", "heading_err_deg", "scale_err", "seconds")
     with open(path, newline="") as f:
         rows = [dict(r) for r in csv.DictReader(f)]
     for r in rows:
-        r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) if r[k] != "" else math.nan for k in floats})
+        # runs from before `matches` was recorded read 0 there (the ratio cannot refuse them)
+        r.update({k: int(r.get(k) or 0) for k in ints}, **{k: float(r[k]) if r[k] != "" else math.nan for k in floats})
         r["geometry_ok"] = r["geometry_ok"] == "True"
         r["run"] = r.get("run") or path.stem
     return rows
@@ -234,7 +237,7 @@ def _run(matcher: str | Path | None, per_map: int, photo: int, wrong_per_query: 
 
             matcher = export_matcher("xfeat", Path(tmp) / "xfeat.onnx")
         # permissive: every trial keeps its raw inliers and second; the gate is applied afterwards
-        reg = make_registrar("xfeat", onnx=str(matcher), min_inliers=3, min_margin=1e-9)
+        reg = make_registrar("xfeat", onnx=str(matcher), min_inliers=3, min_margin=1e-9, min_inlier_ratio=0.0)
         maps = {k: open_map(p) for k, p in MAPS.items()}
         return run_trials(reg, maps, per_map, photo, wrong_per_query, seed, progress)
 
@@ -250,13 +253,13 @@ def bench_learned_gate(matcher: str | Path | None = None, per_map: int = 14, pho
         rows = [r for p in paths for r in load_trials(Path(p))]
     else:
         rows = [{"run": f"seed {seed}", **r} for r in _run(matcher, per_map, photo, wrong_per_query, seed, progress)]
-    gate = choose_gate(rows)
-    best = max(gate, key=lambda g: (g["right_verified"], -g["margin"]))
     from skyloc.runtime.register.learned import LearnedConf
 
     conf = LearnedConf()
+    gate = choose_gate(rows, conf.min_inlier_ratio)
+    best = max(gate, key=lambda g: (g["right_verified"], -g["margin"]))
     for r in rows:
-        r["verified_default_gate"] = passes(r, conf.min_inliers, conf.min_margin)
+        r["verified_default_gate"] = passes(r, conf.min_inliers, conf.min_margin, conf.min_inlier_ratio)
     wrong = [r for r in rows if r["kind"] == "wrong"]
     right_ok = [r for r in rows if r["kind"] == "right" and r["verified_default_gate"]]
     within = sum(r["error_m"] <= 2 * r["accuracy_m"] for r in right_ok)
@@ -278,7 +281,8 @@ def bench_learned_gate(matcher: str | Path | None = None, per_map: int = 14, pho
              f"{100 * within / max(len(right_ok), 1):.1f} % of {len(right_ok)}",
              bool(right_ok) and within >= 0.9 * len(right_ok)),
     ]
-    notes = [f"Default gate (LearnedConf): min_inliers {conf.min_inliers}, min_margin {conf.min_margin:g}; "
+    notes = [f"Default gate (LearnedConf): min_inliers {conf.min_inliers}, min_margin {conf.min_margin:g}, "
+             f"min_inlier_ratio {conf.min_inlier_ratio:g} (inliers / putative matches, `matches`); "
              f"the best margin by this run: x{best['margin']:g} with min_inliers {best['min_inliers']}.",
              "Trials: 150 m query squares (map squares after an appearance change, or squares of the real "
              "aerovloc photo) against 300 m crops at 0.5 m/px; right = the crop holds the query (offset <= 30 m "

@@ -136,3 +136,16 @@ def test_photo_run_goals_and_priors_by_hand():
     assert "--yaw" not in argv and argv[argv.index("--gsd") + 1] == "0.065"
     argv = photo_run_argv(case, "known", "unknown", None, Path("o.jsonl"))
     assert "--start" not in argv and "--gsd" not in argv and argv[argv.index("--yaw") + 1] == "0"
+
+
+def test_wrong_map_goal_counts_every_verified_frame():
+    from skyloc.benchmarks.flight_wrong_map import wrong_map_goals
+
+    row = {"flown_over": "turku", "registered_against": "aerovloc", "altitude_m": 80.0, "status": "rc 0",
+           "frames": 20, "registered": 20, "verified": 0, "accepted": 0, "sent_3d": 0, "max_inliers": 17}
+    refused = {**row, "status": "rc 2", "frames": 0, "registered": 0, "max_inliers": 0}
+    (ok,) = wrong_map_goals([row, refused])
+    assert ok.met is True and "0 of 20" in ok.measured and "17 inliers" in ok.measured
+    (bad,) = wrong_map_goals([row, {**row, "verified": 1, "max_inliers": 30}])
+    assert bad.met is False and "1 of 40" in bad.measured
+    assert wrong_map_goals([refused]) == []  # nothing ran: no goal claimed

@@ -35,6 +35,19 @@ def test_choose_gate_refuses_every_wrong_place_and_counts_like_brute_force():
     assert not passes({"geometry_ok": False, "inliers": 500, "second": 0}, 10, 2.0)
 
 
+def test_inlier_ratio_removes_chance_fits_from_the_gate():
+    """A wrong place whose many inliers are a small share of many putative matches (chance agreements)
+    neither raises the floor nor passes once the ratio is asked for; a right one keeps passing."""
+    rows = _rows() + [{"kind": "wrong", "inliers": 30, "second": 5, "matches": 500, "geometry_ok": True,
+                       "error_m": 300.0, "accuracy_m": 1.0}]
+    plain = {g["margin"]: g for g in choose_gate(rows)}
+    ratio = {g["margin"]: g for g in choose_gate(rows, 0.08)}
+    assert plain[2.0]["worst_wrong_inliers"] == 30 and ratio[2.0]["worst_wrong_inliers"] < 14
+    assert ratio[2.0]["wrong_verified"] == 0 and ratio[2.0]["min_inlier_ratio"] == 0.08
+    assert not passes(rows[-1], 24, 2.5, 0.08) and passes(rows[-1], 24, 2.5, 0.0)
+    assert passes({"geometry_ok": True, "inliers": 30, "second": 5, "matches": 300}, 24, 2.5, 0.08)
+
+
 def test_wrong_place_crops_hold_none_of_the_query_ground():
     rng = np.random.default_rng(1)
     lat0, lon0 = 60.4, 22.46

@@ -128,3 +128,14 @@ def test_skyloc_run_refuses_a_changed_store_before_any_output(case, tmp_path):
     assert rc == 2 and not out.exists()
     assert skyloc(["run", "--model", str(case["model"]), "--tiles", str(d / "feat.npz"), "--source", str(frames),
                    "--gsd", "0.5", "--out", str(out), "--registrar", "ncc"]) == 0  # the way out the error names
+
+
+def test_patch_pad_follows_the_heading_mode_and_the_pixel_cap():
+    from skyloc.runtime.localize.map_match import LEARNED_MAX_SIDE_PX, patch_pad_for
+
+    store = object()  # any map-feature store: only its presence matters
+    assert patch_pad_for(None, 160) == 1.0 and patch_pad_for(None, 160, True) == 1.0  # NCC: one tile
+    assert patch_pad_for(store, 160) == 2.5  # heading unknown: the frame's long side too
+    assert patch_pad_for(store, 160, heading_known=True) == 2.0  # north-up: extraction cost
+    assert patch_pad_for(store, 512) == LEARNED_MAX_SIDE_PX / 512  # capped at 768 px a side
+    assert patch_pad_for(store, 2000) == 1.0

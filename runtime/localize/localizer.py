@@ -82,7 +82,7 @@ class Localizer:
         self.levels = sorted({float(s) for s in np.unique(tiles.scale)})
         self.sides_m = [self.tile_m * s for s in self.levels]
         self.register_px = register_px_for(opt, self.map_features, self.sides_m)
-        self.patch_pad = patch_pad_for(self.map_features, self.register_px)  # learned: ground around the tile
+        self.patch_pad = patch_pad_for(self.map_features, self.register_px, opt.use_heading)  # learned: + ground around
         self._level_ids = {s: np.flatnonzero(np.isclose(tiles.scale, s)) for s in self.levels}
         self.contract = backend.sidecar.input
         self._emb = np.ascontiguousarray(tiles.embeddings, dtype=np.float32)

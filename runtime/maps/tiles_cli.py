@@ -56,8 +56,9 @@ class TilesOptions:
                                    "working resolution; never finer than the imagery)", gt=0, le=10)
     features_block: int = opt(BLOCK_PX, "map features are extracted in blocks of this many pixels a side (64 px of "
                                     "overlap each side)", ge=256, le=4096)
-    features_kpts: int = opt(BLOCK_KPTS, "keypoints kept per block at most (aerovloc photo vs its map, 1024 px blocks: "
-                                   "4096 -> ~21 inliers, 8192 -> ~41, 16384 -> ~65 at 2-3x the matching time)",
+    features_kpts: int = opt(BLOCK_KPTS, "keypoints kept per block at most (1024 px blocks hold ~17-18k; aerovloc photo "
+                                   "vs its map: 4096 -> ~21 inliers, 8192 -> ~41, 16384 -> ~65; a small frame "
+                                   "needs the dense store)",
                              ge=64, le=65536)
 
     def __post_init__(self) -> None:

@@ -90,6 +90,7 @@ class Registration:
     accuracy_m: float   # 1-sigma horizontal position uncertainty, metres (inf when unverified)
     method: str
     reason: str = ""    # why not verified (empty when verified)
+    matches: int = 0    # putative matches the fit was drawn from (feature registrars; 0: not counted)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
