@@ -43,6 +43,18 @@ def test_local_mutual_pairs_match_brute_force(monkeypatch, rows):
     assert len(want) > 20  # the case is not empty
 
 
+def test_cell_size_bounds_the_cell_count_of_any_window():
+    assert voting.cell_size(40.0, 1000.0, 800.0) == 40.0  # 25 x 20 cells: as asked
+    for side in (3e4, 3e5):  # a whole map of 225 km^2 / 22500 km^2 at 0.5 m/px
+        c = voting.cell_size(40.0, side, side)
+        assert (side / c) ** 2 <= voting.MAX_CELLS + 1e-6 and c > 40.0
+    rng = np.random.default_rng(4)
+    d1, d2 = _unit(rng, 8), _unit(rng, 300)
+    xy2 = rng.uniform(0, 3e4, 300) + 1j * rng.uniform(0, 3e4, 300)
+    i1, i2, _ = voting.local_mutual_pairs(d1, d2, xy2, 40.0, 0.0)  # 750 x 750 cells asked: runs coarser
+    assert len(i1) == len(i2) > 0
+
+
 def test_vote_places_finds_a_planted_place_among_clutter():
     rng = np.random.default_rng(5)
     centre, q0, true = complex(50, 40), 1.6, complex(612.0, 233.0)

@@ -30,6 +30,15 @@ import numpy as np
 ROWS = 8192           # map keypoints per similarity block (8192 x 2048 frame keypoints x 4 B = 64 MB at most)
 
 
+MAX_CELLS = 4096      # cell maxima are cells x frame keypoints float32: 4096 x 1024 x 4 B = 16 MB (x3 in flight)
+
+
+def cell_size(cell_px: float, width_px: float, height_px: float) -> float:
+    """cell_px, or coarser so that a width x height window holds at most MAX_CELLS cells (a whole
+    map of tens of km^2 would otherwise ask for gigabytes)."""
+    return max(float(cell_px), math.sqrt(max(width_px, 1.0) * max(height_px, 1.0) / MAX_CELLS))
+
+
 def local_mutual_pairs(d1: np.ndarray, d2: np.ndarray, xy2: np.ndarray, cell_px: float, min_cos: float
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i1, i2, cos): map keypoint i2 (rows of d2 at complex px xy2) whose best frame keypoint is
@@ -39,6 +48,7 @@ def local_mutual_pairs(d1: np.ndarray, d2: np.ndarray, xy2: np.ndarray, cell_px:
     if not n1 or not n2:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, np.float32)
+    cell_px = cell_size(cell_px, float(np.ptp(xy2.real)), float(np.ptp(xy2.imag)))
     cx = np.floor((xy2.real - xy2.real.min()) / cell_px).astype(np.int64)
     cy = np.floor((xy2.imag - xy2.imag.min()) / cell_px).astype(np.int64)
     nx, ny = int(cx.max()) + 1, int(cy.max()) + 1
