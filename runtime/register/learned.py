@@ -83,7 +83,7 @@ class LearnedConf:
     rot_step_deg: float = opt(30.0, "spacing of the frame rotations tried, degrees", gt=0, le=360)
     ransac_px: float = opt(3.0, "inlier threshold, working pixels", gt=0, le=100)
     ransac_iters: int = opt(2000, "RANSAC iterations", ge=1)
-    # `skyloc bench learned-gate`: wrong places reach <= 15 at margin 2.5 (x1.5 safety)
+    # `skyloc bench learned-gate`: wrong places reached <= 24 inliers, none with x2.5 and 8 % (module doc)
     min_inliers: int = opt(24, "inliers needed for `verified`", ge=3)
     min_margin: float = opt(2.5, "inliers / inliers of the best distinct alternative needed", gt=0)
     # a wrong place's inliers are chance agreements among its putative matches (median 3-6 % of them);
@@ -238,9 +238,10 @@ class LearnedRegistrar(Registrar):
             places = [p for p, _ in peaks]
         fits = []
         for place in places:
-            cols = np.arange(len(mxy)) if place is None else np.flatnonzero(np.abs(mxy - place) <= reach)
-            j1, j2, _ = mutual_nn(kp.desc, map_kp.desc[cols], c.min_cos)
-            s, d = src[j1], mxy[cols[j2]]
+            # the whole window as it is (no copy of its descriptors), or a voted place's sub-window
+            cols = None if place is None else np.flatnonzero(np.abs(mxy - place) <= reach)
+            j1, j2, _ = mutual_nn(kp.desc, map_kp.desc if cols is None else map_kp.desc[cols], c.min_cos)
+            s, d = src[j1], mxy[j2 if cols is None else cols[j2]]
             sim = ransac_similarity(s, d, c.ransac_px, q_range, 0.0, half_turn, c.ransac_iters, c.seed)
             if sim is None:
                 continue
