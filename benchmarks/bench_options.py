@@ -147,6 +147,8 @@ class FlightBench(BenchCommon):
                                                           "--no-heading)")
     unregistered: bool = opt(True, "pipeline flights also with --no-register, the retrieval-only baseline "
                                    "(--no-unregistered skips them)")
+    run_flags: tuple[str, ...] = opt((), "extra `skyloc run` flags for every registering run (photo, flights, wrong "
+                                         "map), space-separated, e.g. --run-flags='--xfeat-glue G.onnx'", sep=" ")
 
 
 @dataclass

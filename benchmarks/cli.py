@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
             model=_path(args.model), maps=list(args.maps), altitudes=list(args.altitudes), seconds=args.seconds,
             fps=args.fps, work_dir=_path(args.work_dir), photo=args.photo, stage=args.stage, prior=args.prior,
             photo_run=args.photo_run, matcher=_path(args.matcher), headings=list(args.headings),
-            unregistered=args.unregistered, **common,
+            unregistered=args.unregistered, run_flags=list(args.run_flags), **common,
         )
     elif bench == "flight-latency":
         from skyloc.benchmarks.flight_latency import bench_flight_latency

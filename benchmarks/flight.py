@@ -80,10 +80,11 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                 width: int = 640, height: int = 480, fov_deg: float = 60.0, seed: int = 0,
                 headings: Sequence[str] = HEADINGS, registration: Sequence[bool] = (True, False),
                 progress: bool = True, world_m: float = 1500.0, ground_width_m: float = 100.0,
-                prior: bool = True, matcher: Path | None = None) -> list[dict]:
+                prior: bool = True, matcher: Path | None = None, run_flags: Sequence[str] = ()) -> list[dict]:
     """`skyloc run` end to end over simulated flights (with a start prior, see `start_prior`, unless
     prior is False); with a matcher ONNX each tile set carries the map's learned features, so the
-    runs register with the learned registrar (`--registrar auto`), else with NCC."""
+    runs register with the learned registrar (`--registrar auto`), else with NCC. `run_flags` go to
+    every run (e.g. `--xfeat-glue G.onnx`)."""
     from skyloc.cli import main as skyloc
     from skyloc.runtime.maps.imagery import imagery_record
     from skyloc.runtime.maps.tileset_build import build_tileset
@@ -116,10 +117,10 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                             "--truth", str(truth), "--out", str(out), "--overwrite"]
                     argv += ["--start", start_prior(truth, seed)] if prior else []
                     argv += [] if heading == "known" else ["--no-heading"]
-                    argv += [] if reg else ["--no-register"]
+                    argv += [*run_flags] if reg else ["--no-register"]
                     rc = skyloc(argv)
                     recs = [json.loads(l) for l in out.read_text().splitlines() if l.strip()] if out.exists() else []
-                    row = {**base, "heading": heading, "registration": ("xfeat" if matcher else "ncc") if reg else "off",
+                    row = {**base, "heading": heading, "registration": registration_label(matcher, run_flags) if reg else "off",
                            "status": f"rc {rc}",
                            **flight_metrics(recs)}
                     rows.append(row)
@@ -127,6 +128,19 @@ def flight_rows(model: Path, maps: Sequence[tuple[str, Path | None]], altitudes:
                         print(f"flight {map_name} {alt:g} m heading {heading} reg {reg}: verified "
                               f"{row['verified_rate']:.2f}, median {row['verified_median_m']:.1f} m", flush=True)
     return rows
+
+
+def registration_label(matcher: Path | None, run_flags: Sequence[str] = ()) -> str:
+    """What registered: ncc, or the matcher's kind (+ the glue's, with `--xfeat-glue`)."""
+    if matcher is None:
+        return "ncc"
+    try:
+        kind = json.loads(Path(matcher).with_suffix(".json").read_text()).get("kind", "learned")
+    except (OSError, ValueError):
+        kind = "learned"
+    flags = list(run_flags)
+    glue = flags[flags.index("--xfeat-glue") + 1] if "--xfeat-glue" in flags[:-1] else None
+    return f"{kind}+{Path(glue).stem}" if glue else str(kind)
 
 
 def photo_run_goals(run: Sequence[dict]) -> list[Goal]:
@@ -205,7 +219,7 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
                  results_dir: Path | None = None, name: str = "flight", command: str | None = None,
                  progress: bool = True, data: Path = DATA, prior: bool = True, photo_run: bool = True,
                  matcher: Path | None = None, headings: Sequence[str] = HEADINGS,
-                 unregistered: bool = True) -> dict[str, Path]:
+                 unregistered: bool = True, run_flags: Sequence[str] = ()) -> dict[str, Path]:
     import tempfile
 
     known = {"procedural": None, "turku": data / "turku-satellite", "aerovloc": data / "aerovloc" / "map"}
@@ -218,7 +232,7 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
     have_photo = (data / "aerovloc").exists()
     timing: list[dict] = []
     run_res = photo_run_rows(data / "aerovloc", Path(work_dir) / "photo-run" if work_dir else None, model, matcher,
-                             progress=progress, timing=timing) if photo_run and have_photo else []
+                             progress=progress, timing=timing, run_flags=run_flags) if photo_run and have_photo else []
     photo_res = photo_rows(data / "aerovloc", progress=progress) if photo and have_photo else []
     rows: list[dict] = []
     reg_rows: list[dict] = []
@@ -238,9 +252,10 @@ def bench_flight(model: Path | None = None, maps: Sequence[str] = ("procedural",
         if model is not None:
             rows = flight_rows(Path(model), chosen, altitudes, wd / "pipeline", seconds, fps, progress=progress,
                                matcher=matcher, prior=prior, headings=tuple(headings),
-                               registration=(True, False) if unregistered else (True,))
+                               registration=(True, False) if unregistered else (True,), run_flags=run_flags)
             if matcher is not None:  # the same flights against the other real map: every place wrong
-                wrong = wrong_map_rows(Path(model), wd / "pipeline", maps, altitudes, progress=progress)
+                wrong = wrong_map_rows(Path(model), wd / "pipeline", maps, altitudes, progress=progress,
+                                       run_flags=run_flags)
             notes.append(f"pipeline: start prior of {PRIOR_M:g} m radius centred {PRIOR_OFFSET_M:g} m off the first "
                          "true position (`--start`)." if prior else "pipeline: no start prior (--no-prior).")
         else:

@@ -149,7 +149,8 @@ def photo_run_setup(root: Path, work: Path, model: Path | None = None, matcher: 
             "lat": float(row["lat"]), "lon": float(row["lon"]), "work": work}
 
 
-def photo_run_argv(case: dict, heading: str, gsd: str, prior_m: float | None, out: Path) -> list[str]:
+def photo_run_argv(case: dict, heading: str, gsd: str, prior_m: float | None, out: Path,
+                   run_flags: Sequence[str] = ()) -> list[str]:
     """`skyloc run` for the photo: --gsd when the GSD is known, --yaw 0 when the heading is (the photo
     is north-up), a start prior centred 0.7 x its radius north-east of the truth."""
     argv = ["run", "--model", str(case["model"]), "--tiles", str(case["tiles"]), "--source", str(case["photos"]),
@@ -160,13 +161,13 @@ def photo_run_argv(case: dict, heading: str, gsd: str, prior_m: float | None, ou
         off = 0.7 * prior_m / math.sqrt(2.0)
         clat, clon = geo.offset_latlon(case["lat"], case["lon"], off, off)
         argv += ["--start", f"{float(clat):.7f},{float(clon):.7f},{prior_m:g}"]
-    return argv
+    return argv + list(run_flags)
 
 
 def photo_run_rows(root: Path = DATA / "aerovloc", work: Path | None = None, model: Path | None = None,
                    matcher: Path | None = None, headings: Sequence[str] = RUN_HEADINGS,
                    gsds: Sequence[str] = RUN_GSDS, priors: Sequence[float | None] = RUN_PRIORS,
-                   progress: bool = True, timing: list | None = None) -> list[dict]:
+                   progress: bool = True, timing: list | None = None, run_flags: Sequence[str] = ()) -> list[dict]:
     """One row per (heading, GSD, prior): the photo's fix from `skyloc run`, its error to the truth;
     with a `timing` list, also fill it with `whole_map_timing` rows over the same store."""
     import json
@@ -182,7 +183,7 @@ def photo_run_rows(root: Path = DATA / "aerovloc", work: Path | None = None, mod
                 for prior in priors:
                     out = case["work"] / f"fix-{heading}-{gsd}-{prior or 'none'}.jsonl"
                     t = time.perf_counter()
-                    rc = skyloc(photo_run_argv(case, heading, gsd, prior, out))
+                    rc = skyloc(photo_run_argv(case, heading, gsd, prior, out, run_flags))
                     wall = time.perf_counter() - t
                     recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
                     rows.append(photo_run_row(case, heading, gsd, prior, rc, recs, wall))

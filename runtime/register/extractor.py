@@ -1,15 +1,17 @@
 """Onboard local-feature extraction from an exported matcher ONNX (`skyloc export matcher`).
 
-The ONNX holds the dense network only (see export/xfeat_net.py): uint8 RGB NHWC in, a full
-resolution keypoint probability map, an L2-normalised descriptor map at 1/8 resolution and a
-reliability map at 1/8 out. The image-dependent part runs here in numpy/OpenCV, torch-free:
+The ONNX holds the dense network only (export/xfeat_net.py, export/disk_net.py): uint8 RGB NHWC
+in, a full resolution keypoint probability map and an L2-normalised descriptor map (XFeat: 64-d at
+1/8 resolution, with a reliability map at 1/8; DISK: 128-d at every pixel) out. The
+image-dependent part runs here in numpy/OpenCV, torch-free:
 
 - pad to the net's multiple (reflected, so the border does not read as an edge), with pixels
   outside `valid` filled by the mean valid colour (so the mask border is not an edge either);
 - NMS: a pixel is a keypoint when it is the maximum of its 5x5 neighbourhood and above the
   detection threshold, inside the image and at least one cell away from invalid pixels;
-- score = keypoint probability x bilinear reliability (XFeat's ranking), top-k by score;
-- descriptors sampled bilinearly from the 1/8 map at the keypoint, re-normalised.
+- score = keypoint probability x bilinear reliability (XFeat's ranking; DISK: the probability),
+  top-k by score;
+- descriptors sampled bilinearly from the descriptor map at the keypoint, re-normalised.
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ import numpy as np
 from skyloc.core.errors import SkylocError
 
 MATCHER_FORMAT = "skyloc-matcher/1"
-MatcherKind = Literal["xfeat"]
+MatcherKind = Literal["xfeat", "disk"]
 MATCHER_KINDS: tuple[str, ...] = get_args(MatcherKind)
-OUTPUTS = ("heatmap", "descriptors", "reliability")
-DETECTION_THRESHOLD = 0.05   # XFeat's own default keypoint-probability floor
+OUTPUTS_BY_KIND: dict[str, tuple[str, ...]] = {"xfeat": ("heatmap", "descriptors", "reliability"),
+                                               "disk": ("heatmap", "descriptors")}
+# each net's own default floor: XFeat's keypoint probability 0.05; DISK's detection logit 0
+DETECTION_THRESHOLDS = {"xfeat": 0.05, "disk": 0.0}
 NMS_KERNEL = 5
+MASK_MARGIN_PX = 8  # keypoints keep this far from invalid pixels (their descriptors would read the fill)
 
 
 @dataclass
@@ -63,8 +68,12 @@ def read_sidecar(onnx_path: Path) -> dict[str, Any]:
     if (inp.get("layout"), inp.get("dtype"), inp.get("color")) != ("NHWC", "uint8", "RGB") \
             or not (isinstance(inp.get("multiple"), int) and inp["multiple"] > 0):
         raise SkylocError(f"{side}: input contract {inp} is not uint8 RGB NHWC with a positive 'multiple'")
-    if list(meta.get("outputs", {})) != list(OUTPUTS):
-        raise SkylocError(f"{side}: outputs {list(meta.get('outputs', {}))} != {list(OUTPUTS)}")
+    want = list(OUTPUTS_BY_KIND[meta["kind"]])
+    if list(meta.get("outputs", {})) != want:
+        raise SkylocError(f"{side}: outputs {list(meta.get('outputs', {}))} != {want} of a {meta['kind']} matcher")
+    thr = meta.get("detection_threshold", DETECTION_THRESHOLDS[meta["kind"]])
+    if not (isinstance(thr, (int, float)) and math.isfinite(thr)):
+        raise SkylocError(f"{side}: detection_threshold {thr!r} is not a finite number; re-export the matcher")
     return meta
 
 
@@ -90,19 +99,24 @@ class FeatureExtractor:
         self.kind: str = self.sidecar["kind"]
         self.multiple: int = int(self.sidecar["input"]["multiple"])
         self.cell: int = int(self.sidecar.get("cell", 8))
+        self.outputs: tuple[str, ...] = OUTPUTS_BY_KIND[self.kind]
+        self.threshold: float = float(self.sidecar.get("detection_threshold", DETECTION_THRESHOLDS[self.kind]))
         self.input_name: str = self.sidecar["input"].get("name", "image")
         self.session = cpu_session(path, threads=threads) if not providers else _session(path, threads, providers)
 
-    def dense(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the net on an (H, W, 3) uint8 image whose sides are multiples of `multiple`."""
-        heat, desc, rel = self.session.run(list(OUTPUTS), {self.input_name: rgb[None]})
-        if not (np.isfinite(heat).all() and np.isfinite(desc).all() and np.isfinite(rel).all()):
+    def dense(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Run the net on an (H, W, 3) uint8 image whose sides are multiples of `multiple`:
+        (heatmap, descriptor map, reliability map or None where the net has none)."""
+        got = self.session.run(list(self.outputs), {self.input_name: rgb[None]})
+        if not all(np.isfinite(a).all() for a in got):
             raise SkylocError(f"matcher {self.path} produced NaN/Inf on a {rgb.shape[1]}x{rgb.shape[0]} image: "
                               "the model file is damaged or the backend is faulty; re-export it")
-        return heat[0, 0], desc[0], rel[0, 0]
+        return got[0][0, 0], got[1][0], (got[2][0, 0] if len(got) > 2 else None)
 
     def extract(self, image: np.ndarray, valid: np.ndarray | None = None, max_kpts: int = 2048,
-                threshold: float = DETECTION_THRESHOLD) -> Keypoints:
+                threshold: float | None = None) -> Keypoints:
+        """Keypoints of `image`, best first; `threshold`: the detection floor (None: the net's own)."""
+        threshold = self.threshold if threshold is None else threshold
         rgb, valid = _check_image(image, valid)
         if not (isinstance(max_kpts, (int, np.integer)) and max_kpts > 0):
             raise SkylocError(f"extract: max_kpts must be a positive int (got {max_kpts!r})")
@@ -119,10 +133,13 @@ class FeatureExtractor:
         keep[:h, :w] = True
         if valid is not None and not valid.all():
             # a keypoint whose cell reaches outside the data describes the fill, not the ground
-            keep[:h, :w] &= cv2.erode(valid.astype(np.uint8), np.ones((2 * self.cell + 1,) * 2, np.uint8)) > 0
+            margin = max(self.cell, MASK_MARGIN_PX)
+            keep[:h, :w] &= cv2.erode(valid.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
         ys, xs = nms(heat, threshold, keep)
         cx, cy = xs + 0.5, ys + 0.5  # pixel centres
-        score = heat[ys, xs] * bilinear(rel[None], cx / self.cell, cy / self.cell)[:, 0]
+        score = heat[ys, xs]
+        if rel is not None:
+            score = score * bilinear(rel[None], cx / self.cell, cy / self.cell)[:, 0]
         order = np.argsort(-score, kind="stable")[:max_kpts]
         cx, cy, score = cx[order], cy[order], score[order]
         d = bilinear(dmap, cx / self.cell, cy / self.cell)
@@ -168,10 +185,12 @@ def _check_image(image: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarra
 def nms(heat: np.ndarray, threshold: float, keep: np.ndarray, kernel: int = NMS_KERNEL) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs) of pixels that equal the max of their kernel x kernel neighbourhood, exceed
     `threshold` and lie where `keep`; row-major order."""
-    if not (math.isfinite(threshold) and 0 <= threshold < 1):
-        raise SkylocError(f"extract: detection threshold must be in [0, 1) (got {threshold!r})")
-    h = np.nan_to_num(heat.astype(np.float32), nan=0.0)
-    local_max = cv2.dilate(h, np.ones((kernel, kernel), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if not math.isfinite(threshold):
+        raise SkylocError(f"extract: detection threshold must be finite (got {threshold!r})")
+    h = np.nan_to_num(heat.astype(np.float32), nan=-np.inf)
+    # -inf outside: a logit map (DISK) has negative values, so a 0 border would hide nothing
+    local_max = cv2.dilate(h, np.ones((kernel, kernel), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                           borderValue=-np.inf)
     return np.nonzero((h == local_max) & (h > threshold) & keep)
 
 

@@ -15,6 +15,9 @@ or turned more than 10 deg), inliers that are a fair share of the putative match
 place's are chance agreements among many), and heading / scale inside the prior. `accuracy_m`
 comes from the inlier residuals, never below `acc_floor_m`. A window much larger than the frame
 (the start prior's scan, the whole map) is first searched by translation voting (voting.py).
+With a glue (`glue`, glue_refine.py) a verified fit's geometry is refined by LightGlue-family
+matches at its place; the gate stays the mutual-NN fit's. Any matcher kind the extractor reads
+(XFeat, DISK) works; the registrar reports itself as `xfeat` for XFeat, `learned` otherwise.
 Offsets, headings and scale follow register/base.py.
 
 Gate (benchmarks/results/learned_gate.md: 566 wrong-place trials, 284 of them heading unknown, and
@@ -49,6 +52,7 @@ from skyloc.runtime.register.base import (
     rotation_search,
 )
 from skyloc.runtime.register.extractor import Keypoints, open_extractor
+from skyloc.runtime.register.glue_refine import Seen, glue_for, refine
 from skyloc.runtime.register.matching import mutual_nn, ransac_similarity, to_complex
 from skyloc.runtime.register.voting import local_mutual_pairs, vote_places
 
@@ -73,6 +77,12 @@ class LearnedConf:
     option_prefix = "xfeat"  # flags --xfeat-FIELD (skyloc/core/options.py opt_group)
     # `skyloc run` sets it from --matcher / the tile set's map features (one option per value)
     onnx: str = opt("", "matcher ONNX from `skyloc export matcher` (required)", cli=False)
+    glue: str = opt("", "LightGlue-family ONNX from `skyloc export glue`: re-matches a verified fit's rotation and "
+                        "place to refine it (\"\": no refinement); must suit the matcher's kind")
+    # LightGlue's cost grows with the product of the two sets (xfeat-lighterglue 1024 x 2048: 0.3 s, x 8192: 2.1 s
+    # on this 2-core CPU): the strongest keypoints of each side go in
+    glue_kpts: int = opt(2048, "frame keypoints the glue sees (the strongest)", ge=8)
+    glue_map_kpts: int = opt(16384, "map keypoints around the fit the glue sees (the strongest)", ge=8)
     threads: int = opt(0, "ONNX Runtime intra-op threads (0: its default)", ge=0, le=1024)
     providers: str = opt("", "ONNX Runtime providers, comma-separated (\"\": CPU), e.g. "
                              "CUDAExecutionProvider,CPUExecutionProvider")
@@ -113,6 +123,7 @@ class _Fit:
     rms_px: float
     matches: int
     alternatives: list[tuple[int, complex, complex]] = field(default_factory=list)
+    seen: Seen | None = None  # what the fit was drawn from, for the glue's refinement
 
 
 class LearnedRegistrar(Registrar):
@@ -131,9 +142,11 @@ class LearnedRegistrar(Registrar):
                 raise SkylocError(f"learned registrar: {name} must be a finite number > 0 (got {v!r})")
         if not (c.max_kpts > 0 and c.map_max_kpts > 0 and c.min_inliers >= 3 and c.ransac_iters > 0):
             raise SkylocError("learned registrar: max_kpts, map_max_kpts, ransac_iters must be > 0, min_inliers >= 3")
-        self.extractor = open_extractor(Path(c.onnx), threads=c.threads,
-                                        providers=[p.strip() for p in c.providers.split(",") if p.strip()] or None)
-        self.name = self.extractor.kind
+        providers = [p.strip() for p in c.providers.split(",") if p.strip()] or None
+        self.extractor = open_extractor(Path(c.onnx), threads=c.threads, providers=providers)
+        self.glue = glue_for(Path(c.glue), self.extractor, c.threads, providers) if c.glue else None
+        # "disk" names the OpenCV-ONNX registrar in the registry: other kinds report as "learned"
+        self.name = "xfeat" if self.extractor.kind == "xfeat" else "learned"
 
     def register(self, patch: PatchLike, map_rgb: np.ndarray, map_mpp: float,
                  heading_prior_deg: float | None = None, heading_tol_deg: float = 5.0,
@@ -209,6 +222,14 @@ class LearnedRegistrar(Registrar):
             reasons.append(f"rotation {up:.1f} deg outside the prior {centre:.1f} +- {half:.1f}")
         if abs(scale - 1) > tol:
             reasons.append(f"scale {scale:.3f} outside 1 +- {scale_tol}")
+        refined = (refine(self.glue, c, best.q, best.t, best.n, best.seen, map_kp, mxy, cp, mpx)
+                   if self.glue is not None and best.seen is not None and not reasons else None)
+        if refined is not None:  # the gate's numbers stay the mutual-NN fit's, the geometry is the glue's
+            where = refined.q * cp + refined.t
+            up = math.degrees(math.atan2(refined.q.imag, refined.q.real))
+            scale = abs(refined.q) / q0
+            east, north = (where.real - W / 2) * mpx, -(where.imag - H / 2) * mpx
+            acc = math.hypot(c.acc_floor_m, c.acc_k * refined.rms_px * mpx / math.sqrt(refined.n))
         reg = Registration(not reasons, float(east), float(north), aircraft_heading(patch, up), float(scale),
                            float(best.n), float(second), best.n, float(acc) if not reasons else float("inf"),
                            self.name, "; ".join(reasons), best.matches)
@@ -246,7 +267,8 @@ class LearnedRegistrar(Registrar):
             if sim is None:
                 continue
             # canvas = r * patch + off; map = q * canvas + t  =>  map = (q r) patch + (q off + t)
-            fit = _Fit(sim.q * r, sim.q * off + sim.t, sim.n, sim.rms_px, len(s))
+            fit = _Fit(sim.q * r, sim.q * off + sim.t, sim.n, sim.rms_px, len(s),
+                       seen=Seen(kp, canvas.shape[:2], r, off, reach, q_range, half_turn))
             rest = ~sim.inliers
             if rest.sum() >= 2:
                 alt = ransac_similarity(s[rest], d[rest], c.ransac_px, q_range, 0.0, half_turn,
