@@ -3,6 +3,7 @@ place, the glue refines the geometry there. Real imagery: the aerovloc photo aga
 other-season map, and real wrong places; the gate's numbers must be the same with and without it."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,10 @@ def test_glue_refines_the_real_photo_and_keeps_the_gate(regs, off):
     assert (a.inliers, a.second, a.matches) == (b.inliers, b.second, b.matches)
     assert err(b) < 0.5 and err(b) < err(a) + 0.1, (err(a), err(b))  # measured 0.67 -> 0.27, 1.08 -> 0.17 m
     assert abs((b.heading_deg + 180) % 360 - 180) < 2.0 and b.accuracy_m >= 2.0
+    # past the deadline the one hypothesis still runs, but the refinement is not started
+    late = glued.register(patch, mrgb, 600.0 / mrgb.shape[1], None, 3.0, 0.03, map_valid=mvalid,
+                          deadline=time.monotonic())
+    assert late.verified and (late.east_m, late.north_m) == (a.east_m, a.north_m), (late, a)
 
 
 def test_glue_never_verifies_a_wrong_place(regs):

@@ -156,6 +156,10 @@ class SearchClock:
         self.tried += 1
         return True
 
+    def left(self) -> bool:
+        """Whether time is left before the deadline (always, without one)."""
+        return self.deadline is None or time.monotonic() < self.deadline
+
     def reason(self) -> str:
         return f"{DEADLINE_REASON}: search stopped after {self.tried} hypotheses"
 

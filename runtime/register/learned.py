@@ -222,8 +222,9 @@ class LearnedRegistrar(Registrar):
             reasons.append(f"rotation {up:.1f} deg outside the prior {centre:.1f} +- {half:.1f}")
         if abs(scale - 1) > tol:
             reasons.append(f"scale {scale:.3f} outside 1 +- {scale_tol}")
+        # a refinement is one more glue call: never started past the deadline (the verified fit stands)
         refined = (refine(self.glue, c, best.q, best.t, best.n, best.seen, map_kp, mxy, cp, mpx)
-                   if self.glue is not None and best.seen is not None and not reasons else None)
+                   if self.glue is not None and best.seen is not None and not reasons and clock.left() else None)
         if refined is not None:  # the gate's numbers stay the mutual-NN fit's, the geometry is the glue's
             where = refined.q * cp + refined.t
             up = math.degrees(math.atan2(refined.q.imag, refined.q.real))
