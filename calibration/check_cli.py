@@ -27,16 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from skyloc.calibration.trt_lint import errors, format_report, lint_model
     from skyloc.core.config import options_from_args
-    from skyloc.export.matcher_engine import is_matcher_onnx
+    from skyloc.export.matcher_engine import sidecar_format
+    from skyloc.runtime.register.extractor import MATCHER_FORMAT
+    from skyloc.runtime.register.glue import GLUE_FORMAT
 
+    # Dimensions besides the batch that are dynamic on purpose, and what gives them their profile:
+    # a learned matcher's H and W (`skyloc engine --image-shapes`), a glue's keypoint counts N0, N1
+    # (an embedding model's engine profiles the batch only).
+    profiled = {MATCHER_FORMAT: ((1, 2), "learned matcher: H and W come from --image-shapes"),
+                GLUE_FORMAT: ((1,), "glue: N0 and N1 need an optimisation profile over them")}
     o = options_from_args(CheckCliOptions, args, section="check")
     failed = False
     for path in map(Path, o.models):
-        # A learned matcher's H and W are dynamic on purpose: `skyloc engine --image-shapes` gives
-        # the engine a profile over them (an embedding model's engine profiles the batch only).
-        matcher = is_matcher_onnx(path)
-        findings = lint_model(path, profile_dims=(1, 2) if matcher else ())
-        print(format_report(path, findings) + (" [learned matcher: H and W come from --image-shapes]"
-                                               if matcher and not errors(findings) else ""))
+        dims, note = profiled.get(sidecar_format(path), ((), ""))
+        findings = lint_model(path, profile_dims=dims)
+        print(format_report(path, findings) + (f" [{note}]" if note and not errors(findings) else ""))
         failed |= bool(findings if o.strict else errors(findings))
     return 1 if failed else 0

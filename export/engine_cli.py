@@ -52,8 +52,13 @@ def main(args: argparse.Namespace) -> int:
                           "trtexec-built engine)")
     onnx = Path(o.onnx)
     cache = Path(o.timing_cache) if o.timing_cache else None
-    from skyloc.export.matcher_engine import is_matcher_onnx
+    from skyloc.export.matcher_engine import is_matcher_onnx, sidecar_format
+    from skyloc.runtime.register.glue import GLUE_FORMAT
 
+    if sidecar_format(onnx) == GLUE_FORMAT:
+        raise SkylocError(f"{onnx} is a glue (`skyloc export glue`): `skyloc engine` builds no TensorRT engine for "
+                          "it; run it through ONNX Runtime (`--xfeat-providers CUDAExecutionProvider,"
+                          "CPUExecutionProvider` on an NVIDIA GPU)")
     if is_matcher_onnx(onnx):
         from skyloc.export.matcher_engine import build_matcher_engine
 

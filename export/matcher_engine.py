@@ -26,14 +26,20 @@ from skyloc.runtime.register.extractor import MATCHER_FORMAT, read_sidecar
 HW = tuple[int, int]
 
 
-def is_matcher_onnx(onnx_path: Path) -> bool:
-    """The ONNX's sidecar is a matcher's (format skyloc-matcher/1), not an embedding model's."""
+def sidecar_format(onnx_path: Path) -> str | None:
+    """The `format` its sidecar (`.json` beside it) declares, None when there is none readable."""
     import json
 
     try:
-        return json.loads(Path(onnx_path).with_suffix(".json").read_text()).get("format") == MATCHER_FORMAT
+        fmt = json.loads(Path(onnx_path).with_suffix(".json").read_text()).get("format")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return fmt if isinstance(fmt, str) else None
+
+
+def is_matcher_onnx(onnx_path: Path) -> bool:
+    """The ONNX's sidecar is a matcher's (format skyloc-matcher/1), not an embedding model's."""
+    return sidecar_format(onnx_path) == MATCHER_FORMAT
 
 
 def parse_image_shapes(text: str, multiple: int) -> tuple[HW, HW, HW]:

@@ -47,6 +47,9 @@ def test_export_writes_graph_and_sidecar(disk_onnx: Path) -> None:
     assert uint8_non_cast_readers(proto) == []
     assert not [f for f in lint_model(proto) if f.rule in ("uint8", "type", "unsupported-op")]
     assert [o.name for o in proto.graph.output] == list(OUTPUTS_BY_KIND["disk"])
+    from skyloc.cli import main as skyloc
+
+    assert skyloc(["check", "--strict", str(disk_onnx)]) == 0  # H, W dynamic: the matcher's profile
 
 
 @pytest.mark.parametrize("which", ["turku", "aerovloc"])

@@ -116,6 +116,23 @@ def test_sidecar_records_contract_weights_and_parity(glue) -> None:
     assert read_glue_sidecar(path)["kind"] == kind
 
 
+def test_skyloc_check_lints_the_glue_and_engine_refuses_it(glue, tmp_path: Path, capsys) -> None:
+    """The TensorRT parser lint passes with N0 / N1 dynamic (a profile covers them), fails on them
+    for a graph that is not a glue (same ONNX, no sidecar); `skyloc engine` says to use ONNX Runtime."""
+    from skyloc.calibration.trt_lint import lint_model
+    from skyloc.cli import main as skyloc
+
+    kind, path = glue
+    assert skyloc(["check", "--strict", str(path)]) == 0
+    assert "N0 and N1" in capsys.readouterr().out
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(path, bare)
+    assert skyloc(["check", str(bare)]) == 1
+    assert {f.rule for f in lint_model(bare)} == {"dynamic-shape"}
+    assert skyloc(["engine", "--onnx", str(path), "--out", str(tmp_path / "g.engine")]) != 0
+    assert "ONNX Runtime" in capsys.readouterr().err and not (tmp_path / "g.engine").exists()
+
+
 @pytest.mark.parametrize("n0, n1", [(100, 300), (257, 64)])
 def test_onnx_equals_package_lightglue(glue, n0: int, n1: int) -> None:
     """Log-assignment and matches of ONNX Runtime (host-normalised keypoints) = the package's own
